@@ -1,0 +1,3 @@
+from densesearch.cli import main
+
+main()

@@ -1,0 +1,115 @@
+"""Settings for every stage, as frozen dataclasses: every default lives here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_CATEGORY = "Amazon_Fashion"
+DEFAULT_BASE_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+DEFAULT_QUERY = "comfy summer dress for beach"
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    """How `prepare` reads its sources and builds catalog, pairs and split."""
+
+    source: str = "auto"                  # auto | hub | files | sample
+    category: str = DEFAULT_CATEGORY
+    meta_path: Path | None = None
+    reviews_path: Path | None = None
+    queries: str | None = None            # reviews | listing; None: reviews when reviews are given
+    min_rating: float = 4.0
+    min_query_words: int = 5
+    max_query_chars: int = 2000
+    max_text_chars: int = 2000
+    listing_queries_per_item: int = 3
+    listing_min_words: int = 6
+    listing_max_words: int = 40
+    test_size: int = 2000
+    test_fraction: float = 0.2
+    dev_size: int = 1000
+    dev_fraction: float = 0.1
+    seed: int = 13
+    hub_timeout_s: float = 10.0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Fine-tuning hyperparameters (MNRL bi-encoder with shared towers)."""
+
+    base_model: str = DEFAULT_BASE_MODEL
+    samples: int = 50000
+    max_seq_length: int = 500
+    batch_size: int = 64
+    epochs: int = 1
+    lr: float = 5e-5
+    warmup_ratio: float = 0.1
+    seed: int = 13
+    device: str = "auto"                  # auto | cpu | cuda
+    loss: str = "mnrl"                    # mnrl | cached-mnrl
+    mini_batch_size: int = 16
+    hard_negatives: str | None = None     # None | bm25
+    save_steps: int = 50
+    resume: bool = False
+    eval_queries: int = 1000
+
+
+@dataclass(frozen=True)
+class QuantizeConfig:
+    """ONNX export and INT8 dynamic quantization with a parity gate."""
+
+    model: str = "finetuned"              # finetuned | base | PATH
+    isa: str = "auto"                     # auto | avx512_vnni | avx512 | avx2 | arm64
+    per_channel: bool = True
+    parity_texts: int = 512
+    min_mean_cosine: float = 0.98
+    max_recall_drop: float = 0.02
+    force: bool = False
+    threads: int = 0
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    """Dense (FAISS) and sparse (BM25) index settings."""
+
+    model: str | None = None              # None: best available; int8 | onnx | finetuned | base | PATH
+    kind: str = "hnsw"                    # hnsw | flat | hnsw-sq8 | ivfpq
+    hnsw_m: int = 32
+    ef_construction: int = 200
+    target_recall: float = 0.99
+    bm25: str = "bm25s"                   # bm25s | rank-bm25
+    batch_size: int = 64
+    threads: int = 0
+    add_path: Path | None = None
+
+
+@dataclass(frozen=True)
+class QueryConfig:
+    """How `query` retrieves."""
+
+    k: int = 10
+    mode: str | None = None               # dense | bm25 | hybrid; None: the index's recommended mode
+    rrf_k: int = 60
+    collapse_variants: bool = False
+    ef_search: int | None = None
+    threads: int = 1
+    candidates: int = 100
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What `bench` measures."""
+
+    split: str = "test"
+    queries: int | None = None
+    batch_sizes: tuple[int, ...] = (1,)
+    latency_runs: int = 200
+    warmup_runs: int = 20
+    threads: int = 1
+    bootstrap: int = 1000
+    seed: int = 13
+    ks: tuple[int, ...] = (1, 5, 10, 50, 100)
+    compare: str | None = None
+    trec_path: Path | None = None
+    systems: tuple[str, ...] = ()

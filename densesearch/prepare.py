@@ -1,0 +1,355 @@
+"""`prepare`: catalog, query/positive pairs and a leak-free train/dev/test split from Amazon Reviews 2023."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from densesearch.config import PrepareConfig
+from densesearch.errors import BadInput, HubUnreachable
+from densesearch.itemtext import ItemFields, clean_text, normalise
+from densesearch.manifest import Manifest, read_manifest, write_manifest
+from densesearch.paths import Workspace, atomic_dir
+from densesearch.sources import (ReadStats, check_hub_reachable, hub_url, iter_hub, iter_records,
+                                 sample_meta_path)
+
+ProgressFn = Callable[[str, int, int | None], None]
+SPLITS = ("train", "dev", "test")
+CATALOG_FILE = "catalog.jsonl"
+SUBSTRING_CHECK_MAX_ITEMS = 50_000  # above this the exact-sentence uniqueness rule alone guards leaks
+OFFLINE_ALTERNATIVES = ("use `densesearch prepare --sample` (embedded 1,000-item sample) or "
+                        "`densesearch prepare --meta meta.jsonl[.gz|.parquet] --reviews reviews.jsonl`")
+
+
+@dataclass
+class Pair:
+    """One query and the item it should retrieve."""
+
+    query_id: str
+    query: str
+    item_id: str
+    group_id: str
+    user_id: str = ""
+    timestamp: int = 0
+
+
+@dataclass
+class SourcePlan:
+    """Where metadata and reviews come from, as a description and two record streams."""
+
+    label: str
+    meta: Callable[[ReadStats], Iterator[tuple[int, dict]]]
+    reviews: Callable[[ReadStats], Iterator[tuple[int, dict]]] | None
+    inputs: dict[str, str]
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class PrepareResult:
+    """What `prepare` built and saw."""
+
+    path: Path
+    manifest: Manifest
+    meta_stats: ReadStats
+    review_stats: ReadStats | None
+    query_source: str
+    items: int
+    groups: int
+    pairs: int
+    splits: dict[str, int]
+    reviews_without_item: int
+    seconds: float
+    notes: list[str]
+
+
+def plan_sources(cfg: PrepareConfig) -> SourcePlan:
+    """Resolve the configured source; a bare run falls back to the sample when the Hub is unreachable."""
+    if cfg.reviews_path is not None and cfg.meta_path is None:
+        raise BadInput("--reviews needs --meta (reviews are joined to item metadata on parent_asin)")
+    if cfg.meta_path is not None:
+        return _file_plan(cfg)
+    if cfg.source == "sample":
+        return _sample_plan()
+    try:
+        check_hub_reachable(cfg.hub_timeout_s)
+    except HubUnreachable as exc:
+        if cfg.source == "hub":
+            raise HubUnreachable(f"{exc.message}", hint=OFFLINE_ALTERNATIVES) from exc
+        plan = _sample_plan()
+        plan.notes.append(f"{exc.message}; using the embedded sample instead")
+        return plan
+    meta_url, reviews_url = hub_url(cfg.category, "meta"), hub_url(cfg.category, "reviews")
+    return SourcePlan(
+        label=f"hub:{cfg.category}",
+        meta=lambda stats: iter_hub(meta_url, stats),
+        reviews=lambda stats: iter_hub(reviews_url, stats),
+        inputs={"meta": meta_url, "reviews": reviews_url},
+    )
+
+
+def _sample_plan() -> SourcePlan:
+    path = sample_meta_path()
+    return SourcePlan(label="sample:Amazon_Fashion (1,000 real items, no reviews)",
+                      meta=lambda stats: iter_records(path, stats), reviews=None,
+                      inputs={"meta": f"embedded:{path.name}"})
+
+
+def _file_plan(cfg: PrepareConfig) -> SourcePlan:
+    meta_path, reviews_path = Path(cfg.meta_path), cfg.reviews_path
+    inputs = {"meta": str(meta_path.resolve())}
+    if reviews_path is not None:
+        inputs["reviews"] = str(Path(reviews_path).resolve())
+    return SourcePlan(
+        label=f"files:{meta_path.name}" + (f" + {Path(reviews_path).name}" if reviews_path else ""),
+        meta=lambda stats: iter_records(meta_path, stats),
+        reviews=(lambda stats: iter_records(Path(reviews_path), stats)) if reviews_path else None,
+        inputs=inputs,
+    )
+
+
+def read_items(records: Iterator[tuple[int, dict]], stats: ReadStats,
+               progress: ProgressFn | None = None) -> dict[str, ItemFields]:
+    """Parse metadata rows into items keyed by parent_asin; bad and duplicate rows are counted."""
+    items: dict[str, ItemFields] = {}
+    for lineno, record in records:
+        try:
+            item = ItemFields.from_record(record)
+        except ValueError as exc:
+            stats.record_bad(lineno, str(exc))
+            continue
+        if item.item_id in items:
+            stats.record_bad(lineno, f"duplicate parent_asin {item.item_id}")
+            continue
+        items[item.item_id] = item
+        if progress and len(items) % 1000 == 0:
+            progress("metadata rows", stats.lines, None)
+    return items
+
+
+def _review_query(record: dict) -> str:
+    title, text = clean_text(record.get("title")), clean_text(record.get("text"))
+    if title and text and not title.endswith((".", "!", "?")):
+        title += "."
+    return f"{title} {text}".strip()
+
+
+def read_review_pairs(records: Iterator[tuple[int, dict]], stats: ReadStats, items: dict[str, ItemFields],
+                      groups: dict[str, str], cfg: PrepareConfig,
+                      progress: ProgressFn | None = None) -> tuple[list[Pair], int]:
+    """Stream reviews into pairs: rating >= min, enough words, latest review per (user, item).
+
+    Returns the pairs and the number of reviews whose item has no metadata.
+    """
+    latest: dict[tuple[str, str], tuple[int, str]] = {}
+    without_item = 0
+    for lineno, record in records:
+        item_id, user_id = record.get("parent_asin"), record.get("user_id")
+        rating = record.get("rating")
+        if not isinstance(item_id, str) or not isinstance(user_id, str):
+            stats.record_bad(lineno, "missing parent_asin or user_id")
+            continue
+        if isinstance(rating, bool) or not isinstance(rating, (int, float)):
+            stats.record_bad(lineno, "rating is not a number")
+            continue
+        if progress and stats.lines % 20000 == 0:
+            progress("review rows", stats.lines, None)
+        if item_id not in items:
+            without_item += 1
+            continue
+        if rating < cfg.min_rating:
+            continue
+        query = _review_query(record)[: cfg.max_query_chars]
+        if len(query.split()) < cfg.min_query_words:
+            continue
+        timestamp = record.get("timestamp") if isinstance(record.get("timestamp"), int) else 0
+        key = (user_id, item_id)
+        if key not in latest or timestamp >= latest[key][0]:
+            latest[key] = (timestamp, query)
+    pairs = [Pair(query_id=hashlib.sha1(f"{u}|{i}".encode()).hexdigest()[:16], query=q, item_id=i,
+                  group_id=groups[i], user_id=u, timestamp=t)
+             for (u, i), (t, q) in latest.items()]
+    return pairs, without_item
+
+
+def hold_out_listing_queries(items: dict[str, ItemFields], groups: dict[str, str],
+                             cfg: PrepareConfig) -> tuple[list[Pair], dict[str, frozenset[str]]]:
+    """Pick real listing sentences as pseudo-queries and the sentences to drop from each item's text.
+
+    A candidate sentence is length-filtered and occurs in exactly one item's listing (so a held-out
+    sentence appears nowhere in the catalog); each item keeps at least one of its candidate sentences.
+    """
+    frequency = Counter(normalise(s) for item in items.values() for s in set(item.sentences))
+    pairs: list[Pair] = []
+    held_out: dict[str, frozenset[str]] = {}
+    for item_id, item in items.items():
+        candidates = [s for s in dict.fromkeys(item.sentences)
+                      if cfg.listing_min_words <= len(s.split()) <= cfg.listing_max_words
+                      and frequency[normalise(s)] == 1 and normalise(s) != normalise(item.title)]
+        take = min(cfg.listing_queries_per_item, len(candidates) - 1)
+        if take <= 0:
+            continue
+        chosen = random.Random(f"{cfg.seed}:{item_id}").sample(candidates, take)
+        held_out[item_id] = frozenset(chosen)
+        pairs.extend(Pair(query_id=f"{item_id}:{n}", query=s, item_id=item_id, group_id=groups[item_id])
+                     for n, s in enumerate(chosen))
+    return pairs, held_out
+
+
+def drop_leaking_queries(pairs: list[Pair], catalog_texts: list[str]) -> tuple[list[Pair], int]:
+    """Remove listing queries whose normalised text still occurs inside some catalog text."""
+    if len(catalog_texts) > SUBSTRING_CHECK_MAX_ITEMS:
+        return pairs, 0
+    haystack = "\n".join(normalise(t) for t in catalog_texts)
+    kept = [p for p in pairs if normalise(p.query) not in haystack]
+    return kept, len(pairs) - len(kept)
+
+
+def split_sizes(total: int, cfg: PrepareConfig) -> tuple[int, int]:
+    """Test and dev sizes: the configured count or the configured fraction, whichever is smaller."""
+    n_test = min(cfg.test_size, round(total * cfg.test_fraction))
+    n_dev = min(cfg.dev_size, round(total * cfg.dev_fraction))
+    return n_test, n_dev
+
+
+def split_pairs(pairs: list[Pair], cfg: PrepareConfig, by_user: bool) -> dict[str, list[Pair]]:
+    """Seeded split into train/dev/test; with reviews whole users go to one side only."""
+    n_test, n_dev = split_sizes(len(pairs), cfg)
+    rng = random.Random(cfg.seed)
+    units: list[list[Pair]]
+    if by_user:
+        by_key: dict[str, list[Pair]] = defaultdict(list)
+        for pair in pairs:
+            by_key[pair.user_id].append(pair)
+        units = [by_key[u] for u in sorted(by_key)]
+    else:
+        units = [[p] for p in sorted(pairs, key=lambda p: p.query_id)]
+    rng.shuffle(units)
+    splits: dict[str, list[Pair]] = {name: [] for name in SPLITS}
+    for unit in units:
+        target = ("test" if len(splits["test"]) < n_test else
+                  "dev" if len(splits["dev"]) < n_dev else "train")
+        splits[target].extend(unit)
+    return splits
+
+
+def _write_jsonl(path: Path, rows) -> None:
+    with open(path, "w", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def catalog_rows(items: dict[str, ItemFields], groups: dict[str, str],
+                 held_out: dict[str, frozenset[str]], cfg: PrepareConfig) -> list[dict]:
+    """One row per item: id, variant group, indexed text and display fields."""
+    return [{"item_id": item_id, "group_id": groups[item_id], "title": item.title, "store": item.store,
+             "rating": item.rating, "rating_number": item.rating_number, "price": item.price,
+             "text": item.text(cfg.max_text_chars, held_out.get(item_id, frozenset()))}
+            for item_id, item in items.items()]
+
+
+def _settings(cfg: PrepareConfig, query_source: str) -> dict:
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
+    settings["query_source"] = query_source
+    settings["split_rule"] = (
+        "reviews: users shuffled (seed) and assigned whole to test, then dev, then train; "
+        "one pair per (user, item), latest review kept"
+        if query_source == "reviews" else
+        "listing: each held-out sentence occurs in exactly one listing and is removed from it; "
+        "queries still found inside any catalog text are dropped; queries shuffled (seed) into test/dev/train")
+    return settings
+
+
+def run_prepare(cfg: PrepareConfig, workspace: Workspace, progress: ProgressFn | None = None) -> PrepareResult:
+    """Read sources, build catalog + pairs + split, and publish the data artifact atomically."""
+    started = time.perf_counter()
+    if cfg.queries not in (None, "reviews", "listing"):
+        raise BadInput(f"unknown query source {cfg.queries!r}", hint="use --queries reviews or listing")
+    plan = plan_sources(cfg)
+    if cfg.queries == "reviews" and plan.reviews is None:
+        raise BadInput("--queries reviews needs a reviews file", hint="pass --reviews PATH or use --queries listing")
+    meta_stats = ReadStats("metadata")
+    items = read_items(plan.meta(meta_stats), meta_stats, progress)
+    if not items:
+        raise BadInput("no usable item metadata", plan.inputs["meta"],
+                       hint="each line needs parent_asin and a title or features")
+    groups = {item_id: item.group_key() for item_id, item in items.items()}
+    query_source = "reviews" if plan.reviews is not None and cfg.queries != "listing" else "listing"
+    review_stats, without_item, notes, dropped = None, 0, list(plan.notes), 0
+    if query_source == "reviews":
+        review_stats = ReadStats("reviews")
+        pairs, without_item = read_review_pairs(plan.reviews(review_stats), review_stats, items, groups,
+                                                cfg, progress)
+        rows = catalog_rows(items, groups, {}, cfg)
+    else:
+        pairs, held_out = hold_out_listing_queries(items, groups, cfg)
+        rows = catalog_rows(items, groups, held_out, cfg)
+        pairs, dropped = drop_leaking_queries(pairs, [r["text"] for r in rows])
+        notes.append("queries are held-out listing sentences (a proxy), not customer reviews")
+    if not pairs:
+        raise BadInput("no query/positive pairs could be built",
+                       plan.inputs.get("reviews", plan.inputs["meta"]),
+                       hint="check that reviews reference catalog items (parent_asin) and have text")
+    splits = split_pairs(pairs, cfg, by_user=query_source == "reviews")
+    data_dir = workspace.artifact("data")
+    with atomic_dir(data_dir) as tmp:
+        _write_jsonl(tmp / CATALOG_FILE, rows)
+        for name, split in splits.items():
+            _write_jsonl(tmp / f"{name}.jsonl", (asdict(p) for p in split))
+        manifest = write_manifest(tmp, Manifest(
+            kind="data", settings=_settings(cfg, query_source),
+            inputs={name: f"{ref} sha256:{stats.sha256}" for (name, ref), stats in
+                    zip(plan.inputs.items(), [meta_stats, review_stats], strict=False) if stats},
+            counts={"items": len(rows), "groups": len(set(groups.values())), "pairs": len(pairs),
+                    **{f"{name}_pairs": len(split) for name, split in splits.items()},
+                    "metadata_lines": meta_stats.lines, "metadata_bad_lines": meta_stats.bad,
+                    "review_lines": review_stats.lines if review_stats else 0,
+                    "review_bad_lines": review_stats.bad if review_stats else 0,
+                    "reviews_without_item": without_item, "leaking_queries_dropped": dropped},
+            extra={"source": plan.label, "query_source": query_source}))
+    return PrepareResult(
+        path=data_dir, manifest=manifest, meta_stats=meta_stats, review_stats=review_stats,
+        query_source=query_source, items=len(rows), groups=len(set(groups.values())), pairs=len(pairs),
+        splits={name: len(split) for name, split in splits.items()}, reviews_without_item=without_item,
+        seconds=time.perf_counter() - started, notes=notes)
+
+
+# ---- readers for later stages ---------------------------------------------------------------------
+
+@dataclass
+class Catalog:
+    """The prepared catalog, in index order."""
+
+    ids: list[str]
+    texts: list[str]
+    groups: list[str]
+    rows: list[dict]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def load_data_manifest(workspace: Workspace) -> Manifest:
+    return read_manifest(workspace.artifact("data"), "data")
+
+
+def load_catalog(workspace: Workspace) -> Catalog:
+    """Read the catalog of the workspace's data artifact."""
+    load_data_manifest(workspace)
+    rows = [json.loads(line) for line in open(workspace.artifact("data") / CATALOG_FILE, encoding="utf-8")]
+    return Catalog(ids=[r["item_id"] for r in rows], texts=[r["text"] for r in rows],
+                   groups=[r["group_id"] for r in rows], rows=rows)
+
+
+def load_pairs(workspace: Workspace, split: str) -> list[Pair]:
+    """Read one split of query/positive pairs."""
+    if split not in SPLITS:
+        raise BadInput(f"unknown split {split!r}", hint="use train, dev or test")
+    load_data_manifest(workspace)
+    path = workspace.artifact("data") / f"{split}.jsonl"
+    return [Pair(**json.loads(line)) for line in open(path, encoding="utf-8")]

@@ -1,0 +1,53 @@
+"""Shared fixtures: every test gets its own artifact root and no network."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from densesearch.paths import Workspace
+from densesearch.sources import sample_meta_path
+
+DATA = Path(__file__).parent / "data"
+TEST_REVIEWS = DATA / "reviews_Amazon_Fashion.test.jsonl"
+
+
+@pytest.fixture(autouse=True)
+def isolated_home(tmp_path, monkeypatch) -> Path:
+    """Point DENSESEARCH_HOME at a temporary directory and keep the Hub offline."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("DENSESEARCH_HOME", str(home))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    monkeypatch.delenv("DENSESEARCH_DEBUG", raising=False)
+    return home
+
+
+@pytest.fixture
+def workspace(isolated_home) -> Workspace:
+    return Workspace(isolated_home, "default")
+
+
+@pytest.fixture
+def sample_meta() -> Path:
+    return sample_meta_path()
+
+
+@pytest.fixture
+def small_meta(tmp_path) -> Path:
+    """The first 150 real sample rows as a plain .jsonl file."""
+    import gzip
+
+    path = tmp_path / "meta150.jsonl"
+    with gzip.open(sample_meta_path(), "rt", encoding="utf-8") as src, open(path, "w") as dst:
+        for n, line in enumerate(src):
+            if n == 150:
+                break
+            dst.write(line)
+    return path
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in open(path, encoding="utf-8")]

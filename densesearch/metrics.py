@@ -1,0 +1,88 @@
+"""Retrieval metrics (per query, so they can be bootstrapped) and TREC run output.
+
+Definitions follow trec_eval / ranx with binary relevance: recall@k = |relevant in top k| / |relevant|,
+mrr@k = 1 / rank of the first relevant item within k (else 0), ndcg@k with gains 1 and IDCG over
+min(|relevant|, k) items. Variant-aware scoring first collapses a ranking to variant groups.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+
+def recall_at(ranked: Sequence[str], relevant: set[str], k: int) -> float:
+    if not relevant:
+        return 0.0
+    return len(set(ranked[:k]) & relevant) / len(relevant)
+
+
+def mrr_at(ranked: Sequence[str], relevant: set[str], k: int) -> float:
+    for rank, item in enumerate(ranked[:k], start=1):
+        if item in relevant:
+            return 1.0 / rank
+    return 0.0
+
+
+def ndcg_at(ranked: Sequence[str], relevant: set[str], k: int) -> float:
+    if not relevant:
+        return 0.0
+    dcg = sum(1.0 / math.log2(rank + 1) for rank, item in enumerate(ranked[:k], start=1) if item in relevant)
+    ideal = sum(1.0 / math.log2(rank + 1) for rank in range(1, min(len(relevant), k) + 1))
+    return dcg / ideal
+
+
+def collapse(ranked: Iterable[str], group_of: dict[str, str]) -> list[str]:
+    """A ranking of items as a ranking of their variant groups (first occurrence kept)."""
+    seen: dict[str, None] = {}
+    for item in ranked:
+        seen.setdefault(group_of.get(item, item), None)
+    return list(seen)
+
+
+def per_query_metrics(rankings: Sequence[Sequence[str]], relevant: Sequence[set[str]],
+                      ks: Sequence[int] = (1, 5, 10, 50, 100)) -> dict[str, np.ndarray]:
+    """Per-query arrays for recall@k (each k), mrr@10 and ndcg@10."""
+    metrics: dict[str, list[float]] = {f"recall@{k}": [] for k in ks}
+    metrics["mrr@10"], metrics["ndcg@10"] = [], []
+    for ranked, rel in zip(rankings, relevant, strict=True):
+        for k in ks:
+            metrics[f"recall@{k}"].append(recall_at(ranked, rel, k))
+        metrics["mrr@10"].append(mrr_at(ranked, rel, 10))
+        metrics["ndcg@10"].append(ndcg_at(ranked, rel, 10))
+    return {name: np.asarray(values, dtype=np.float64) for name, values in metrics.items()}
+
+
+def mean_metrics(per_query: dict[str, np.ndarray]) -> dict[str, float]:
+    return {name: float(values.mean()) if len(values) else 0.0 for name, values in per_query.items()}
+
+
+def bootstrap_ci(values: np.ndarray, resamples: int = 1000, seed: int = 13,
+                 level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap confidence interval of the mean."""
+    if len(values) == 0:
+        return (0.0, 0.0)
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(values), size=(resamples, len(values)))
+    means = values[draws].mean(axis=1)
+    tail = (1 - level) / 2 * 100
+    return float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))
+
+
+def ann_recall(approx: np.ndarray, exact: np.ndarray, k: int) -> float:
+    """Mean overlap of the top-k ids of an approximate search with exact search."""
+    hits = [len(set(a[:k]) & set(e[:k])) / k for a, e in zip(approx, exact, strict=True)]
+    return float(np.mean(hits)) if hits else 0.0
+
+
+def write_trec_run(path: Path, query_ids: Sequence[str], rankings: Sequence[Sequence[str]],
+                   scores: Sequence[Sequence[float]], tag: str) -> None:
+    """TREC run format: ``qid Q0 docid rank score tag``, ties broken by (-score, docid)."""
+    with open(path, "w", encoding="utf-8") as handle:
+        for qid, ranked, ranked_scores in zip(query_ids, rankings, scores, strict=True):
+            ordered = sorted(zip(ranked, ranked_scores, strict=True), key=lambda pair: (-pair[1], pair[0]))
+            for rank, (doc, score) in enumerate(ordered, start=1):
+                handle.write(f"{qid} Q0 {doc} {rank} {score:.6f} {tag}\n")

@@ -116,6 +116,305 @@ def status(
     out.data({"home": ws.home, "workspace": ws.name, "root": ws.root, "artifacts": rows})
 
 
+def _quiet_libraries() -> None:
+    """Silence library chatter (transformers warnings, tokenizer fork notes) for a clean terminal."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    for name in ("transformers", "sentence_transformers", "optimum", "datasets", "bm25s"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+        transformers.logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
+@app.command()
+@handles_errors
+def finetune(
+    samples: Annotated[int, typer.Option(help="Training pairs to sample (seeded).")] = 50000,
+    base_model: Annotated[str, typer.Option(help="sentence-transformers id or local path.")] =
+        "sentence-transformers/all-MiniLM-L6-v2",
+    max_seq_length: Annotated[int, typer.Option(help="Max tokens per text (capped at the model's limit).")] = 500,
+    batch_size: Annotated[int, typer.Option(help="Pairs per batch (in-batch negatives).")] = 64,
+    epochs: Annotated[int, typer.Option()] = 1,
+    lr: Annotated[float, typer.Option()] = 5e-5,
+    warmup_ratio: Annotated[float, typer.Option()] = 0.1,
+    seed: Annotated[int, typer.Option()] = 13,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    loss: Annotated[str, typer.Option(help="mnrl | cached-mnrl")] = "mnrl",
+    mini_batch_size: Annotated[int, typer.Option(help="GradCache mini-batch for cached-mnrl.")] = 16,
+    hard_negatives: Annotated[str | None, typer.Option(help="bm25: mine one hard negative per pair.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint.")] = False,
+    home: HomeOpt = None, workspace: WorkspaceOpt = DEFAULT_WORKSPACE, json: JsonOpt = False,
+) -> None:
+    """Fine-tune a shared-weight bi-encoder with Multiple Negatives Ranking Loss."""
+    _quiet_libraries()
+    from densesearch.config import TrainConfig
+    from densesearch.render import finetune_tables
+    from densesearch.train import run_finetune
+
+    cfg = TrainConfig(base_model=base_model, samples=samples, max_seq_length=max_seq_length,
+                      batch_size=batch_size, epochs=epochs, lr=lr, warmup_ratio=warmup_ratio, seed=seed,
+                      device=device, loss=loss, mini_batch_size=mini_batch_size, hard_negatives=hard_negatives,
+                      resume=resume)
+    out = Output(json)
+    with out.progress() as progress:
+        result = run_finetune(cfg, workspace_of(home, workspace), progress)
+    for note in result.notes:
+        out.warn(note)
+    for table in finetune_tables(result):
+        out.table(table)
+    out.data(result)
+
+
+@app.command()
+@handles_errors
+def quantize(
+    model: Annotated[str, typer.Option(help="finetuned | base | PATH")] = "finetuned",
+    isa: Annotated[str, typer.Option(help="auto | avx512_vnni | avx512 | avx2 | arm64")] = "auto",
+    force: Annotated[bool, typer.Option("--force", help="Publish even if the parity gate fails.")] = False,
+    threads: Annotated[int, typer.Option(help="ONNX Runtime threads (0: all cores).")] = 0,
+    home: HomeOpt = None, workspace: WorkspaceOpt = DEFAULT_WORKSPACE, json: JsonOpt = False,
+) -> None:
+    """Export to ONNX, quantize to INT8, and check parity before publishing."""
+    _quiet_libraries()
+    from densesearch.config import QuantizeConfig
+    from densesearch.export import run_quantize
+    from densesearch.render import quantize_tables
+
+    out = Output(json)
+    with out.progress() as progress:
+        result = run_quantize(QuantizeConfig(model=model, isa=isa, force=force, threads=threads),
+                              workspace_of(home, workspace), progress)
+    for table in quantize_tables(result):
+        out.table(table)
+    out.data(result)
+
+
+@app.command()
+@handles_errors
+def index(
+    model: Annotated[str | None, typer.Option(help="int8 | onnx | finetuned | base | PATH (default: best)")] = None,
+    kind: Annotated[str, typer.Option(help="hnsw | flat | hnsw-sq8 | ivfpq")] = "hnsw",
+    m: Annotated[int, typer.Option("--m", help="HNSW neighbours per node.")] = 32,
+    ef_construction: Annotated[int, typer.Option(help="HNSW build beam width.")] = 200,
+    bm25: Annotated[str, typer.Option(help="bm25s | rank-bm25")] = "bm25s",
+    add: Annotated[Path | None, typer.Option("--add", help="Append items (.jsonl metadata) to the index.")] = None,
+    threads: Annotated[int, typer.Option(help="Encoder threads (0: all cores).")] = 0,
+    home: HomeOpt = None, workspace: WorkspaceOpt = DEFAULT_WORKSPACE, json: JsonOpt = False,
+) -> None:
+    """Encode the catalog and build the FAISS and BM25 indexes."""
+    _quiet_libraries()
+    from densesearch.config import IndexConfig
+    from densesearch.index import run_add, run_index
+    from densesearch.render import index_tables
+
+    cfg = IndexConfig(model=model, kind=kind, hnsw_m=m, ef_construction=ef_construction, bm25=bm25,
+                      threads=threads, add_path=add)
+    out = Output(json)
+    with out.progress() as progress:
+        ws = workspace_of(home, workspace)
+        result = run_add(cfg, ws, progress) if add else run_index(cfg, ws, progress)
+    out.note(f"encoder: {result.encoder.label} ({result.encoder.backend})")
+    for table in index_tables(result):
+        out.table(table)
+    out.data(result)
+
+
+def _read_stdin_queries():
+    """Piped queries, one per line; invalid UTF-8 is named by line number."""
+    from densesearch.errors import BadInput
+
+    for lineno, raw in enumerate(sys.stdin.buffer, start=1):
+        try:
+            line = raw.decode("utf-8").rstrip("\r\n")
+        except UnicodeDecodeError as exc:
+            raise BadInput("query is not valid UTF-8", "<stdin>", lineno) from exc
+        if line.strip():
+            yield line
+
+
+@app.command()
+@handles_errors
+def query(
+    text: Annotated[str | None, typer.Argument(help="The query; none opens a prompt (or reads piped stdin).")] = None,
+    k: Annotated[int, typer.Option("-k", "--k", help="Items to return.")] = 10,
+    mode: Annotated[str | None, typer.Option(help="dense | bm25 | hybrid (default: best on dev).")] = None,
+    rrf_k: Annotated[int, typer.Option(help="Reciprocal-rank-fusion constant for hybrid.")] = 60,
+    collapse_variants: Annotated[bool, typer.Option("--collapse-variants", help="One row per variant group.")] = False,
+    ef_search: Annotated[int | None, typer.Option(help="Override the tuned efSearch.")] = None,
+    model: Annotated[str | None, typer.Option(help="Check the index was built with this encoder.")] = None,
+    threads: Annotated[int, typer.Option(help="Encoder threads (0: all cores).")] = 0,
+    home: HomeOpt = None, workspace: WorkspaceOpt = DEFAULT_WORKSPACE, json: JsonOpt = False,
+) -> None:
+    """Search the catalog."""
+    from densesearch.config import QueryConfig
+    from densesearch.render import answer_table
+    from densesearch.search import Searcher
+
+    cfg = QueryConfig(k=k, mode=mode, rrf_k=rrf_k, collapse_variants=collapse_variants, ef_search=ef_search,
+                      threads=threads)
+    searcher = Searcher(workspace_of(home, workspace), threads=threads, model=model)
+    out = Output(json)
+
+    def answer(line: str, config: QueryConfig) -> None:
+        result = searcher.ask(line, config)
+        for note in result.notes:
+            out.note(note)
+        if json and text is None:
+            from densesearch.render import to_jsonable
+            import json as jsonlib
+
+            sys.stdout.write(jsonlib.dumps(to_jsonable(result), ensure_ascii=False) + "\n")
+        else:
+            out.table(answer_table(result))
+            out.data(result)
+
+    if text is not None:
+        answer(text, cfg)
+    elif not sys.stdin.isatty():
+        for line in _read_stdin_queries():
+            answer(line, cfg)
+    else:
+        _interactive(answer, cfg, out)
+
+
+def _interactive(answer, cfg, out: Output) -> None:
+    """A prompt with history: `:k 20`, `:mode bm25`, `:quit`."""
+    import dataclasses
+
+    from densesearch.errors import DensesearchError
+
+    try:
+        import readline  # noqa: F401  (line editing and history for input())
+    except ImportError:
+        pass
+    out.note("type a query; :k N, :mode dense|bm25|hybrid, :quit")
+    while True:
+        try:
+            line = input("densesearch> ")
+        except EOFError:
+            return
+        command = line.strip()
+        if command in (":quit", ":q", ":exit"):
+            return
+        try:
+            if command.startswith(":k "):
+                cfg = dataclasses.replace(cfg, k=int(command[3:]))
+            elif command.startswith(":mode "):
+                cfg = dataclasses.replace(cfg, mode=command[6:].strip())
+            elif command:
+                answer(command, cfg)
+        except (DensesearchError, ValueError) as exc:
+            out.err.print(f"error: {exc}")
+
+
+def _parse_batch_sizes(text: str) -> tuple[int, ...]:
+    from densesearch.errors import BadInput
+
+    try:
+        sizes = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError as exc:
+        raise BadInput(f"--batch-size {text!r} is not a list of integers", hint="e.g. --batch-size 1,8,32") from exc
+    if not sizes or min(sizes) <= 0:
+        raise BadInput("--batch-size needs positive integers", hint="e.g. --batch-size 1")
+    return sizes
+
+
+@app.command()
+@handles_errors
+def bench(
+    batch_size: Annotated[str, typer.Option("--batch-size", help="Latency batch sizes, e.g. 1,8,32.")] = "1",
+    split: Annotated[str, typer.Option(help="test | dev")] = "test",
+    queries: Annotated[int | None, typer.Option(help="Evaluate at most N queries.")] = None,
+    runs: Annotated[int, typer.Option(help="Timed runs per latency measurement.")] = 200,
+    threads: Annotated[int, typer.Option(help="Threads (0: all cores); recorded in the report.")] = 0,
+    compare: Annotated[str | None, typer.Option(help="Earlier run id, 'latest' or report.json path.")] = None,
+    trec: Annotated[Path | None, typer.Option(help="Write the hybrid ranking as a TREC run file.")] = None,
+    home: HomeOpt = None, workspace: WorkspaceOpt = DEFAULT_WORKSPACE, json: JsonOpt = False,
+) -> None:
+    """Measure retrieval quality and latency of BM25, base, fine-tuned, INT8 and hybrid."""
+    _quiet_libraries()
+    from densesearch.bench import compare_reports, load_report, run_bench, save_report
+    from densesearch.config import BenchConfig
+    from densesearch.render import (bench_histograms, bench_latency_table, bench_markdown, bench_quality_table,
+                                    compare_table, to_jsonable)
+
+    ws = workspace_of(home, workspace)
+    earlier = load_report(ws, compare) if compare else None
+    cfg = BenchConfig(split=split, queries=queries, batch_sizes=_parse_batch_sizes(batch_size), latency_runs=runs,
+                      threads=threads, trec_path=trec)
+    out = Output(json)
+    with out.progress() as progress:
+        report = run_bench(cfg, ws, progress)
+    saved = save_report(report, ws, bench_markdown(report))
+    out.table(bench_quality_table(report))
+    out.table(bench_latency_table(report))
+    for panel in bench_histograms(report):
+        if not json:
+            out.out.print(panel)
+    payload = {"report": report, "saved_to": saved}
+    if earlier:
+        rows = compare_reports(to_jsonable(report), earlier)
+        out.table(compare_table(rows, earlier["run_id"]))
+        payload["compare"] = rows
+    out.note(f"saved to {saved} (report.json, report.md, latency.png)")
+    out.data(payload)
+
+
+@app.command()
+@handles_errors
+def quickstart(
+    samples: Annotated[int, typer.Option(help="Training pairs.")] = 50000,
+    max_seq_length: Annotated[int, typer.Option(help="Training max tokens (short keeps CPU training fast).")] = 128,
+    epochs: Annotated[int, typer.Option()] = 1,
+    home: HomeOpt = None, workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
+) -> None:
+    """prepare -> finetune -> quantize -> index -> bench on the embedded sample, then one example query."""
+    import time
+
+    _quiet_libraries()
+    from densesearch.bench import run_bench, save_report
+    from densesearch.config import DEFAULT_QUERY, BenchConfig, IndexConfig, PrepareConfig, QuantizeConfig, QueryConfig, TrainConfig
+    from densesearch.export import run_quantize
+    from densesearch.index import run_index
+    from densesearch.prepare import run_prepare
+    from densesearch.render import (answer_table, bench_latency_table, bench_markdown, bench_quality_table,
+                                    finetune_tables, index_tables, prepare_table, quantize_tables)
+    from densesearch.search import Searcher
+    from densesearch.train import run_finetune
+
+    ws = workspace_of(home, workspace)
+    out = Output(False)
+    started = time.perf_counter()
+    with out.progress() as progress:
+        out.note("1/5 prepare (embedded sample)")
+        out.table(prepare_table(run_prepare(PrepareConfig(source="sample"), ws, progress)))
+        out.note("2/5 finetune")
+        for table in finetune_tables(run_finetune(TrainConfig(samples=samples, max_seq_length=max_seq_length,
+                                                              epochs=epochs, batch_size=32), ws, progress)):
+            out.table(table)
+        out.note("3/5 quantize")
+        for table in quantize_tables(run_quantize(QuantizeConfig(parity_texts=256), ws, progress)):
+            out.table(table)
+        out.note("4/5 index")
+        for table in index_tables(run_index(IndexConfig(), ws, progress)):
+            out.table(table)
+        out.note("5/5 bench")
+        report = run_bench(BenchConfig(latency_runs=100), ws, progress)
+    save_report(report, ws, bench_markdown(report))
+    out.table(bench_quality_table(report))
+    out.table(bench_latency_table(report))
+    out.table(answer_table(Searcher(ws).ask(DEFAULT_QUERY, QueryConfig(k=10))))
+    out.note(f"quickstart finished in {time.perf_counter() - started:.0f} s; artifacts in {ws.root}")
+
+
 def main() -> None:
     """Console-script entry point."""
     try:

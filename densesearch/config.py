@@ -93,7 +93,7 @@ class QueryConfig:
     rrf_k: int = 60
     collapse_variants: bool = False
     ef_search: int | None = None
-    threads: int = 1
+    threads: int = 0
     candidates: int = 100
 
 
@@ -106,10 +106,10 @@ class BenchConfig:
     batch_sizes: tuple[int, ...] = (1,)
     latency_runs: int = 200
     warmup_runs: int = 20
-    threads: int = 1
+    threads: int = 0
     bootstrap: int = 1000
+    trec_path: Path | None = None
     seed: int = 13
     ks: tuple[int, ...] = (1, 5, 10, 50, 100)
     compare: str | None = None
-    trec_path: Path | None = None
     systems: tuple[str, ...] = ()

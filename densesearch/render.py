@@ -139,3 +139,176 @@ def status_table(rows: Sequence[dict[str, Any]], show_paths: bool) -> Table:
             cells.append(row["path"])
         table.add_row(*cells)
     return table
+
+
+def metrics_table(title: str, rows: dict[str, dict[str, float]], columns: Sequence[str]) -> Table:
+    """Systems as rows, metrics as columns, the best value per column in bold green."""
+    table = Table(title=title, title_justify="left")
+    table.add_column("system")
+    for column in columns:
+        table.add_column(column, justify="right")
+    best = {c: max((r.get(c, float("-inf")) for r in rows.values()), default=None) for c in columns}
+    for name, values in rows.items():
+        cells = []
+        for column in columns:
+            value = values.get(column)
+            text = fmt(value)
+            cells.append(f"[bold green]{text}[/bold green]" if value is not None and value == best[column]
+                         and len(rows) > 1 else text)
+        table.add_row(name, *cells)
+    return table
+
+
+def finetune_tables(result: Any) -> list[Table]:
+    summary = kv_table("densesearch finetune", [
+        ("base model", result.base_model), ("training pairs used", result.pairs_used),
+        ("steps", result.steps), ("device", result.device), ("max sequence length", result.max_seq_length),
+        ("pairs / second", round(result.pairs_per_second, 2)), ("seconds", round(result.seconds, 1)),
+        ("fingerprint", result.manifest.short), ("written to", str(result.path))])
+    columns = ["recall@1", "recall@10", "mrr@10", "ndcg@10"]
+    dev = metrics_table(f"dev split ({result.manifest.counts['dev_queries']} queries, "
+                        f"{result.manifest.extra.get('query_source')} queries, exact search)",
+                        {"base": result.dev_base, "fine-tuned": result.dev_finetuned}, columns)
+    return [summary, dev]
+
+
+def quantize_tables(result: Any) -> list[Table]:
+    sizes = kv_table("densesearch quantize", [
+        ("source model", result.source_model), ("instruction set", result.isa),
+        ("FP32 ONNX size", f"{result.fp32_bytes / 2**20:.1f} MiB"),
+        ("INT8 ONNX size", f"{result.int8_bytes / 2**20:.1f} MiB ({result.size_ratio:.1%} of FP32)"),
+        ("cosine FP32 vs INT8 mean / min", f"{result.cosine_mean:.4f} / {result.cosine_min:.4f}"),
+        ("parity gate", "passed" if result.passed else ("FAILED (published with --force)")),
+        ("fingerprint", result.manifest.short)])
+    backends = Table(title="backends (dev Recall@10, exact search; median batch-1 encode)", title_justify="left")
+    for column in ("backend", "recall@10", "encode ms p50"):
+        backends.add_column(column, justify="right" if column != "backend" else "left")
+    for name in result.recall_at_10:
+        backends.add_row(name, fmt(result.recall_at_10[name]), f"{result.latency_ms_p50[name]:.2f}")
+    return [sizes, backends]
+
+
+def index_tables(result: Any) -> list[Table]:
+    rows = [("encoder", f"{result.encoder.label} ({result.encoder.backend})"), ("index kind", result.kind),
+            ("vectors", result.vectors), ("encode items / second", round(result.items_per_second, 1)),
+            ("build seconds", round(result.build_seconds, 2)),
+            ("search parameter", ", ".join(f"{k}={v}" for k, v in result.search_param.items()) or "exact"),
+            ("dev Recall@10 dense / bm25 / hybrid",
+             " / ".join(f"{result.dev_recall_at_10[m]:.3f}" for m in ("dense", "bm25", "hybrid"))),
+            ("default query mode", result.recommended_mode),
+            ("size on disk", f"{result.bytes_on_disk / 2**20:.1f} MiB")]
+    if result.added:
+        rows.insert(3, ("items added", result.added))
+    tables = [kv_table("densesearch index", rows)]
+    if result.sweep:
+        sweep = Table(title="search-parameter sweep on dev queries (recall@10 vs exact)", title_justify="left")
+        for column in ("value", "recall vs exact", "ms / query"):
+            sweep.add_column(column, justify="right")
+        for row in result.sweep:
+            sweep.add_row(str(row["value"]), f"{row['recall_vs_exact']:.4f}", f"{row['ms_per_query']:.3f}")
+        tables.append(sweep)
+    return tables
+
+
+def answer_table(answer: Any) -> Table:
+    table = Table(title=f"{answer.query!r} ({answer.mode}, top {answer.k})", title_justify="left",
+                  caption=f"encode {answer.encode_ms:.2f} ms · search {answer.search_ms:.2f} ms · total "
+                          f"{answer.total_ms:.2f} ms · {answer.answered_by}", caption_justify="left")
+    for column, justify in (("#", "right"), ("score", "right"), ("item", "left"), ("title", "left"),
+                            ("store", "left"), ("snippet", "left")):
+        table.add_column(column, justify=justify, overflow="fold" if column == "title" else "ellipsis",
+                         max_width={"title": 48, "snippet": 48, "store": 16}.get(column))
+    for hit in answer.hits:
+        table.add_row(str(hit.rank), f"{hit.score:.4f}", hit.item_id, hit.title, hit.store, hit.snippet)
+    return table
+
+
+QUALITY_COLUMNS = ("recall@1", "recall@5", "recall@10", "recall@50", "recall@100", "mrr@10", "ndcg@10")
+
+
+def _source_label(report: Any) -> str:
+    return ("review -> item queries" if report.query_source == "reviews"
+            else "LISTING-PROXY queries (held-out listing sentences, not reviews)")
+
+
+def bench_quality_table(report: Any) -> Table:
+    table = Table(title=f"retrieval quality: {report.split} split, {report.queries:,} queries, "
+                        f"{report.catalog_items:,} items, {_source_label(report)}", title_justify="left",
+                  caption="strict = the exact item; variant = any item of its variant group; "
+                          "[..] = 95% bootstrap CI of Recall@10", caption_justify="left")
+    table.add_column("system")
+    table.add_column("search")
+    for column in QUALITY_COLUMNS:
+        table.add_column(column, justify="right")
+    table.add_column("R@10 CI", justify="right")
+    table.add_column("variant R@10", justify="right")
+    table.add_column("vs exact", justify="right")
+    best = {c: max(q.strict[c] for q in report.quality) for c in QUALITY_COLUMNS}
+    for q in report.quality:
+        cells = [f"[bold green]{q.strict[c]:.4f}[/bold green]" if q.strict[c] == best[c] else f"{q.strict[c]:.4f}"
+                 for c in QUALITY_COLUMNS]
+        lo, hi = q.strict_ci["recall@10"]
+        table.add_row(q.system, q.search, *cells, f"[{lo:.3f}, {hi:.3f}]", f"{q.variant['recall@10']:.4f}",
+                      fmt(q.ann_recall_vs_exact, 3))
+    return table
+
+
+def bench_latency_table(report: Any) -> Table:
+    table = Table(title=f"latency (ms; {report.machine['threads']} threads; {report.machine['cpu']})",
+                  title_justify="left")
+    for column in ("stage", "backend", "batch", "p50", "p90", "p99", "mean", "QPS"):
+        table.add_column(column, justify="left" if column in ("stage", "backend") else "right")
+    for s in report.latency:
+        table.add_row(s.stage, s.backend, str(s.batch_size), f"{s.p50_ms:.3f}", f"{s.p90_ms:.3f}",
+                      f"{s.p99_ms:.3f}", f"{s.mean_ms:.3f}", f"{s.qps:,.0f}")
+    return table
+
+
+def histogram_text(samples: Sequence[float], bins: int = 12, width: int = 40) -> str:
+    """A horizontal text histogram of latency samples (clipped at p99)."""
+    import numpy as np
+
+    values = np.asarray(samples)
+    top = float(np.percentile(values, 99))
+    counts, edges = np.histogram(np.clip(values, None, top), bins=bins)
+    peak = max(int(counts.max()), 1)
+    return "\n".join(f"{edges[n]:8.3f} ms │{'█' * round(width * c / peak):<{width}} {c}"
+                     for n, c in enumerate(counts))
+
+
+def bench_histograms(report: Any) -> list[Any]:
+    from rich.panel import Panel
+
+    return [Panel(histogram_text(s.samples_ms), title=f"{s.stage} · {s.backend} · batch {s.batch_size}",
+                  expand=False)
+            for s in report.latency if s.batch_size == 1 and s.stage in ("encode", "end-to-end")]
+
+
+def bench_markdown(report: Any) -> str:
+    lines = [f"# densesearch bench {report.run_id}", "",
+             f"Split **{report.split}**, {report.queries:,} queries over {report.catalog_items:,} items; "
+             f"query source: **{_source_label(report)}**.", "",
+             "| system | search | " + " | ".join(QUALITY_COLUMNS) + " | R@10 95% CI | variant R@10 |",
+             "|---|---|" + "---:|" * (len(QUALITY_COLUMNS) + 2)]
+    for q in report.quality:
+        lo, hi = q.strict_ci["recall@10"]
+        lines.append(f"| {q.system} | {q.search} | " + " | ".join(f"{q.strict[c]:.4f}" for c in QUALITY_COLUMNS)
+                     + f" | [{lo:.3f}, {hi:.3f}] | {q.variant['recall@10']:.4f} |")
+    lines += ["", f"Latency (ms), {report.machine['threads']} threads, {report.machine['cpu']}:", "",
+              "| stage | backend | batch | p50 | p90 | p99 | QPS |", "|---|---|---:|---:|---:|---:|---:|"]
+    for s in report.latency:
+        lines.append(f"| {s.stage} | {s.backend} | {s.batch_size} | {s.p50_ms:.3f} | {s.p90_ms:.3f} | "
+                     f"{s.p99_ms:.3f} | {s.qps:,.0f} |")
+    lines += ["", "Sizes: " + ", ".join(f"{k} = {v / 2**20:.1f} MiB" for k, v in report.sizes.items()), ""]
+    return "\n".join(lines)
+
+
+def compare_table(rows: Sequence[dict[str, Any]], earlier: str) -> Table:
+    table = Table(title=f"compared with run {earlier}", title_justify="left")
+    for column in ("system", "search", "metric", "before", "after", "delta"):
+        table.add_column(column, justify="right" if column in ("before", "after", "delta") else "left")
+    for r in rows:
+        colour = "green" if r["delta"] > 0 else "red" if r["delta"] < 0 else "white"
+        table.add_row(r["system"], r["search"], r["metric"], f"{r['before']:.4f}", f"{r['after']:.4f}",
+                      f"[{colour}]{r['delta']:+.4f}[/{colour}]")
+    return table

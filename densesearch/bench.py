@@ -1,0 +1,294 @@
+"""`bench`: retrieval quality (with bootstrap CIs) and latency for every system a workspace holds."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from densesearch.config import BenchConfig, QueryConfig
+from densesearch.encoders import Encoder
+from densesearch.errors import BadInput, MissingArtifact
+from densesearch.evaluation import exact_topk, score_rankings
+from densesearch.index import EncoderSpec, base_spec, rrf_fuse
+from densesearch.manifest import package_versions
+from densesearch.metrics import ann_recall, bootstrap_ci, write_trec_run
+from densesearch.paths import Workspace
+from densesearch.prepare import load_data_manifest, load_pairs
+from densesearch.search import Searcher
+
+REPORT_SCHEMA = 1
+LATENCY_QUERIES = ("comfy summer dress for beach", "waterproof hiking boots for men",
+                   "silver hoop earrings for sensitive ears", "kids halloween costume dinosaur",
+                   "high waisted yoga shorts with pockets", "polarized sunglasses for driving")
+
+
+@dataclass
+class SystemQuality:
+    """Mean metrics, CIs and (for dense systems) HNSW recall against exact search."""
+
+    system: str
+    search: str
+    strict: dict[str, float]
+    strict_ci: dict[str, list[float]]
+    variant: dict[str, float]
+    ann_recall_vs_exact: float | None = None
+
+
+@dataclass
+class LatencyStats:
+    backend: str
+    stage: str
+    batch_size: int
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+    qps: float
+    samples_ms: list[float] = field(repr=False, default_factory=list)
+
+
+@dataclass
+class BenchReport:
+    schema: int
+    run_id: str
+    created: str
+    split: str
+    query_source: str
+    queries: int
+    catalog_items: int
+    quality: list[SystemQuality]
+    latency: list[LatencyStats]
+    sizes: dict[str, int]
+    machine: dict[str, Any]
+    artifacts: dict[str, str]
+    notes: list[str]
+
+
+def latency_stats(backend: str, stage: str, batch_size: int, samples_ms: list[float]) -> LatencyStats:
+    values = np.asarray(samples_ms)
+    return LatencyStats(backend=backend, stage=stage, batch_size=batch_size,
+                        p50_ms=float(np.percentile(values, 50)), p90_ms=float(np.percentile(values, 90)),
+                        p99_ms=float(np.percentile(values, 99)), mean_ms=float(values.mean()),
+                        qps=float(batch_size * 1000 / values.mean()), samples_ms=[round(v, 4) for v in samples_ms])
+
+
+def time_calls(call, inputs: list[Any], runs: int, warmup: int) -> list[float]:
+    for n in range(warmup):
+        call(inputs[n % len(inputs)])
+    samples = []
+    for n in range(runs):
+        started = time.perf_counter()
+        call(inputs[n % len(inputs)])
+        samples.append((time.perf_counter() - started) * 1000)
+    return samples
+
+
+def machine_info(threads: int) -> dict[str, Any]:
+    flags = set()
+    try:
+        flags = {f for f in Path("/proc/cpuinfo").read_text().split() if f.startswith(("avx", "amx", "vnni"))}
+    except OSError:
+        pass
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
+    return {"platform": platform.platform(), "cpu": model, "cores": os.cpu_count(), "cpu_flags": sorted(flags),
+            "threads": threads or os.cpu_count(), "versions": package_versions()}
+
+
+def _quality(name: str, search: str, rankings: list[list[str]], positives: list[str], group_of: dict[str, str],
+             cfg: BenchConfig, ann: float | None = None) -> SystemQuality:
+    strict = score_rankings(rankings, positives, group_of, cfg.ks)
+    variant = score_rankings(rankings, positives, group_of, cfg.ks, variant_aware=True)
+    return SystemQuality(
+        system=name, search=search, strict={k: float(v.mean()) for k, v in strict.items()},
+        strict_ci={k: list(bootstrap_ci(v, cfg.bootstrap, cfg.seed)) for k, v in strict.items()},
+        variant={k: float(v.mean()) for k, v in variant.items()}, ann_recall_vs_exact=ann)
+
+
+def dense_systems(searcher: Searcher, workspace: Workspace) -> list[tuple[str, EncoderSpec]]:
+    """Base model, fine-tuned FP32 and fine-tuned INT8 (those the workspace holds)."""
+    systems = [("base", base_spec())]
+    if (workspace.artifact("model") / "manifest.json").is_file():
+        from densesearch.index import choose_encoder
+
+        systems.append(("fine-tuned FP32", choose_encoder("finetuned", workspace)))
+    systems.append((searcher.spec.label, searcher.spec))
+    unique, seen = [], set()
+    for name, spec in systems:
+        if (spec.fingerprint, spec.backend) not in seen:
+            seen.add((spec.fingerprint, spec.backend))
+            unique.append((name, spec))
+    return unique
+
+
+def run_bench(cfg: BenchConfig, workspace: Workspace, progress=None) -> BenchReport:
+    """Measure every system on the split, then latency per backend; save the run in the workspace."""
+    import faiss
+
+    data_manifest = load_data_manifest(workspace)
+    searcher = Searcher(workspace, threads=cfg.threads)
+    pairs = load_pairs(workspace, cfg.split)
+    if cfg.queries:
+        pairs = pairs[: cfg.queries]
+    if not pairs:
+        raise BadInput(f"the {cfg.split} split is empty", hint="prepare more data or use --split dev")
+    items = searcher.items
+    ids = [row["item_id"] for row in items]
+    group_of = {row["item_id"]: row["group_id"] for row in items}
+    queries, positives = [p.query for p in pairs], [p.item_id for p in pairs]
+    depth = min(max(cfg.ks), len(items))
+    quality: list[SystemQuality] = []
+    runs: dict[str, tuple[list[list[str]], list[list[float]]]] = {}
+    sparse = searcher.bm25.search(queries, depth)
+    bm25_rank = [[ids[i] for i in found] for found, _ in sparse]
+    runs["bm25"] = (bm25_rank, [s.tolist() for _, s in sparse])
+    quality.append(_quality("BM25", "inverted index", bm25_rank, positives, group_of, cfg))
+    vectors = np.load(searcher.directory / "vectors.npy", mmap_mode="r")
+    encoders: dict[str, Encoder] = {}
+    for name, spec in dense_systems(searcher, workspace):
+        if progress:
+            progress(f"evaluating {name}", 0, 1)
+        encoder = spec.load(cfg.threads)
+        encoders[spec.backend if spec is not searcher.spec else "served"] = encoder
+        served = spec.fingerprint == searcher.spec.fingerprint and spec.backend == searcher.spec.backend
+        item_vectors = vectors if served else encoder.encode([r["text"] for r in items], batch_size=64)
+        query_vectors = encoder.encode(queries, batch_size=64)
+        exact, exact_scores = exact_topk(query_vectors, np.asarray(item_vectors), depth)
+        exact_rank = [[ids[i] for i in row] for row in exact]
+        quality.append(_quality(name, "exact", exact_rank, positives, group_of, cfg))
+        if served:
+            _, approx = searcher.index.search(query_vectors, depth)
+            approx_rank = [[ids[i] for i in row if i >= 0] for row in approx]
+            quality.append(_quality(name, searcher.manifest.extra["kind"], approx_rank, positives, group_of, cfg,
+                                    ann=ann_recall(approx, exact, 10)))
+            fused = [rrf_fuse([list(a), list(s)], 60, depth) for a, (s, _) in zip(approx, sparse, strict=True)]
+            hybrid_rank = [[ids[i] for i, _ in row] for row in fused]
+            runs["hybrid"] = (hybrid_rank, [[s for _, s in row] for row in fused])
+            runs["dense"] = (approx_rank, [[float(x) for x in row] for row in exact_scores])
+            quality.append(_quality(f"hybrid (RRF: {name} + BM25)", searcher.manifest.extra["kind"], hybrid_rank,
+                                    positives, group_of, cfg))
+    latency = measure_latency(searcher, encoders, cfg)
+    report = BenchReport(
+        schema=REPORT_SCHEMA, run_id=datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ"),
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"), split=cfg.split,
+        query_source=data_manifest.extra.get("query_source", "?"), queries=len(pairs), catalog_items=len(items),
+        quality=quality, latency=latency, sizes=artifact_sizes(workspace),
+        machine=machine_info(cfg.threads),
+        artifacts={"data": data_manifest.fingerprint, "index": searcher.manifest.fingerprint,
+                   "encoder": searcher.spec.fingerprint},
+        notes=[] if data_manifest.extra.get("query_source") == "reviews" else
+        ["queries are held-out listing sentences (a proxy), not customer reviews"])
+    if cfg.trec_path:
+        write_trec_run(cfg.trec_path, [p.query_id for p in pairs], runs["hybrid"][0], runs["hybrid"][1], "hybrid")
+    faiss.omp_set_num_threads(max(cfg.threads, 1))
+    return report
+
+
+def measure_latency(searcher: Searcher, encoders: dict[str, Encoder], cfg: BenchConfig) -> list[LatencyStats]:
+    """Encode, search and end-to-end latency per backend and batch size (warm-up runs first)."""
+    stats = []
+    texts = list(LATENCY_QUERIES)
+    for name, encoder in encoders.items():
+        backend = searcher.spec.backend if name == "served" else name
+        for batch in cfg.batch_sizes:
+            batches = [[texts[(n + j) % len(texts)] for j in range(batch)] for n in range(len(texts))]
+            samples = time_calls(lambda b, e=encoder, bs=batch: e.encode(b, batch_size=bs), batches,
+                                 cfg.latency_runs, cfg.warmup_runs)
+            stats.append(latency_stats(backend, "encode", batch, samples))
+    vectors = searcher.encoder.encode(texts, batch_size=len(texts))
+    stats.append(latency_stats(searcher.manifest.extra["kind"], "search", 1,
+                               time_calls(lambda v: searcher.dense(v, 10), list(vectors), cfg.latency_runs,
+                                          cfg.warmup_runs)))
+    for mode in ("dense", "hybrid", "bm25"):
+        config = QueryConfig(k=10, mode=mode, threads=cfg.threads)
+        stats.append(latency_stats(f"{searcher.spec.backend} {mode}" if mode != "bm25" else "bm25", "end-to-end", 1,
+                                   time_calls(lambda q, c=config: searcher.ask(q, c), texts, cfg.latency_runs,
+                                              cfg.warmup_runs)))
+    return stats
+
+
+def artifact_sizes(workspace: Workspace) -> dict[str, int]:
+    sizes = {}
+    onnx = workspace.artifact("onnx")
+    if (onnx / "manifest.json").is_file():
+        extra = json.loads((onnx / "manifest.json").read_text())["extra"]
+        sizes["model_fp32_onnx_bytes"] = extra["fp32_bytes"]
+        sizes["model_int8_onnx_bytes"] = extra["int8_bytes"]
+    model = workspace.artifact("model") / "model.safetensors"
+    if model.is_file():
+        sizes["model_torch_bytes"] = model.stat().st_size
+    index = workspace.artifact("index")
+    for name in ("dense.faiss", "vectors.npy"):
+        if (index / name).is_file():
+            sizes[f"index_{name.replace('.', '_')}_bytes"] = (index / name).stat().st_size
+    sizes["index_bm25_bytes"] = sum(p.stat().st_size for p in (index / "bm25").rglob("*") if p.is_file())
+    return sizes
+
+
+def save_report(report: BenchReport, workspace: Workspace, markdown: str) -> Path:
+    """JSON + Markdown + PNG histogram of a run, in bench/<run_id>/ (written atomically)."""
+    from densesearch.paths import atomic_dir
+
+    target = workspace.bench_runs / report.run_id
+    with atomic_dir(target) as tmp:
+        (tmp / "report.json").write_text(json.dumps(asdict(report), indent=2) + "\n")
+        (tmp / "report.md").write_text(markdown)
+        plot_histograms(report, tmp / "latency.png")
+    return target
+
+
+def plot_histograms(report: BenchReport, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    encode = [s for s in report.latency if s.stage in ("encode", "end-to-end") and s.batch_size == 1]
+    fig, axes = plt.subplots(len(encode), 1, figsize=(8, 1.8 * len(encode)), squeeze=False)
+    for axis, stats in zip(axes[:, 0], encode, strict=True):
+        axis.hist(stats.samples_ms, bins=40, color="#4477aa")
+        axis.axvline(stats.p50_ms, color="#cc3311", label=f"p50 {stats.p50_ms:.2f} ms")
+        axis.set_title(f"{stats.stage}: {stats.backend} (batch 1)", fontsize=9)
+        axis.legend(fontsize=8)
+    axes[-1, 0].set_xlabel("milliseconds")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def load_report(workspace: Workspace, run: str) -> dict[str, Any]:
+    """An earlier run by id (or 'latest', or a path to report.json)."""
+    path = Path(run)
+    if not path.is_file():
+        runs = sorted(workspace.bench_runs.glob("*/report.json")) if workspace.bench_runs.exists() else []
+        matches = runs[-1:] if run == "latest" else [p for p in runs if p.parent.name == run]
+        if not matches:
+            raise MissingArtifact(f"bench run {run!r}", "bench")
+        path = matches[0]
+    return json.loads(path.read_text())
+
+
+def compare_reports(current: dict[str, Any], earlier: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per system and metric: earlier value, current value, delta."""
+    before = {(q["system"], q["search"]): q["strict"] for q in earlier["quality"]}
+    rows = []
+    for q in current["quality"]:
+        old = before.get((q["system"], q["search"]))
+        if old:
+            for metric in ("recall@10", "mrr@10", "ndcg@10"):
+                rows.append({"system": q["system"], "search": q["search"], "metric": metric, "before": old[metric],
+                             "after": q["strict"][metric], "delta": q["strict"][metric] - old[metric]})
+    return rows
+
+
+def bench_median(values: list[float]) -> float:
+    return statistics.median(values) if values else 0.0

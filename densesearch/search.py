@@ -1,0 +1,184 @@
+"""Serving: load an index with its encoder (checking they match) and answer dense, BM25 or hybrid queries."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from densesearch.config import QueryConfig
+from densesearch.errors import ArtifactMismatch, BadInput
+from densesearch.index import (BM25_DIR, DENSE_FILE, EncoderSpec, choose_encoder, read_items, rrf_fuse,
+                               set_search_param)
+from densesearch.manifest import Manifest, read_manifest
+from densesearch.paths import Workspace
+from densesearch.sparse import Bm25Index
+
+MODES = ("dense", "bm25", "hybrid")
+MAX_QUERY_CHARS = 10_000
+
+
+@dataclass
+class Hit:
+    rank: int
+    score: float
+    item_id: str
+    group_id: str
+    title: str
+    store: str
+    snippet: str
+    price: float | None = None
+    rating: float | None = None
+
+
+@dataclass
+class Answer:
+    query: str
+    mode: str
+    k: int
+    hits: list[Hit]
+    encode_ms: float
+    search_ms: float
+    total_ms: float
+    answered_by: str
+    notes: list[str] = field(default_factory=list)
+
+
+def validate_query(text: str) -> str:
+    """Reject empty, over-long or non-UTF-8 queries with a one-line reason."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise BadInput("query is not valid UTF-8", hint="re-encode the query as UTF-8") from exc
+    if not text.strip():
+        raise BadInput("query is empty", hint="give some words to search for")
+    if len(text) > MAX_QUERY_CHARS:
+        raise BadInput(f"query is {len(text):,} characters long (max {MAX_QUERY_CHARS:,})", hint="shorten it")
+    return text.strip()
+
+
+def check_encoder_matches(manifest: Manifest, workspace: Workspace, override: str | None) -> EncoderSpec:
+    """The index's encoder, verified against the artifact on disk (and against ``override``)."""
+    recorded = EncoderSpec(**manifest.extra["encoder"])
+    if override is not None:
+        wanted = choose_encoder(override, workspace)
+        if wanted.fingerprint != recorded.fingerprint or (wanted.dim and wanted.dim != recorded.dim):
+            raise ArtifactMismatch(
+                f"the index was built with {recorded.label} ({recorded.fingerprint[:12]}), "
+                f"not with {wanted.label} ({wanted.fingerprint[:12]})",
+                hint=f"run `densesearch index --model {override}` to rebuild it")
+    path = Path(recorded.path)
+    manifest_kind = {"onnx-int8": "onnx", "onnx": "onnx"}.get(recorded.backend)
+    if path.is_relative_to(workspace.root):
+        current = read_manifest(path, manifest_kind or "model").fingerprint
+        if current != recorded.fingerprint:
+            raise ArtifactMismatch(
+                f"the index was built with another version of {recorded.label} "
+                f"({recorded.fingerprint[:12]} != {current[:12]})", hint="run `densesearch index` again")
+    return recorded
+
+
+class Searcher:
+    """An index loaded for serving; the encoder and BM25 load lazily, on first use."""
+
+    def __init__(self, workspace: Workspace, threads: int = 1, model: str | None = None) -> None:
+        import faiss
+
+        directory = workspace.artifact("index")
+        self.manifest = read_manifest(directory, "index")
+        self.spec = check_encoder_matches(self.manifest, workspace, model)
+        self.directory = directory
+        self.threads = threads
+        faiss.omp_set_num_threads(max(threads, 1))
+        self.index = faiss.read_index(str(directory / DENSE_FILE))
+        self.items = read_items(directory)
+        if self.index.ntotal != len(self.items):
+            raise ArtifactMismatch("dense index and item table disagree", hint="run `densesearch index` again")
+        self._encoder = None
+        self._bm25: Bm25Index | None = None
+
+    @property
+    def encoder(self):
+        if self._encoder is None:
+            self._encoder = self.spec.load(self.threads)
+        return self._encoder
+
+    @property
+    def bm25(self) -> Bm25Index:
+        if self._bm25 is None:
+            self._bm25 = Bm25Index.load(self.directory / BM25_DIR)
+        return self._bm25
+
+    @property
+    def default_mode(self) -> str:
+        return self.manifest.extra.get("recommended_mode", "dense")
+
+    def dense(self, vector: np.ndarray, k: int, ef_search: int | None = None) -> tuple[list[int], list[float]]:
+        if ef_search:
+            set_search_param(self.index, self.manifest.extra["kind"], max(ef_search, k))
+        else:
+            param = next(iter(self.manifest.extra.get("search_param", {}).values()), 0)
+            if param:
+                set_search_param(self.index, self.manifest.extra["kind"], max(param, k))
+        scores, ids = self.index.search(vector.reshape(1, -1), k)
+        keep = ids[0] >= 0
+        return ids[0][keep].tolist(), scores[0][keep].tolist()
+
+    def sparse(self, text: str, k: int) -> tuple[list[int], list[float]]:
+        found, scores = self.bm25.search([text], k)[0]
+        return found.tolist(), scores.tolist()
+
+    def ask(self, text: str, cfg: QueryConfig) -> Answer:
+        """Answer one query: validate, encode, search, fuse, collapse variants, time each step."""
+        text = validate_query(text)
+        if cfg.k <= 0:
+            raise BadInput(f"k must be positive, got {cfg.k}", hint="use -k 10")
+        mode = cfg.mode or self.default_mode
+        if mode not in MODES:
+            raise BadInput(f"unknown mode {mode!r}", hint="use dense, bm25 or hybrid")
+        notes = []
+        k = cfg.k
+        if k > len(self.items):
+            notes.append(f"k={k} is larger than the catalog; showing all {len(self.items)} items")
+            k = len(self.items)
+        depth = min(len(self.items), max(cfg.candidates, k) * (3 if cfg.collapse_variants else 1))
+        started = time.perf_counter()
+        vector = self.encoder.encode([text], batch_size=1) if mode != "bm25" else None
+        encoded = time.perf_counter()
+        if mode == "dense":
+            ids, scores = self.dense(vector, depth if cfg.collapse_variants else k, cfg.ef_search)
+        elif mode == "bm25":
+            ids, scores = self.sparse(text, depth if cfg.collapse_variants else k)
+        else:
+            dense_ids, _ = self.dense(vector, depth, cfg.ef_search)
+            sparse_ids, _ = self.sparse(text, depth)
+            fused = rrf_fuse([dense_ids, sparse_ids], cfg.rrf_k, depth)
+            ids, scores = [i for i, _ in fused], [s for _, s in fused]
+        if cfg.collapse_variants:
+            ids, scores = self._collapse(ids, scores)
+        searched = time.perf_counter()
+        hits = [self._hit(rank, i, s) for rank, (i, s) in enumerate(zip(ids[:k], scores[:k], strict=True), 1)]
+        return Answer(query=text, mode=mode, k=k, hits=hits, encode_ms=(encoded - started) * 1000,
+                      search_ms=(searched - encoded) * 1000, total_ms=(searched - started) * 1000,
+                      answered_by=f"{self.spec.label if mode != 'bm25' else 'BM25'} + {self.manifest.extra['kind']}"
+                      if mode != "bm25" else "BM25", notes=notes)
+
+    def _collapse(self, ids: list[int], scores: list[float]) -> tuple[list[int], list[float]]:
+        seen, out_ids, out_scores = set(), [], []
+        for i, s in zip(ids, scores, strict=True):
+            group = self.items[i]["group_id"]
+            if group not in seen:
+                seen.add(group)
+                out_ids.append(i)
+                out_scores.append(s)
+        return out_ids, out_scores
+
+    def _hit(self, rank: int, index: int, score: float) -> Hit:
+        row = self.items[index]
+        text = row["text"]
+        body = text[len(row["title"]):].strip() if text.startswith(row["title"]) else text
+        return Hit(rank=rank, score=float(score), item_id=row["item_id"], group_id=row["group_id"],
+                   title=row["title"], store=row.get("store") or "", snippet=body[:160],
+                   price=row.get("price"), rating=row.get("rating"))

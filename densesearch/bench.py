@@ -176,6 +176,10 @@ def run_bench(cfg: BenchConfig, workspace: Workspace, progress=None) -> BenchRep
             runs["dense"] = (approx_rank, [[float(x) for x in row] for row in exact_scores])
             quality.append(_quality(f"hybrid (RRF: {name} + BM25)", searcher.manifest.extra["kind"], hybrid_rank,
                                     positives, group_of, cfg))
+    if (workspace.artifact("onnx") / "manifest.json").is_file() and searcher.spec.backend != "onnx":
+        from densesearch.index import choose_encoder
+
+        encoders["onnx"] = choose_encoder("onnx", workspace).load(cfg.threads)
     latency = measure_latency(searcher, encoders, cfg)
     report = BenchReport(
         schema=REPORT_SCHEMA, run_id=datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ"),

@@ -279,18 +279,13 @@ def query(
     if text is not None:
         answer(text, cfg)
     elif not sys.stdin.isatty():
-        for line in _read_stdin_queries():
-            answer(line, cfg)
+        _session(answer, cfg, out, _read_stdin_queries(), interactive=False)
     else:
-        _interactive(answer, cfg, out)
+        _session(answer, cfg, out, _prompt_lines(out), interactive=True)
 
 
-def _interactive(answer, cfg, out: Output) -> None:
-    """A prompt with history: `:k 20`, `:mode bm25`, `:quit`."""
-    import dataclasses
-
-    from densesearch.errors import DensesearchError
-
+def _prompt_lines(out: Output):
+    """Lines typed at a prompt with history (readline)."""
     try:
         import readline  # noqa: F401  (line editing and history for input())
     except ImportError:
@@ -298,20 +293,37 @@ def _interactive(answer, cfg, out: Output) -> None:
     out.note("type a query; :k N, :mode dense|bm25|hybrid, :quit")
     while True:
         try:
-            line = input("densesearch> ")
+            yield input("densesearch> ")
         except EOFError:
             return
+
+
+def _session(answer, cfg, out: Output, lines, interactive: bool) -> None:
+    """Answer lines one by one; `:k 20`, `:mode bm25` change settings, `:quit` ends.
+
+    At a prompt a bad query prints its error and the prompt goes on; piped input stops at the first error.
+    """
+    import dataclasses
+
+    from densesearch.errors import BadInput, DensesearchError
+
+    for line in lines:
         command = line.strip()
         if command in (":quit", ":q", ":exit"):
             return
         try:
             if command.startswith(":k "):
-                cfg = dataclasses.replace(cfg, k=int(command[3:]))
+                try:
+                    cfg = dataclasses.replace(cfg, k=int(command[3:]))
+                except ValueError as exc:
+                    raise BadInput(f"{command!r}: k must be an integer", hint="e.g. :k 20") from exc
             elif command.startswith(":mode "):
                 cfg = dataclasses.replace(cfg, mode=command[6:].strip())
             elif command:
                 answer(command, cfg)
-        except (DensesearchError, ValueError) as exc:
+        except DensesearchError as exc:
+            if not interactive:
+                raise
             out.err.print(f"error: {exc}")
 
 

@@ -1,0 +1,60 @@
+import math
+
+import numpy as np
+import pytest
+
+from densesearch.index import rrf_fuse
+from densesearch.metrics import (bootstrap_ci, collapse, mrr_at, ndcg_at, per_query_metrics, recall_at,
+                                 write_trec_run)
+
+
+def test_hand_computed_cases():
+    ranked = ["a", "b", "c", "d"]
+    assert recall_at(ranked, {"c"}, 2) == 0.0 and recall_at(ranked, {"c"}, 3) == 1.0
+    assert recall_at(ranked, {"a", "z"}, 10) == 0.5            # k larger than the ranking
+    assert mrr_at(ranked, {"c"}, 10) == pytest.approx(1 / 3)
+    assert ndcg_at(ranked, {"b"}, 10) == pytest.approx(1 / math.log2(3))
+    assert ndcg_at(ranked, {"a", "b"}, 10) == pytest.approx(1.0)
+    assert recall_at(ranked, set(), 10) == mrr_at(ranked, set(), 10) == ndcg_at(ranked, set(), 10) == 0.0
+    assert mrr_at([], {"a"}, 10) == 0.0
+
+
+def test_ties_are_broken_deterministically_in_fusion():
+    fused = rrf_fuse([[1, 2, 3], [3, 1, 4]], 60, 10)
+    assert [i for i, _ in fused] == [1, 3, 2, 4]
+    assert rrf_fuse([[5], [7]], 60, 10) == [(5, 1 / 61), (7, 1 / 61)]  # equal scores: lower id first
+
+
+def test_variant_collapse_keeps_first_of_each_group():
+    assert collapse(["a1", "a2", "b1", "a3", "c"], {"a1": "A", "a2": "A", "a3": "A", "b1": "B"}) == ["A", "B", "c"]
+
+
+def test_bootstrap_ci_contains_the_mean():
+    values = np.random.default_rng(0).binomial(1, 0.6, size=300).astype(float)
+    lo, hi = bootstrap_ci(values, 500, seed=1)
+    assert lo <= values.mean() <= hi and hi - lo < 0.2
+
+
+def test_agrees_with_ranx_on_real_bm25_runs(workspace):
+    ranx = pytest.importorskip("ranx")
+    from densesearch.config import PrepareConfig
+    from densesearch.prepare import load_catalog, load_pairs, run_prepare
+    from densesearch.sparse import Bm25Index
+
+    run_prepare(PrepareConfig(source="sample"), workspace)
+    catalog, test = load_catalog(workspace), load_pairs(workspace, "test")
+    hits = Bm25Index.build(catalog.texts).search([p.query for p in test], 100)
+    rankings = [[catalog.ids[i] for i in found] for found, _ in hits]
+    ours = per_query_metrics(rankings, [{p.item_id} for p in test], ks=(1, 10, 100))
+    qrels = ranx.Qrels({p.query_id: {p.item_id: 1} for p in test})
+    run = ranx.Run({p.query_id: {doc: float(100 - r) for r, doc in enumerate(ranking)}
+                    for p, ranking in zip(test, rankings, strict=True)})
+    theirs = ranx.evaluate(qrels, run, ["recall@1", "recall@10", "recall@100", "mrr@10", "ndcg@10"])
+    for name, value in theirs.items():
+        assert ours[name].mean() == pytest.approx(value, abs=1e-9), name
+
+
+def test_trec_run_format(tmp_path):
+    path = tmp_path / "run.trec"
+    write_trec_run(path, ["q1"], [["b", "a"]], [[1.0, 1.0]], "tag")
+    assert path.read_text().splitlines() == ["q1 Q0 a 1 1.000000 tag", "q1 Q0 b 2 1.000000 tag"]

@@ -1,0 +1,258 @@
+"""finetune -> quantize -> index -> query -> bench on 150 real items with the real MiniLM model."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from densesearch.cli import app
+from densesearch.config import BenchConfig, IndexConfig, PrepareConfig, QuantizeConfig, QueryConfig, TrainConfig
+from densesearch.encoders import load_onnx_encoder, load_torch_encoder
+from densesearch.errors import ArtifactMismatch
+from densesearch.evaluation import exact_topk
+from densesearch.manifest import read_manifest
+from densesearch.metrics import ann_recall
+from densesearch.paths import Workspace
+from densesearch.prepare import load_catalog, load_pairs, run_prepare
+from densesearch.search import Searcher
+
+runner = CliRunner()
+TRAIN = TrainConfig(samples=48, batch_size=16, max_seq_length=64, save_steps=2, eval_queries=20)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """One workspace built once for the module (the real model; about a minute on 2 cores)."""
+    import gzip
+
+    from densesearch.export import run_quantize
+    from densesearch.index import run_index
+    from densesearch.sources import sample_meta_path
+    from densesearch.train import run_finetune
+
+    root = tmp_path_factory.mktemp("pipeline")
+    meta = root / "meta.jsonl"
+    with gzip.open(sample_meta_path(), "rt") as src:
+        meta.write_text("".join(line for _, line in zip(range(150), src, strict=False)))
+    ws = Workspace(root / "home")
+    run_prepare(PrepareConfig(meta_path=meta), ws)
+    train = run_finetune(TRAIN, ws)
+    quant = run_quantize(QuantizeConfig(parity_texts=64, force=True), ws)
+    index = run_index(IndexConfig(), ws)
+    return {"ws": ws, "train": train, "quant": quant, "index": index, "root": root}
+
+
+def cli(built, *args, input=None):
+    return runner.invoke(app, [*args, "--home", str(built["ws"].home)], input=input)
+
+
+def test_finetune_writes_a_loadable_model_and_manifest(built):
+    ws, result = built["ws"], built["train"]
+    manifest = read_manifest(ws.artifact("model"), "model")
+    assert manifest.counts["train_pairs"] == result.pairs_used > 0
+    assert manifest.upstream["data"] == read_manifest(ws.artifact("data"), "data").fingerprint
+    assert set(result.dev_finetuned) == {"recall@1", "recall@10", "mrr@10", "ndcg@10"}
+    encoder = load_torch_encoder(str(ws.artifact("model")), manifest.fingerprint)
+    vectors = encoder.encode(["summer dress", "leather wallet"])
+    assert vectors.shape == (2, 384) and np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
+    assert not ws.checkpoints.exists()
+
+
+def test_no_duplicates_sampler_never_repeats_an_item_in_a_batch():
+    from datasets import Dataset
+    from sentence_transformers.sampler import NoDuplicatesBatchSampler
+
+    items = [f"item text {i % 7}" for i in range(60)]  # heavy repetition of positives
+    dataset = Dataset.from_dict({"anchor": [f"query {i}" for i in range(60)], "positive": items})
+    sampler = NoDuplicatesBatchSampler(dataset, batch_size=5, drop_last=False, seed=3)
+    batches = list(sampler)
+    assert batches
+    for batch in batches:
+        positives = [items[i] for i in batch]
+        assert len(positives) == len(set(positives))
+
+
+def test_onnx_fp32_matches_torch_and_int8_parity_is_computed(built):
+    ws, quant = built["ws"], built["quant"]
+    catalog = load_catalog(ws)
+    texts = catalog.texts[:40] + [p.query for p in load_pairs(ws, "train")[:20]]
+    torch_vectors = load_torch_encoder(str(ws.artifact("model")), "").encode(texts)
+    onnx_vectors = load_onnx_encoder(ws.artifact("onnx"), False, "").encode(texts, batch_size=7)
+    assert np.min(np.sum(torch_vectors * onnx_vectors, axis=1)) >= 1 - 1e-4
+    int8 = load_onnx_encoder(ws.artifact("onnx"), True, "").encode(texts)
+    assert 0.9 < float(np.mean(np.sum(int8 * onnx_vectors, axis=1))) <= 1.0001
+    assert quant.cosine_min <= quant.cosine_mean and set(quant.recall_at_10) == {"torch", "onnx", "onnx-int8"}
+    assert quant.int8_bytes < 0.3 * quant.fp32_bytes
+
+
+def test_parity_gate_refuses_to_publish(built):
+    from densesearch.errors import DensesearchError
+    from densesearch.export import run_quantize
+
+    ws = built["ws"]
+    before = read_manifest(ws.artifact("onnx"), "onnx").fingerprint
+    with pytest.raises(DensesearchError, match="parity gate failed"):
+        run_quantize(QuantizeConfig(parity_texts=16, min_mean_cosine=1.01), ws)  # unreachable bar
+    assert read_manifest(ws.artifact("onnx"), "onnx").fingerprint == before
+
+
+def test_interrupted_training_keeps_the_previous_model(built):
+    from densesearch.train import run_finetune
+
+    ws = built["ws"]
+    before = read_manifest(ws.artifact("model"), "model").fingerprint
+
+    def press_ctrl_c(description, done, total, extra=""):
+        if description == "fine-tuning" and done >= 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_finetune(TRAIN, ws, press_ctrl_c)
+    assert read_manifest(ws.artifact("model"), "model").fingerprint == before
+    assert not list(ws.root.glob(".model.tmp-*"))
+
+
+def test_onnx_query_path_imports_neither_torch_nor_sentence_transformers(built):
+    code = textwrap.dedent(f"""
+        import sys
+        from pathlib import Path
+        from densesearch.paths import Workspace
+        from densesearch.search import Searcher
+        from densesearch.config import QueryConfig
+        answer = Searcher(Workspace(Path({str(built['ws'].home)!r}))).ask("summer dress", QueryConfig(mode="hybrid"))
+        assert answer.hits, "no hits"
+        bad = [m for m in ("torch", "sentence_transformers", "transformers") if m in sys.modules]
+        assert not bad, bad
+    """)
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_hnsw_recall_vs_exact_on_real_vectors(built):
+    import faiss
+
+    ws = built["ws"]
+    vectors = np.load(ws.artifact("index") / "vectors.npy")
+    index = faiss.read_index(str(ws.artifact("index") / "dense.faiss"))
+    index.hnsw.efSearch = built["index"].search_param["efSearch"]
+    queries = vectors[::3] + np.random.default_rng(0).normal(0, 0.02, vectors[::3].shape).astype(np.float32)
+    exact, _ = exact_topk(queries, vectors, 10)
+    _, approx = index.search(queries, 10)
+    assert ann_recall(approx, exact, 10) >= 0.99
+
+
+def test_bm25s_and_rank_bm25_return_the_same_top10(built):
+    from densesearch.sparse import Bm25Index
+
+    catalog = load_catalog(built["ws"])
+    queries = [p.query for p in load_pairs(built["ws"], "train")][:40]
+    fast, reference = (Bm25Index.build(catalog.texts, b).search(queries, 10) for b in ("bm25s", "rank-bm25"))
+    assert [list(ids) for ids, _ in fast] == [list(ids) for ids, _ in reference]
+
+
+def test_query_table_and_json(built):
+    result = cli(built, "query", "comfy summer dress for beach", "-k", "5", "--mode", "dense")
+    assert result.exit_code == 0, result.output
+    assert "encode" in result.stdout and "total" in result.stdout
+    payload = json.loads(cli(built, "query", "leather wallet", "-k", "3", "--json").stdout)
+    assert len(payload["hits"]) == 3 and payload["mode"] in ("dense", "bm25", "hybrid")
+    assert [h["rank"] for h in payload["hits"]] == [1, 2, 3]
+
+
+def test_k_larger_than_catalog_is_clamped(built):
+    payload = json.loads(cli(built, "query", "hat", "-k", "100000", "--json", "--mode", "bm25").stdout)
+    assert len(payload["hits"]) == 150 and payload["notes"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["query", "   "], "query is empty"),
+    (["query", "hat", "-k", "0"], "k must be positive"),
+    (["query", "x" * 10001], "max 10,000"),
+    (["query", "hat", "--mode", "fuzzy"], "unknown mode"),
+])
+def test_bad_queries_give_one_line_errors(built, args, message):
+    result = cli(built, *args)
+    assert result.exit_code == 1 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_invalid_utf8_on_stdin(built):
+    result = cli(built, "query", input=b"good query\n\xff\xfe bad\n")
+    assert result.exit_code == 1 and "<stdin>:2" in result.stderr and "UTF-8" in result.stderr
+
+
+def test_missing_index_names_the_command(tmp_path):
+    result = runner.invoke(app, ["query", "hat", "--home", str(tmp_path)])
+    assert result.exit_code == 1 and "densesearch index" in result.stderr
+
+
+def test_encoder_mismatch_is_detected(built):
+    result = cli(built, "query", "hat", "--model", "base")
+    assert result.exit_code == 1 and "densesearch index --model base" in result.stderr
+    manifest_path = built["ws"].artifact("onnx") / "manifest.json"
+    original = manifest_path.read_text()
+    manifest = json.loads(original)
+    manifest["fingerprint"] = "0" * 64  # as if the model were re-quantized after indexing
+    manifest_path.write_text(json.dumps(manifest))
+    try:
+        with pytest.raises(ArtifactMismatch):
+            Searcher(built["ws"])
+    finally:
+        manifest_path.write_text(original)
+
+
+def test_interactive_session_through_stdin(built):
+    lines = "summer dress\n:k 3\n:mode bm25\nbeach hat\n:quit\nnever answered\n"
+    result = cli(built, "query", "--json", input=lines)
+    assert result.exit_code == 0, result.output
+    answers = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(answers) == 2
+    assert len(answers[0]["hits"]) == 10 and answers[1]["mode"] == "bm25" and len(answers[1]["hits"]) == 3
+
+
+def test_bench_report_compare_and_trec(built, tmp_path):
+    from densesearch.bench import compare_reports, load_report, run_bench, save_report
+    from densesearch.render import bench_markdown, to_jsonable
+
+    ws = built["ws"]
+    cfg = BenchConfig(split="test", latency_runs=5, warmup_runs=1, bootstrap=100, trec_path=tmp_path / "run.trec")
+    first = run_bench(cfg, ws)
+    saved = save_report(first, ws, bench_markdown(first))
+    assert {"report.json", "report.md", "latency.png"} <= {p.name for p in saved.iterdir()}
+    report = load_report(ws, saved.name)
+    assert report["schema"] == 1 and report["query_source"] == "listing"
+    assert set(report) >= {"quality", "latency", "sizes", "machine", "artifacts", "notes"}
+    systems = {q["system"] for q in report["quality"]}
+    assert "BM25" in systems and "base" in systems and any(s.startswith("hybrid") for s in systems)
+    for q in report["quality"]:
+        lo, hi = q["strict_ci"]["recall@10"]
+        assert lo <= q["strict"]["recall@10"] <= hi
+    assert {s["stage"] for s in report["latency"]} == {"encode", "search", "end-to-end"}
+    rows = compare_reports(to_jsonable(first), report)
+    assert rows and all(r["delta"] == 0 for r in rows)
+    line = (tmp_path / "run.trec").read_text().splitlines()[0].split()
+    assert line[1] == "Q0" and line[3] == "1" and line[5] == "hybrid"
+    result = cli(built, "bench", "--batch-size", "1", "--runs", "5", "--compare", "latest")
+    assert result.exit_code == 0, result.output
+    assert "LISTING-PROXY" in result.stdout and "compared with run" in result.stdout
+
+
+def test_add_items_then_query_finds_them(built, tmp_path):
+    new = tmp_path / "new.jsonl"
+    new.write_text(json.dumps({"parent_asin": "BNEWITEM01", "title": "Zorblax glow-in-the-dark galoshes",
+                               "store": "Zorblax", "features": ["Rubber rain boots that glow at night"],
+                               "description": [], "details": {}}) + "\n")
+    ws = Workspace(built["ws"].home, "added")
+    import shutil
+
+    shutil.copytree(built["ws"].root, ws.root)
+    before = read_manifest(ws.artifact("index"), "index")
+    result = runner.invoke(app, ["index", "--add", str(new), "--home", str(ws.home), "--workspace", "added"])
+    assert result.exit_code == 0, result.output
+    after = read_manifest(ws.artifact("index"), "index")
+    assert after.counts["vectors"] == before.counts["vectors"] + 1
+    for mode in ("dense", "bm25"):
+        answer = Searcher(ws).ask("zorblax galoshes that glow", QueryConfig(k=3, mode=mode))
+        assert answer.hits[0].item_id == "BNEWITEM01", mode

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -132,8 +131,6 @@ def dense_systems(searcher: Searcher, workspace: Workspace) -> list[tuple[str, E
 
 def run_bench(cfg: BenchConfig, workspace: Workspace, progress=None) -> BenchReport:
     """Measure every system on the split, then latency per backend; save the run in the workspace."""
-    import faiss
-
     data_manifest = load_data_manifest(workspace)
     searcher = Searcher(workspace, threads=cfg.threads)
     pairs = load_pairs(workspace, cfg.split)
@@ -193,7 +190,6 @@ def run_bench(cfg: BenchConfig, workspace: Workspace, progress=None) -> BenchRep
         ["queries are held-out listing sentences (a proxy), not customer reviews"])
     if cfg.trec_path:
         write_trec_run(cfg.trec_path, [p.query_id for p in pairs], runs["hybrid"][0], runs["hybrid"][1], "hybrid")
-    faiss.omp_set_num_threads(max(cfg.threads, 1))
     return report
 
 
@@ -292,7 +288,3 @@ def compare_reports(current: dict[str, Any], earlier: dict[str, Any]) -> list[di
                 rows.append({"system": q["system"], "search": q["search"], "metric": metric, "before": old[metric],
                              "after": q["strict"][metric], "delta": q["strict"][metric] - old[metric]})
     return rows
-
-
-def bench_median(values: list[float]) -> float:
-    return statistics.median(values) if values else 0.0

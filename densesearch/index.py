@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -321,7 +319,3 @@ def run_add(cfg: IndexConfig, workspace: Workspace, progress=None) -> IndexResul
         dev_recall_at_10=manifest.extra["dev_recall_at_10"], recommended_mode=manifest.extra["recommended_mode"],
         bytes_on_disk=_disk_bytes(directory), added=len(new_rows))
 
-
-def index_summary(manifest: Manifest) -> dict[str, Any]:
-    return {"kind": manifest.extra["kind"], "encoder": manifest.extra["encoder"]["label"],
-            "vectors": manifest.counts["vectors"]}

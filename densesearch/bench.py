@@ -163,7 +163,7 @@ def run_bench(cfg: BenchConfig, workspace: Workspace, progress=None) -> BenchRep
         exact_rank = [[ids[i] for i in row] for row in exact]
         quality.append(_quality(name, "exact", exact_rank, positives, group_of, cfg))
         if served:
-            _, approx = searcher.index.search(query_vectors, depth)
+            approx = searcher.dense_many(query_vectors, depth)
             approx_rank = [[ids[i] for i in row if i >= 0] for row in approx]
             quality.append(_quality(name, searcher.manifest.extra["kind"], approx_rank, positives, group_of, cfg,
                                     ann=ann_recall(approx, exact, 10)))
@@ -205,14 +205,22 @@ def measure_latency(searcher: Searcher, encoders: dict[str, Encoder], cfg: Bench
                                  cfg.latency_runs, cfg.warmup_runs)
             stats.append(latency_stats(backend, "encode", batch, samples))
     vectors = searcher.encoder.encode(texts, batch_size=len(texts))
-    stats.append(latency_stats(searcher.manifest.extra["kind"], "search", 1,
-                               time_calls(lambda v: searcher.dense(v, 10), list(vectors), cfg.latency_runs,
-                                          cfg.warmup_runs)))
+    kind = searcher.manifest.extra["kind"]
+    for batch in cfg.batch_sizes:
+        blocks = [np.stack([vectors[(n + j) % len(vectors)] for j in range(batch)]) for n in range(len(texts))]
+        stats.append(latency_stats(kind, "search", batch, time_calls(lambda v: searcher.dense_many(v, 10), blocks,
+                                                                     cfg.latency_runs, cfg.warmup_runs)))
     for mode in ("dense", "hybrid", "bm25"):
         config = QueryConfig(k=10, mode=mode, threads=cfg.threads)
         stats.append(latency_stats(f"{searcher.spec.backend} {mode}" if mode != "bm25" else "bm25", "end-to-end", 1,
                                    time_calls(lambda q, c=config: searcher.ask(q, c), texts, cfg.latency_runs,
                                               cfg.warmup_runs)))
+    for batch in (b for b in cfg.batch_sizes if b > 1):
+        batches = [[texts[(n + j) % len(texts)] for j in range(batch)] for n in range(len(texts))]
+        stats.append(latency_stats(f"{searcher.spec.backend} dense", "end-to-end", batch,
+                                   time_calls(lambda b, bs=batch: searcher.dense_many(
+                                       searcher.encoder.encode(b, batch_size=bs), 10), batches,
+                                       cfg.latency_runs, cfg.warmup_runs)))
     return stats
 
 

@@ -74,7 +74,8 @@ def prepare(
     reviews: Annotated[Path | None, typer.Option("--reviews", help="Reviews in the same formats.")] = None,
     sample: Annotated[bool, typer.Option("--sample", help="Use the embedded 1,000-item sample.")] = False,
     category: Annotated[str | None, typer.Option("--category", help="Amazon Reviews 2023 category on the Hub.")] = None,
-    queries: Annotated[str | None, typer.Option("--queries", help="reviews | listing (default: reviews when given).")] = None,
+    queries: Annotated[str | None, typer.Option("--queries",
+                                                help="reviews | listing (default: reviews when given).")] = None,
     min_rating: Annotated[float, typer.Option(help="Keep reviews rated at least this.")] = 4.0,
     test_size: Annotated[int, typer.Option(help="Test queries (at most 20% of all).")] = 2000,
     seed: Annotated[int, typer.Option(help="Seed for query choice and split.")] = 13,
@@ -268,8 +269,9 @@ def query(
         for note in result.notes:
             out.note(note)
         if json and text is None:
-            from densesearch.render import to_jsonable
             import json as jsonlib
+
+            from densesearch.render import to_jsonable
 
             sys.stdout.write(jsonlib.dumps(to_jsonable(result), ensure_ascii=False) + "\n")
         else:
@@ -349,14 +351,27 @@ def bench(
     threads: Annotated[int, typer.Option(help="Threads (0: all cores); recorded in the report.")] = 0,
     compare: Annotated[str | None, typer.Option(help="Earlier run id, 'latest' or report.json path.")] = None,
     trec: Annotated[Path | None, typer.Option(help="Write the hybrid ranking as a TREC run file.")] = None,
+    scale: Annotated[int | None, typer.Option(help="Instead: serving cost at N synthetic vectors and documents "
+                                                   "(e.g. 826402, the full Fashion catalog).")] = None,
+    kinds: Annotated[str, typer.Option(help="With --scale: index kinds to build.")] = "flat,hnsw,hnsw-sq8,ivfpq",
+    documents: Annotated[int | None, typer.Option(help="With --scale: BM25 documents (default N; 0 skips).")] = None,
     home: HomeOpt = None, workspace: WorkspaceOpt = DEFAULT_WORKSPACE, json: JsonOpt = False,
 ) -> None:
     """Measure retrieval quality and latency of BM25, base, fine-tuned, INT8 and hybrid."""
     _quiet_libraries()
+    if scale is not None:
+        _bench_scale(scale, kinds, documents, threads, workspace_of(home, workspace), Output(json))
+        return
     from densesearch.bench import compare_reports, load_report, run_bench, save_report
     from densesearch.config import BenchConfig
-    from densesearch.render import (bench_histograms, bench_latency_table, bench_markdown, bench_quality_table,
-                                    compare_table, to_jsonable)
+    from densesearch.render import (
+        bench_histograms,
+        bench_latency_table,
+        bench_markdown,
+        bench_quality_table,
+        compare_table,
+        to_jsonable,
+    )
 
     ws = workspace_of(home, workspace)
     earlier = load_report(ws, compare) if compare else None
@@ -380,6 +395,22 @@ def bench(
     out.data(payload)
 
 
+def _bench_scale(vectors: int, kinds: str, documents: int | None, threads: int, ws: Workspace, out: Output) -> None:
+    from densesearch.config import ScaleConfig
+    from densesearch.render import scale_markdown, scale_tables
+    from densesearch.scale import run_scale, save_scale_report
+
+    cfg = ScaleConfig(vectors=vectors, documents=vectors if documents is None else documents,
+                      kinds=tuple(k.strip() for k in kinds.split(",") if k.strip()), threads=threads)
+    with out.progress() as progress:
+        report = run_scale(cfg, ws, progress)
+    saved = save_scale_report(report, ws, scale_markdown(report))
+    for table in scale_tables(report):
+        out.table(table)
+    out.note(f"saved to {saved} (report.json, report.md)")
+    out.data({"report": report, "saved_to": saved})
+
+
 @app.command()
 @handles_errors
 def quickstart(
@@ -393,12 +424,28 @@ def quickstart(
 
     _quiet_libraries()
     from densesearch.bench import run_bench, save_report
-    from densesearch.config import DEFAULT_QUERY, BenchConfig, IndexConfig, PrepareConfig, QuantizeConfig, QueryConfig, TrainConfig
+    from densesearch.config import (
+        DEFAULT_QUERY,
+        BenchConfig,
+        IndexConfig,
+        PrepareConfig,
+        QuantizeConfig,
+        QueryConfig,
+        TrainConfig,
+    )
     from densesearch.export import run_quantize
     from densesearch.index import run_index
     from densesearch.prepare import run_prepare
-    from densesearch.render import (answer_table, bench_latency_table, bench_markdown, bench_quality_table,
-                                    finetune_tables, index_tables, prepare_table, quantize_tables)
+    from densesearch.render import (
+        answer_table,
+        bench_latency_table,
+        bench_markdown,
+        bench_quality_table,
+        finetune_tables,
+        index_tables,
+        prepare_table,
+        quantize_tables,
+    )
     from densesearch.search import Searcher
     from densesearch.train import run_finetune
 

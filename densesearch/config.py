@@ -113,3 +113,21 @@ class BenchConfig:
     ks: tuple[int, ...] = (1, 5, 10, 50, 100)
     compare: str | None = None
     systems: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ScaleConfig:
+    """What `bench --scale N` measures: index kinds at N synthetic vectors, BM25 at N synthetic documents."""
+
+    vectors: int = 826_402
+    documents: int = 826_402              # 0: skip the BM25 part
+    kinds: tuple[str, ...] = ("flat", "hnsw", "hnsw-sq8", "ivfpq")
+    queries: int = 1000                   # real prepared queries used for recall and latency
+    sweep_queries: int = 300
+    latency_queries: int = 300
+    bm25_queries: int = 50
+    target_recall: float = 0.99
+    hnsw_m: int = 32
+    ef_construction: int = 200
+    threads: int = 0
+    seed: int = 7

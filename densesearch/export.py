@@ -14,8 +14,14 @@ from pathlib import Path
 import numpy as np
 
 from densesearch.config import QuantizeConfig
-from densesearch.encoders import (ENCODER_CONFIG, FP32_FILE, Encoder, load_onnx_encoder, load_torch_encoder,
-                                  resolve_base_model)
+from densesearch.encoders import (
+    ENCODER_CONFIG,
+    FP32_FILE,
+    Encoder,
+    load_onnx_encoder,
+    load_torch_encoder,
+    resolve_base_model,
+)
 from densesearch.errors import BadInput, DensesearchError
 from densesearch.evaluation import evaluate_encoder
 from densesearch.manifest import Manifest, fingerprint_path, read_manifest, write_manifest

@@ -28,6 +28,8 @@ NPROBE_CANDIDATES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 VECTORS_FILE, DENSE_FILE, ITEMS_FILE, BM25_DIR = "vectors.npy", "dense.faiss", "items.jsonl", "bm25"
 ENCODE_CHUNK = 4096
 SWEEP_QUERIES = 500
+RERANK_DEPTH = 100  # IVF-PQ candidates re-scored exactly from vectors.npy
+IVFPQ_MIN_VECTORS = 39 * 256  # FAISS wants 39 training points per centroid of the 8-bit PQ codebooks
 
 
 @dataclass
@@ -128,6 +130,9 @@ def new_faiss_index(kind: str, dim: int, n: int, cfg: IndexConfig):
     elif kind == "hnsw-sq8":
         index = faiss.IndexHNSWSQ(dim, faiss.ScalarQuantizer.QT_8bit, cfg.hnsw_m, faiss.METRIC_INNER_PRODUCT)
     elif kind == "ivfpq":
+        if n < IVFPQ_MIN_VECTORS:
+            raise BadInput(f"ivfpq needs at least {IVFPQ_MIN_VECTORS:,} items to train its codebooks "
+                           f"(the catalog has {n:,})", hint="use --kind hnsw or hnsw-sq8")
         nlist = max(1, min(int(4 * math.sqrt(n)), n // 39))
         sub = next(m for m in (dim // 8, dim // 4, dim // 2, dim) if dim % m == 0)
         index = faiss.IndexIVFPQ(faiss.IndexFlatIP(dim), dim, nlist, sub, 8, faiss.METRIC_INNER_PRODUCT)
@@ -158,26 +163,54 @@ def set_search_param(index, kind: str, value: int) -> None:
 
 
 def sweep_search_param(index, kind: str, queries: np.ndarray, exact: np.ndarray, target: float,
-                       k: int = 10) -> tuple[list[dict[str, float]], int]:
-    """Recall vs exact and ms/query for each efSearch (or nprobe); the smallest value reaching ``target``."""
+                       k: int = 10, search=None) -> tuple[list[dict[str, float]], int]:
+    """Recall vs exact and ms/query for each efSearch (or nprobe); the smallest value reaching ``target``.
+
+    ``search(queries, k) -> ids`` is how the index is served (default: ``index.search``).
+    """
     if kind == "flat":
         return [], 0
-    candidates = EF_CANDIDATES if kind != "ivfpq" else tuple(p for p in NPROBE_CANDIDATES if p <= index.nlist)
+    search = search or (lambda q, depth: index.search(q, depth)[1])
+    if kind == "ivfpq":
+        candidates = tuple(p for p in NPROBE_CANDIDATES if p <= index.nlist)
+    else:
+        candidates = tuple(dict.fromkeys(max(value, k) for value in EF_CANDIDATES))
     sweep, chosen = [], candidates[-1]
     for value in candidates:
-        set_search_param(index, kind, max(value, k))
+        set_search_param(index, kind, value)
         started = time.perf_counter()
         for row in queries:
-            index.search(row[None, :], k)
+            search(row[None, :], k)
         ms = (time.perf_counter() - started) * 1000 / max(len(queries), 1)
-        _, approx = index.search(queries, k)
-        recall = ann_recall(approx, exact, k)
-        sweep.append({"value": max(value, k), "recall_vs_exact": recall, "ms_per_query": ms})
+        recall = ann_recall(search(queries, k), exact, k)
+        sweep.append({"value": value, "recall_vs_exact": recall, "ms_per_query": ms})
         if recall >= target:
-            chosen = max(value, k)
+            chosen = value
             break
     set_search_param(index, kind, chosen)
     return sweep, chosen
+
+
+def reranked_search(index, vectors: np.ndarray, depth: int):
+    """A ``search(queries, k) -> ids`` that re-scores the index's top ``depth`` exactly (IVF-PQ serving)."""
+    def search(queries: np.ndarray, k: int) -> np.ndarray:
+        candidates = index.search(queries, max(depth, k))[1]
+        found = np.full((len(queries), k), -1, dtype=np.int64)
+        for row, (query, ids) in enumerate(zip(queries, candidates, strict=True)):
+            best = rerank_exact(vectors, query, ids, k)[0]
+            found[row, : len(best)] = best
+        return found
+
+    return search
+
+
+def rerank_exact(vectors: np.ndarray, query: np.ndarray, candidates: np.ndarray, k: int
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Re-score candidate rows exactly against float32 vectors (a memmap: only those rows are read)."""
+    ids = np.unique(candidates[candidates >= 0])
+    scores = np.asarray(vectors[ids] @ query, dtype=np.float32)
+    best = np.lexsort((ids, -scores))[:k]
+    return ids[best], scores[best]
 
 
 def rrf_fuse(rankings: list[list[int]], k_constant: int, limit: int) -> list[tuple[int, float]]:
@@ -238,7 +271,9 @@ def run_index(cfg: IndexConfig, workspace: Workspace, progress=None) -> IndexRes
         build_seconds = time.perf_counter() - started
         queries = encoder.encode([p.query for p in dev], batch_size=cfg.batch_size)
         exact, _ = exact_topk(queries, vectors, 100)
-        sweep, chosen = sweep_search_param(index, cfg.kind, queries, exact[:, :10], cfg.target_recall)
+        served = reranked_search(index, vectors, RERANK_DEPTH) if cfg.kind == "ivfpq" else None
+        sweep, chosen = sweep_search_param(index, cfg.kind, queries, exact[:, :10], cfg.target_recall,
+                                           search=served)
         faiss.write_index(index, str(tmp / DENSE_FILE))
         bm25 = Bm25Index.build(catalog.texts, cfg.bm25)
         bm25.save(tmp / BM25_DIR)

@@ -67,6 +67,13 @@ class Workspace:
     def bench_runs(self) -> Path:
         return self.root / "bench"
 
+    @property
+    def scratch(self) -> Path:
+        """Large temporary files (e.g. `bench --scale` vectors); created on demand, emptied by their users."""
+        path = self.root / "scratch"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
 
 def _fsync_tree(path: Path) -> None:
     for file in path.rglob("*"):

@@ -16,8 +16,14 @@ from densesearch.errors import BadInput, HubUnreachable
 from densesearch.itemtext import ItemFields, clean_text, normalise
 from densesearch.manifest import Manifest, read_manifest, write_manifest
 from densesearch.paths import Workspace, atomic_dir
-from densesearch.sources import (ReadStats, check_hub_reachable, hub_url, iter_hub, iter_records,
-                                 sample_meta_path)
+from densesearch.sources import (
+    ReadStats,
+    check_hub_reachable,
+    hub_url,
+    iter_hub,
+    iter_records,
+    sample_meta_path,
+)
 
 ProgressFn = Callable[[str, int, int | None], None]
 SPLITS = ("train", "dev", "test")

@@ -12,8 +12,15 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn,
-                           TimeElapsedColumn, TimeRemainingColumn)
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 
@@ -312,3 +319,66 @@ def compare_table(rows: Sequence[dict[str, Any]], earlier: str) -> Table:
         table.add_row(r["system"], r["search"], r["metric"], f"{r['before']:.4f}", f"{r['after']:.4f}",
                       f"[{colour}]{r['delta']:+.4f}[/{colour}]")
     return table
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:,.1f}"
+
+
+def scale_tables(report: Any) -> list[Table]:
+    """Dense kinds at N vectors, their sweeps, and BM25 at N documents."""
+    dense = Table(title=f"index kinds at {report.vectors:,} synthetic vectors (dim {report.dim}; recall@10 vs exact "
+                        f"over {report.ground_truth_queries:,} real queries)", title_justify="left",
+                  caption=f"vectors: {report.seed_items:,} real {report.encoder} item embeddings + covariance-shaped "
+                          f"noise (median cosine to parent {report.parent_cosine:.3f}, real nearest neighbour "
+                          f"{report.nn_cosine_real:.3f}); latency: one query, one thread", caption_justify="left")
+    for column in ("kind", "build s", "vectors/s", "RAM MiB", "disk MiB", "param", "recall@10", "p50 ms", "p99 ms"):
+        dense.add_column(column, justify="left" if column in ("kind", "param") else "right")
+    for r in report.dense:
+        dense.add_row(r.kind, f"{r.build_seconds:,.1f}", f"{r.vectors_per_second:,.0f}", _mib(r.ram_bytes),
+                      _mib(r.index_bytes), ", ".join(f"{k}={v}" for k, v in r.search_param.items()) or "exact",
+                      f"{r.recall_at_10:.4f}", f"{r.p50_ms:.3f}", f"{r.p99_ms:.3f}")
+    tables = [dense]
+    sweep = Table(title="search-parameter sweeps (recall@10 vs exact, ms / query)", title_justify="left")
+    for column in ("kind", "value", "recall vs exact", "ms / query"):
+        sweep.add_column(column, justify="left" if column == "kind" else "right")
+    for r in report.dense:
+        for row in r.sweep:
+            sweep.add_row(r.kind, str(row["value"]), f"{row['recall_vs_exact']:.4f}", f"{row['ms_per_query']:.3f}")
+    if sweep.row_count:
+        tables.append(sweep)
+    if report.sparse:
+        s = report.sparse
+        bm25 = Table(title=f"BM25 at {s.documents:,} synthetic documents ({s.queries} real queries): "
+                           f"bm25s is {s.speedup:,.0f}x faster; identical top-10 on {s.same_top10:.0%}",
+                     title_justify="left")
+        for column in ("backend", "build s", "p50 ms", "QPS"):
+            bm25.add_column(column, justify="left" if column == "backend" else "right")
+        for backend in s.qps:
+            bm25.add_row(backend, f"{s.build_seconds[backend]:,.1f}", f"{s.p50_ms[backend]:,.3f}",
+                         f"{s.qps[backend]:,.1f}")
+        tables.append(bm25)
+    return tables
+
+
+def scale_markdown(report: Any) -> str:
+    lines = [f"# densesearch bench --scale {report.vectors} ({report.run_id})", "",
+             f"{report.vectors:,} synthetic vectors of dim {report.dim}: {report.seed_items:,} real {report.encoder} "
+             f"item embeddings plus covariance-shaped noise (median cosine to parent {report.parent_cosine:.3f}; "
+             f"real nearest neighbour {report.nn_cosine_real:.3f}). Recall@10 is against exact search over "
+             f"{report.ground_truth_queries:,} real queries. Latency: one query at a time, one thread. "
+             f"Machine: {report.machine['cpu']}, {report.machine['cores']} cores.", "",
+             "| kind | build s | vectors/s | RAM MiB | disk MiB | param | recall@10 | p50 ms | p99 ms |",
+             "|---|---:|---:|---:|---:|---|---:|---:|---:|"]
+    for r in report.dense:
+        param = ", ".join(f"{k}={v}" for k, v in r.search_param.items()) or "exact"
+        lines.append(f"| {r.kind} | {r.build_seconds:,.1f} | {r.vectors_per_second:,.0f} | {_mib(r.ram_bytes)} | "
+                     f"{_mib(r.index_bytes)} | {param} | {r.recall_at_10:.4f} | {r.p50_ms:.3f} | {r.p99_ms:.3f} |")
+    if report.sparse:
+        s = report.sparse
+        lines += ["", f"BM25 over {s.documents:,} synthetic documents, {s.queries} real queries "
+                      f"(identical top-10 on {s.same_top10:.0%}):", "",
+                  "| backend | build s | p50 ms | QPS |", "|---|---:|---:|---:|"]
+        lines += [f"| {b} | {s.build_seconds[b]:,.1f} | {s.p50_ms[b]:,.3f} | {s.qps[b]:,.1f} |" for b in s.qps]
+        lines += ["", f"bm25s / rank-bm25 QPS: **{s.speedup:,.0f}x**"]
+    return "\n".join(lines) + "\n"

@@ -10,8 +10,18 @@ import numpy as np
 
 from densesearch.config import QueryConfig
 from densesearch.errors import ArtifactMismatch, BadInput
-from densesearch.index import (BM25_DIR, DENSE_FILE, EncoderSpec, choose_encoder, read_items, rrf_fuse,
-                               set_search_param)
+from densesearch.index import (
+    BM25_DIR,
+    DENSE_FILE,
+    RERANK_DEPTH,
+    VECTORS_FILE,
+    EncoderSpec,
+    choose_encoder,
+    read_items,
+    rerank_exact,
+    rrf_fuse,
+    set_search_param,
+)
 from densesearch.manifest import Manifest, read_manifest
 from densesearch.paths import Workspace
 from densesearch.sparse import Bm25Index
@@ -98,6 +108,7 @@ class Searcher:
             raise ArtifactMismatch("dense index and item table disagree", hint="run `densesearch index` again")
         self._encoder = None
         self._bm25: Bm25Index | None = None
+        self._vectors: np.ndarray | None = None
 
     @property
     def encoder(self):
@@ -115,16 +126,38 @@ class Searcher:
     def default_mode(self) -> str:
         return self.manifest.extra.get("recommended_mode", "dense")
 
+    def _use_search_param(self, k: int, ef_search: int | None) -> str:
+        """Set the served efSearch / nprobe (an override, else the swept value); returns the index kind."""
+        kind = self.manifest.extra["kind"]
+        value = ef_search or next(iter(self.manifest.extra.get("search_param", {}).values()), 0)
+        if value:
+            set_search_param(self.index, kind, value if kind == "ivfpq" else max(value, k))
+        return kind
+
     def dense(self, vector: np.ndarray, k: int, ef_search: int | None = None) -> tuple[list[int], list[float]]:
-        if ef_search:
-            set_search_param(self.index, self.manifest.extra["kind"], max(ef_search, k))
-        else:
-            param = next(iter(self.manifest.extra.get("search_param", {}).values()), 0)
-            if param:
-                set_search_param(self.index, self.manifest.extra["kind"], max(param, k))
+        if self._use_search_param(k, ef_search) == "ivfpq":
+            return self._dense_reranked(vector.reshape(-1), k)
         scores, ids = self.index.search(vector.reshape(1, -1), k)
         keep = ids[0] >= 0
         return ids[0][keep].tolist(), scores[0][keep].tolist()
+
+    def dense_many(self, vectors: np.ndarray, k: int) -> np.ndarray:
+        """Top-k item indices for many query vectors exactly as served (-1 where fewer were found)."""
+        if self._use_search_param(k, None) != "ivfpq":
+            return self.index.search(vectors, k)[1]
+        found = np.full((len(vectors), k), -1, dtype=np.int64)
+        for row, vector in enumerate(vectors):
+            ids = self._dense_reranked(vector, k)[0]
+            found[row, : len(ids)] = ids
+        return found
+
+    def _dense_reranked(self, vector: np.ndarray, k: int) -> tuple[list[int], list[float]]:
+        """IVF-PQ codes find candidates; exact scores from the memory-mapped vectors order them."""
+        if self._vectors is None:
+            self._vectors = np.load(self.directory / VECTORS_FILE, mmap_mode="r")
+        _, candidates = self.index.search(vector[None, :], max(k, RERANK_DEPTH))
+        ids, scores = rerank_exact(self._vectors, vector, candidates[0], k)
+        return ids.tolist(), scores.tolist()
 
     def sparse(self, text: str, k: int) -> tuple[list[int], list[float]]:
         found, scores = self.bm25.search([text], k)[0]

@@ -48,7 +48,12 @@ class Bm25Index:
     @classmethod
     def build(cls, texts: Sequence[str], backend: str = "bm25s") -> Bm25Index:
         tokenizer = Tokenizer()
-        tokens = [tokenizer(t) or ["__empty__"] for t in texts]
+        return cls.from_tokens([tokenizer(t) or ["__empty__"] for t in texts], backend, tokenizer)
+
+    @classmethod
+    def from_tokens(cls, tokens: Sequence[list[str]], backend: str = "bm25s",
+                    tokenizer: Tokenizer | None = None) -> Bm25Index:
+        """An index over documents already split by ``Tokenizer`` (queries are tokenized the same way)."""
         if backend == "bm25s":
             import bm25s
 
@@ -60,7 +65,7 @@ class Bm25Index:
             engine = BM25Okapi(tokens, k1=K1, b=B, epsilon=0.0)
         else:
             raise BadInput(f"unknown BM25 backend {backend!r}", hint="use bm25s or rank-bm25")
-        return cls(backend=backend, engine=engine, size=len(texts), tokenizer=tokenizer)
+        return cls(backend=backend, engine=engine, size=len(tokens), tokenizer=tokenizer or Tokenizer())
 
     def search(self, queries: Sequence[str], k: int) -> list[tuple[np.ndarray, np.ndarray]]:
         """For each query, item indices and scores, best first (ties by lower index)."""
@@ -101,5 +106,12 @@ class Bm25Index:
 
 
 def _top(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    order = np.lexsort((np.arange(len(scores)), -scores))[:k]
+    """The k best scores, ties by lower index, in O(N) (a full sort costs ~100 ms at 800K documents)."""
+    if k < len(scores):
+        kth = np.partition(scores, len(scores) - k)[len(scores) - k]
+        above = np.flatnonzero(scores > kth)
+        candidates = np.concatenate([above, np.flatnonzero(scores == kth)[: k - len(above)]])
+    else:
+        candidates = np.arange(len(scores))
+    order = candidates[np.lexsort((candidates, -scores[candidates]))][:k]
     return order, scores[order]

@@ -18,7 +18,8 @@ def _summary(kind: str, counts: dict[str, Any], extra: dict[str, Any]) -> str:
     if kind == "onnx":
         return f"INT8 {extra.get('isa', '?')}, {extra.get('size_ratio', 0):.2f}x of FP32"
     if kind == "index":
-        return f"{extra.get('kind', '?')} over {counts.get('vectors', 0):,} vectors, encoder {extra.get('encoder', '?')}"
+        encoder = extra.get("encoder", {}).get("label", "?")
+        return f"{extra.get('kind', '?')} over {counts.get('vectors', 0):,} vectors, encoder {encoder}"
     return ""
 
 

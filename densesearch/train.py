@@ -118,6 +118,12 @@ def _progress_callback(progress):
     return ReportProgress()
 
 
+def model_card_widget(dataset) -> list[dict[str, object]]:
+    """The saved model card's example: the first training query against its item and another one."""
+    rows = dataset[:2]
+    return [{"source_sentence": rows["anchor"][0], "sentences": rows["positive"][:2]}]
+
+
 def last_checkpoint(directory: Path) -> str | None:
     checkpoints = sorted(directory.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
     return str(checkpoints[-1]) if checkpoints else None
@@ -129,9 +135,13 @@ def dev_split(workspace: Workspace, limit: int, seed: int) -> list[Pair]:
 
 def run_finetune(cfg: TrainConfig, workspace: Workspace, progress=None) -> TrainResult:
     """Fine-tune, evaluate base vs fine-tuned on dev, publish the model atomically."""
-    from sentence_transformers import (SentenceTransformer, SentenceTransformerTrainer,
-                                       SentenceTransformerTrainingArguments)
+    from sentence_transformers import (
+        SentenceTransformer,
+        SentenceTransformerTrainer,
+        SentenceTransformerTrainingArguments,
+    )
     from sentence_transformers.training_args import BatchSamplers
+    from transformers.trainer_callback import PrinterCallback
 
     started = time.perf_counter()
     data_manifest = load_data_manifest(workspace)
@@ -177,8 +187,10 @@ def run_finetune(cfg: TrainConfig, workspace: Workspace, progress=None) -> Train
         batch_sampler=BatchSamplers.NO_DUPLICATES, save_strategy="steps", save_steps=cfg.save_steps,
         save_total_limit=1, logging_steps=5, disable_tqdm=True, report_to=[], use_cpu=device == "cpu",
         bf16=device == "cuda", dataloader_drop_last=len(pairs) > batch_size)
+    model.model_card_data.widget = model_card_widget(dataset)  # else the trainer samples widgets with a tqdm bar
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset,
                                          loss=build_loss(model, cfg), callbacks=[_progress_callback(progress)])
+    trainer.remove_callback(PrinterCallback)  # it prints raw log dicts to stdout, which would break --json
     train_started = time.perf_counter()
     trainer.train(resume_from_checkpoint=resume_from)
     train_seconds = time.perf_counter() - train_started

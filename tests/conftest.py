@@ -7,11 +7,13 @@ from pathlib import Path
 
 import pytest
 
+from densesearch.config import IndexConfig, PrepareConfig, QuantizeConfig, TrainConfig
 from densesearch.paths import Workspace
 from densesearch.sources import sample_meta_path
 
 DATA = Path(__file__).parent / "data"
 TEST_REVIEWS = DATA / "reviews_Amazon_Fashion.test.jsonl"
+PIPELINE_TRAIN = TrainConfig(samples=48, batch_size=16, max_seq_length=64, save_steps=2, eval_queries=20)
 
 
 @pytest.fixture(autouse=True)
@@ -51,3 +53,26 @@ def small_meta(tmp_path) -> Path:
 
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in open(path, encoding="utf-8")]
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory):
+    """One workspace built once per test session: 150 real items, the real MiniLM (about a minute)."""
+    import gzip
+
+    from densesearch.export import run_quantize
+    from densesearch.index import run_index
+    from densesearch.prepare import run_prepare
+    from densesearch.sources import sample_meta_path
+    from densesearch.train import run_finetune
+
+    root = tmp_path_factory.mktemp("pipeline")
+    meta = root / "meta.jsonl"
+    with gzip.open(sample_meta_path(), "rt") as src:
+        meta.write_text("".join(line for _, line in zip(range(150), src, strict=False)))
+    ws = Workspace(root / "home")
+    run_prepare(PrepareConfig(meta_path=meta), ws)
+    train = run_finetune(PIPELINE_TRAIN, ws)
+    quant = run_quantize(QuantizeConfig(parity_texts=64, force=True), ws)
+    index = run_index(IndexConfig(), ws)
+    return {"ws": ws, "train": train, "quant": quant, "index": index, "root": root}

@@ -52,6 +52,7 @@ def test_variant_groups_share_normalised_title_and_store():
 
 
 def test_held_out_sentences_are_removed_from_item_text():
-    item = ItemFields.from_record({"parent_asin": "A", "title": "Tee", "features": ["Soft cotton fabric. Machine wash."]})
+    item = ItemFields.from_record({"parent_asin": "A", "title": "Tee",
+                                   "features": ["Soft cotton fabric. Machine wash."]})
     assert "Soft cotton" not in item.text(500, frozenset({"Soft cotton fabric."}))
     assert "Machine wash." in item.text(500, frozenset({"Soft cotton fabric."}))

@@ -4,8 +4,15 @@ import numpy as np
 import pytest
 
 from densesearch.index import rrf_fuse
-from densesearch.metrics import (bootstrap_ci, collapse, mrr_at, ndcg_at, per_query_metrics, recall_at,
-                                 write_trec_run)
+from densesearch.metrics import (
+    bootstrap_ci,
+    collapse,
+    mrr_at,
+    ndcg_at,
+    per_query_metrics,
+    recall_at,
+    write_trec_run,
+)
 
 
 def test_hand_computed_cases():

@@ -1,4 +1,7 @@
-"""finetune -> quantize -> index -> query -> bench on 150 real items with the real MiniLM model."""
+"""finetune -> quantize -> index -> query -> bench on 150 real items with the real MiniLM model.
+
+The workspace is built once per session by the ``built`` fixture in conftest.py.
+"""
 
 import json
 import subprocess
@@ -7,43 +10,21 @@ import textwrap
 
 import numpy as np
 import pytest
+from conftest import PIPELINE_TRAIN
 from typer.testing import CliRunner
 
 from densesearch.cli import app
-from densesearch.config import BenchConfig, IndexConfig, PrepareConfig, QuantizeConfig, QueryConfig, TrainConfig
+from densesearch.config import BenchConfig, QuantizeConfig, QueryConfig
 from densesearch.encoders import load_onnx_encoder, load_torch_encoder
 from densesearch.errors import ArtifactMismatch
 from densesearch.evaluation import exact_topk
 from densesearch.manifest import read_manifest
 from densesearch.metrics import ann_recall
 from densesearch.paths import Workspace
-from densesearch.prepare import load_catalog, load_pairs, run_prepare
+from densesearch.prepare import load_catalog, load_pairs
 from densesearch.search import Searcher
 
 runner = CliRunner()
-TRAIN = TrainConfig(samples=48, batch_size=16, max_seq_length=64, save_steps=2, eval_queries=20)
-
-
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    """One workspace built once for the module (the real model; about a minute on 2 cores)."""
-    import gzip
-
-    from densesearch.export import run_quantize
-    from densesearch.index import run_index
-    from densesearch.sources import sample_meta_path
-    from densesearch.train import run_finetune
-
-    root = tmp_path_factory.mktemp("pipeline")
-    meta = root / "meta.jsonl"
-    with gzip.open(sample_meta_path(), "rt") as src:
-        meta.write_text("".join(line for _, line in zip(range(150), src, strict=False)))
-    ws = Workspace(root / "home")
-    run_prepare(PrepareConfig(meta_path=meta), ws)
-    train = run_finetune(TRAIN, ws)
-    quant = run_quantize(QuantizeConfig(parity_texts=64, force=True), ws)
-    index = run_index(IndexConfig(), ws)
-    return {"ws": ws, "train": train, "quant": quant, "index": index, "root": root}
 
 
 def cli(built, *args, input=None):
@@ -111,7 +92,7 @@ def test_interrupted_training_keeps_the_previous_model(built):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        run_finetune(TRAIN, ws, press_ctrl_c)
+        run_finetune(PIPELINE_TRAIN, ws, press_ctrl_c)
     assert read_manifest(ws.artifact("model"), "model").fingerprint == before
     assert not list(ws.root.glob(".model.tmp-*"))
 

@@ -2,9 +2,9 @@ import json
 import time
 
 import pytest
+from conftest import TEST_REVIEWS, read_jsonl
 from typer.testing import CliRunner
 
-from conftest import TEST_REVIEWS, read_jsonl
 from densesearch import prepare as prepare_module
 from densesearch.cli import app
 from densesearch.config import PrepareConfig

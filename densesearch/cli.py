@@ -152,6 +152,8 @@ def finetune(
     mini_batch_size: Annotated[int, typer.Option(help="GradCache mini-batch for cached-mnrl.")] = 16,
     hard_negatives: Annotated[str | None, typer.Option(help="bm25: mine one hard negative per pair.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint.")] = False,
+    group_by_length: Annotated[bool, typer.Option(help="Batch texts of similar length (less padding, faster); "
+                                                       "off: random no-duplicate batches.")] = True,
     home: HomeOpt = None, workspace: WorkspaceOpt = DEFAULT_WORKSPACE, json: JsonOpt = False,
 ) -> None:
     """Fine-tune a shared-weight bi-encoder with Multiple Negatives Ranking Loss."""
@@ -163,7 +165,7 @@ def finetune(
     cfg = TrainConfig(base_model=base_model, samples=samples, max_seq_length=max_seq_length,
                       batch_size=batch_size, epochs=epochs, lr=lr, warmup_ratio=warmup_ratio, seed=seed,
                       device=device, loss=loss, mini_batch_size=mini_batch_size, hard_negatives=hard_negatives,
-                      resume=resume)
+                      resume=resume, group_by_length=group_by_length)
     out = Output(json)
     with out.progress() as progress:
         result = run_finetune(cfg, workspace_of(home, workspace), progress)

@@ -50,6 +50,7 @@ class TrainConfig:
     loss: str = "mnrl"                    # mnrl | cached-mnrl
     mini_batch_size: int = 16
     hard_negatives: str | None = None     # None | bm25
+    group_by_length: bool = True          # batches of similar-length texts (far less padding), no duplicates
     save_steps: int = 50
     resume: bool = False
     eval_queries: int = 1000

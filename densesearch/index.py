@@ -74,7 +74,7 @@ def _artifact_spec(workspace: Workspace, kind: str, backend: str) -> EncoderSpec
     directory = workspace.artifact(kind)
     manifest = read_manifest(directory, kind)
     label = {"onnx-int8": "fine-tuned INT8 ONNX", "onnx": "fine-tuned FP32 ONNX", "torch": "fine-tuned FP32"}
-    if kind == "onnx" and not manifest.extra.get("source_model", "").startswith(str(workspace.root)):
+    if kind == "onnx" and "model" not in manifest.upstream:  # exported from the base model, not a fine-tune
         label = {"onnx-int8": "base INT8 ONNX", "onnx": "base FP32 ONNX"}
     return EncoderSpec(backend=backend, path=str(directory), fingerprint=manifest.fingerprint,
                        dim=int(manifest.extra.get("dim", 0)), label=label[backend])

@@ -238,24 +238,28 @@ def _source_label(report: Any) -> str:
             else "LISTING-PROXY queries (held-out listing sentences, not reviews)")
 
 
+SHORT_NAMES = {"recall@1": "R@1", "recall@5": "R@5", "recall@10": "R@10", "recall@50": "R@50",
+               "recall@100": "R@100", "mrr@10": "MRR@10", "ndcg@10": "nDCG@10"}
+
+
 def bench_quality_table(report: Any) -> Table:
     table = Table(title=f"retrieval quality: {report.split} split, {report.queries:,} queries, "
                         f"{report.catalog_items:,} items, {_source_label(report)}", title_justify="left",
-                  caption="strict = the exact item; variant = any item of its variant group; "
-                          "[..] = 95% bootstrap CI of Recall@10", caption_justify="left")
-    table.add_column("system")
+                  caption="R = recall (strict: the exact item); var = variant-aware R@10 (any item of the "
+                          "positive's variant group); CI = 95% bootstrap interval of R@10; ANN = recall@10 of "
+                          "the index against exact search; best per column in green", caption_justify="left")
+    table.add_column("system", overflow="fold")
     table.add_column("search")
     for column in QUALITY_COLUMNS:
+        table.add_column(SHORT_NAMES[column], justify="right")
+    for column in ("CI", "var", "ANN"):
         table.add_column(column, justify="right")
-    table.add_column("R@10 CI", justify="right")
-    table.add_column("variant R@10", justify="right")
-    table.add_column("vs exact", justify="right")
     best = {c: max(q.strict[c] for q in report.quality) for c in QUALITY_COLUMNS}
     for q in report.quality:
-        cells = [f"[bold green]{q.strict[c]:.4f}[/bold green]" if q.strict[c] == best[c] else f"{q.strict[c]:.4f}"
+        cells = [f"[bold green]{q.strict[c]:.3f}[/bold green]" if q.strict[c] == best[c] else f"{q.strict[c]:.3f}"
                  for c in QUALITY_COLUMNS]
         lo, hi = q.strict_ci["recall@10"]
-        table.add_row(q.system, q.search, *cells, f"[{lo:.3f}, {hi:.3f}]", f"{q.variant['recall@10']:.4f}",
+        table.add_row(q.system, q.search, *cells, f"{lo:.2f}-{hi:.2f}", f"{q.variant['recall@10']:.3f}",
                       fmt(q.ann_recall_vs_exact, 3))
     return table
 
@@ -325,6 +329,11 @@ def _mib(n: int) -> str:
     return f"{n / 2**20:,.1f}"
 
 
+def _param(result: Any) -> str:
+    short = {"efSearch": "ef", "nprobe": "nprobe"}
+    return ", ".join(f"{short.get(k, k)}={v}" for k, v in result.search_param.items()) or "exact"
+
+
 def scale_tables(report: Any) -> list[Table]:
     """Dense kinds at N vectors, their sweeps, and BM25 at N documents."""
     dense = Table(title=f"index kinds at {report.vectors:,} synthetic vectors (dim {report.dim}; recall@10 vs exact "
@@ -332,12 +341,12 @@ def scale_tables(report: Any) -> list[Table]:
                   caption=f"vectors: {report.seed_items:,} real {report.encoder} item embeddings + covariance-shaped "
                           f"noise (median cosine to parent {report.parent_cosine:.3f}, real nearest neighbour "
                           f"{report.nn_cosine_real:.3f}); latency: one query, one thread", caption_justify="left")
-    for column in ("kind", "build s", "vectors/s", "RAM MiB", "disk MiB", "param", "recall@10", "p50 ms", "p99 ms"):
-        dense.add_column(column, justify="left" if column in ("kind", "param") else "right")
+    for column in ("kind", "build s", "RAM MiB", "disk MiB", "param", "R@10", "p50 ms", "p99 ms"):
+        dense.add_column(column, justify="left" if column in ("kind", "param") else "right",
+                         no_wrap=column in ("kind", "param"))
     for r in report.dense:
-        dense.add_row(r.kind, f"{r.build_seconds:,.1f}", f"{r.vectors_per_second:,.0f}", _mib(r.ram_bytes),
-                      _mib(r.index_bytes), ", ".join(f"{k}={v}" for k, v in r.search_param.items()) or "exact",
-                      f"{r.recall_at_10:.4f}", f"{r.p50_ms:.3f}", f"{r.p99_ms:.3f}")
+        dense.add_row(r.kind, f"{r.build_seconds:,.1f}", _mib(r.ram_bytes), _mib(r.index_bytes), _param(r),
+                      f"{r.recall_at_10:.3f}", f"{r.p50_ms:.2f}", f"{r.p99_ms:.2f}")
     tables = [dense]
     sweep = Table(title="search-parameter sweeps (recall@10 vs exact, ms / query)", title_justify="left")
     for column in ("kind", "value", "recall vs exact", "ms / query"):
@@ -371,9 +380,8 @@ def scale_markdown(report: Any) -> str:
              "| kind | build s | vectors/s | RAM MiB | disk MiB | param | recall@10 | p50 ms | p99 ms |",
              "|---|---:|---:|---:|---:|---|---:|---:|---:|"]
     for r in report.dense:
-        param = ", ".join(f"{k}={v}" for k, v in r.search_param.items()) or "exact"
         lines.append(f"| {r.kind} | {r.build_seconds:,.1f} | {r.vectors_per_second:,.0f} | {_mib(r.ram_bytes)} | "
-                     f"{_mib(r.index_bytes)} | {param} | {r.recall_at_10:.4f} | {r.p50_ms:.3f} | {r.p99_ms:.3f} |")
+                     f"{_mib(r.index_bytes)} | {_param(r)} | {r.recall_at_10:.4f} | {r.p50_ms:.3f} | {r.p99_ms:.3f} |")
     if report.sparse:
         s = report.sparse
         lines += ["", f"BM25 over {s.documents:,} synthetic documents, {s.queries} real queries "

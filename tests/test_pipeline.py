@@ -199,19 +199,22 @@ def test_bench_report_compare_and_trec(built, tmp_path):
     from densesearch.render import bench_markdown, to_jsonable
 
     ws = built["ws"]
-    cfg = BenchConfig(split="test", latency_runs=5, warmup_runs=1, bootstrap=100, trec_path=tmp_path / "run.trec")
+    cfg = BenchConfig(split="test", batch_sizes=(1, 4), latency_runs=5, warmup_runs=1, bootstrap=100,
+                      trec_path=tmp_path / "run.trec")
     first = run_bench(cfg, ws)
     saved = save_report(first, ws, bench_markdown(first))
     assert {"report.json", "report.md", "latency.png"} <= {p.name for p in saved.iterdir()}
     report = load_report(ws, saved.name)
     assert report["schema"] == 1 and report["query_source"] == "listing"
     assert set(report) >= {"quality", "latency", "sizes", "machine", "artifacts", "notes"}
+    assert report["sizes"]["index_dense_loaded_ram_bytes"] > 150 * 384 * 4  # the vectors, plus the HNSW graph
     systems = {q["system"] for q in report["quality"]}
     assert "BM25" in systems and "base" in systems and any(s.startswith("hybrid") for s in systems)
     for q in report["quality"]:
         lo, hi = q["strict_ci"]["recall@10"]
         assert lo <= q["strict"]["recall@10"] <= hi
     assert {s["stage"] for s in report["latency"]} == {"encode", "search", "end-to-end"}
+    assert {s["stage"] for s in report["latency"] if s["batch_size"] == 4} == {"encode", "search", "end-to-end"}
     rows = compare_reports(to_jsonable(first), report)
     assert rows and all(r["delta"] == 0 for r in rows)
     line = (tmp_path / "run.trec").read_text().splitlines()[0].split()

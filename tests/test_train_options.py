@@ -1,35 +1,24 @@
 """finetune options on the real MiniLM: --resume, cached MNRL (GradCache), BM25 hard negatives."""
 
 import pytest
-from conftest import PIPELINE_TRAIN
+from conftest import PIPELINE_TRAIN, prepared_workspace
 
-from densesearch.config import PrepareConfig
 from densesearch.encoders import load_torch_encoder
 from densesearch.manifest import read_manifest
 from densesearch.paths import Workspace
-from densesearch.prepare import load_catalog, load_pairs, run_prepare
+from densesearch.prepare import load_catalog, load_pairs
 from densesearch.train import mine_bm25_negatives, run_finetune
 
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory) -> Workspace:
-    import gzip
-
-    from densesearch.sources import sample_meta_path
-
-    root = tmp_path_factory.mktemp("train-options")
-    meta = root / "meta.jsonl"
-    with gzip.open(sample_meta_path(), "rt") as src:
-        meta.write_text("".join(line for _, line in zip(range(150), src, strict=False)))
-    ws = Workspace(root / "home")
-    run_prepare(PrepareConfig(meta_path=meta), ws)
-    return ws
+    return prepared_workspace(tmp_path_factory.mktemp("train-options"))
 
 
 def test_resume_continues_from_the_last_checkpoint(prepared):
     from dataclasses import replace
 
-    cfg = replace(PIPELINE_TRAIN, save_steps=1)  # 48 pairs / batch 16 = 3 steps, a checkpoint after each
+    cfg = replace(PIPELINE_TRAIN, save_steps=1, batch_size=8)  # 48 pairs: about 5 steps, a checkpoint after each
 
     def stop_after_first_checkpoint(description, done, total, extra=""):
         if description == "fine-tuning" and done == 2:
@@ -43,7 +32,7 @@ def test_resume_continues_from_the_last_checkpoint(prepared):
     steps_seen = []
     result = run_finetune(replace(cfg, resume=True), prepared,
                           lambda d, done, total, extra="": steps_seen.append(done) if d == "fine-tuning" else None)
-    assert steps_seen[0] == 2 and result.steps == 3  # continued, not restarted
+    assert steps_seen[0] == 2 and result.steps >= 3  # continued, not restarted
     assert read_manifest(prepared.artifact("model"), "model").settings["resume"] is True
     assert not prepared.checkpoints.exists()
 

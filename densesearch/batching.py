@@ -92,7 +92,7 @@ class LengthGroupedBatchSampler:
         columns = [c for c in ("anchor", "positive", "negative") if c in dataset.column_names]
         values = [dataset[c] for c in columns]
         self.keys = [frozenset(row) for row in zip(*values, strict=True)]
-        self.sort_keys = [row_sort_key(a, p) for a, p in zip(dataset["anchor"], dataset["positive"], strict=True)]
+        self.sort_keys = [row_sort_key(a, p) for a, p in zip(values[0], values[1], strict=True)]
         self.batch_size = batch_size
         self.drop_last = drop_last
         self.seed = seed

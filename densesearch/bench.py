@@ -193,6 +193,11 @@ def run_bench(cfg: BenchConfig, workspace: Workspace, progress=None) -> BenchRep
     return report
 
 
+def cyclic_batches(items: list[Any], batch: int) -> list[list[Any]]:
+    """One batch per item, starting there and wrapping around: every run sees a full batch."""
+    return [[items[(n + j) % len(items)] for j in range(batch)] for n in range(len(items))]
+
+
 def measure_latency(searcher: Searcher, encoders: dict[str, Encoder], cfg: BenchConfig) -> list[LatencyStats]:
     """Encode, search and end-to-end latency per backend and batch size (warm-up runs first)."""
     stats = []
@@ -200,14 +205,14 @@ def measure_latency(searcher: Searcher, encoders: dict[str, Encoder], cfg: Bench
     for name, encoder in encoders.items():
         backend = searcher.spec.backend if name == "served" else name
         for batch in cfg.batch_sizes:
-            batches = [[texts[(n + j) % len(texts)] for j in range(batch)] for n in range(len(texts))]
+            batches = cyclic_batches(texts, batch)
             samples = time_calls(lambda b, e=encoder, bs=batch: e.encode(b, batch_size=bs), batches,
                                  cfg.latency_runs, cfg.warmup_runs)
             stats.append(latency_stats(backend, "encode", batch, samples))
     vectors = searcher.encoder.encode(texts, batch_size=len(texts))
     kind = searcher.manifest.extra["kind"]
     for batch in cfg.batch_sizes:
-        blocks = [np.stack([vectors[(n + j) % len(vectors)] for j in range(batch)]) for n in range(len(texts))]
+        blocks = [np.stack(block) for block in cyclic_batches(list(vectors), batch)]
         stats.append(latency_stats(kind, "search", batch, time_calls(lambda v: searcher.dense_many(v, 10), blocks,
                                                                      cfg.latency_runs, cfg.warmup_runs)))
     for mode in ("dense", "hybrid", "bm25"):
@@ -216,7 +221,7 @@ def measure_latency(searcher: Searcher, encoders: dict[str, Encoder], cfg: Bench
                                    time_calls(lambda q, c=config: searcher.ask(q, c), texts, cfg.latency_runs,
                                               cfg.warmup_runs)))
     for batch in (b for b in cfg.batch_sizes if b > 1):
-        batches = [[texts[(n + j) % len(texts)] for j in range(batch)] for n in range(len(texts))]
+        batches = cyclic_batches(texts, batch)
         stats.append(latency_stats(f"{searcher.spec.backend} dense", "end-to-end", batch,
                                    time_calls(lambda b, bs=batch: searcher.dense_many(
                                        searcher.encoder.encode(b, batch_size=bs), 10), batches,

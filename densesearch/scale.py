@@ -211,17 +211,6 @@ def loaded_index_ram(path: Path) -> int:
     return int(done.stdout.strip().splitlines()[-1])
 
 
-def single_query_latency(search, queries: np.ndarray, warmup: int = 20) -> list[float]:
-    for row in queries[:warmup]:
-        search(row[None, :])
-    samples = []
-    for row in queries:
-        started = time.perf_counter()
-        search(row[None, :])
-        samples.append((time.perf_counter() - started) * 1000)
-    return samples
-
-
 def measure_kind(kind: str, vectors: np.ndarray, queries: np.ndarray, truth: np.ndarray, cfg: ScaleConfig,
                  scratch: Path, progress=None) -> list[DenseScaleResult]:
     """Build one index kind over ``vectors``; its sweep, recall vs exact, latency, RAM and disk size."""
@@ -259,8 +248,11 @@ def _served(kind: str, search, vectors: np.ndarray, queries: np.ndarray, truth: 
             param: dict[str, int], sweep: list[dict[str, float]], train_s: float, build_s: float,
             ram: int, disk: int) -> DenseScaleResult:
     """Recall@10 vs exact over all queries and single-query latency at the chosen search parameter."""
+    from densesearch.bench import time_calls
+
     found = search(queries)
-    samples = single_query_latency(search, queries[:latency_queries])
+    rows = [row[None, :] for row in queries[:latency_queries]]
+    samples = time_calls(search, rows, runs=len(rows), warmup=min(20, len(rows)))
     return DenseScaleResult(
         kind=kind, vectors=len(vectors), train_seconds=train_s, build_seconds=build_s,
         vectors_per_second=len(vectors) / max(build_s, 1e-9), index_bytes=disk, ram_bytes=ram,

@@ -19,6 +19,7 @@ from densesearch.index import (
     choose_encoder,
     read_items,
     rerank_exact,
+    reranked_search,
     rrf_fuse,
     set_search_param,
 )
@@ -145,19 +146,18 @@ class Searcher:
         """Top-k item indices for many query vectors exactly as served (-1 where fewer were found)."""
         if self._use_search_param(k, None) != "ivfpq":
             return self.index.search(vectors, k)[1]
-        found = np.full((len(vectors), k), -1, dtype=np.int64)
-        for row, vector in enumerate(vectors):
-            ids = self._dense_reranked(vector, k)[0]
-            found[row, : len(ids)] = ids
-        return found
+        return reranked_search(self.index, self._memmapped_vectors(), RERANK_DEPTH)(vectors, k)
 
     def _dense_reranked(self, vector: np.ndarray, k: int) -> tuple[list[int], list[float]]:
         """IVF-PQ codes find candidates; exact scores from the memory-mapped vectors order them."""
+        _, candidates = self.index.search(vector[None, :], max(k, RERANK_DEPTH))
+        ids, scores = rerank_exact(self._memmapped_vectors(), vector, candidates[0], k)
+        return ids.tolist(), scores.tolist()
+
+    def _memmapped_vectors(self) -> np.ndarray:
         if self._vectors is None:
             self._vectors = np.load(self.directory / VECTORS_FILE, mmap_mode="r")
-        _, candidates = self.index.search(vector[None, :], max(k, RERANK_DEPTH))
-        ids, scores = rerank_exact(self._vectors, vector, candidates[0], k)
-        return ids.tolist(), scores.tolist()
+        return self._vectors
 
     def sparse(self, text: str, k: int) -> tuple[list[int], list[float]]:
         found, scores = self.bm25.search([text], k)[0]

@@ -68,6 +68,11 @@ class Workspace:
         return self.root / "bench"
 
     @property
+    def scale_runs(self) -> Path:
+        """`bench --scale` reports, apart from bench runs so that `--compare latest` never picks one."""
+        return self.root / "bench-scale"
+
+    @property
     def scratch(self) -> Path:
         """Large temporary files (e.g. `bench --scale` vectors); created on demand, emptied by their users."""
         path = self.root / "scratch"

@@ -367,7 +367,7 @@ def run_scale(cfg: ScaleConfig, workspace: Workspace, progress=None) -> ScaleRep
 def save_scale_report(report: ScaleReport, workspace: Workspace, markdown: str) -> Path:
     import json
 
-    target = workspace.bench_runs / report.run_id
+    target = workspace.scale_runs / report.run_id
     with atomic_dir(target) as tmp:
         (tmp / "report.json").write_text(json.dumps(asdict(report), indent=2) + "\n")
         (tmp / "report.md").write_text(markdown)

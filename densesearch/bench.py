@@ -13,16 +13,16 @@ from typing import Any
 
 import numpy as np
 
+from densesearch.artifacts import BM25_DIR, DENSE_FILE, VECTORS_FILE, Artifact, has_artifact, open_artifact
 from densesearch.config import BenchConfig, QueryConfig
-from densesearch.encoders import Encoder
+from densesearch.encoders import Encoder, EncoderSpec, base_spec, choose_encoder
 from densesearch.errors import BadInput, MissingArtifact
 from densesearch.evaluation import exact_topk, score_rankings
-from densesearch.index import EncoderSpec, base_spec, rrf_fuse
 from densesearch.manifest import package_versions
 from densesearch.metrics import ann_recall, bootstrap_ci, write_trec_run
-from densesearch.paths import Workspace
+from densesearch.paths import Workspace, new_run_id
 from densesearch.prepare import load_data_manifest, load_pairs
-from densesearch.search import Searcher
+from densesearch.search import Searcher, rrf_fuse
 
 REPORT_SCHEMA = 1
 LATENCY_QUERIES = ("comfy summer dress for beach", "waterproof hiking boots for men",
@@ -116,9 +116,7 @@ def _quality(name: str, search: str, rankings: list[list[str]], positives: list[
 def dense_systems(searcher: Searcher, workspace: Workspace) -> list[tuple[str, EncoderSpec]]:
     """Base model, fine-tuned FP32 and fine-tuned INT8 (those the workspace holds)."""
     systems = [("base", base_spec())]
-    if (workspace.artifact("model") / "manifest.json").is_file():
-        from densesearch.index import choose_encoder
-
+    if has_artifact(workspace, "model"):
         systems.append(("fine-tuned FP32", choose_encoder("finetuned", workspace)))
     systems.append((searcher.spec.label, searcher.spec))
     unique, seen = [], set()
@@ -131,8 +129,17 @@ def dense_systems(searcher: Searcher, workspace: Workspace) -> list[tuple[str, E
 
 def run_bench(cfg: BenchConfig, workspace: Workspace, progress=None) -> BenchReport:
     """Measure every system on the split, then latency per backend; save the run in the workspace."""
+    if cfg.trec_path:
+        check_writable(cfg.trec_path)
+    try:
+        workspace.bench_runs.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BadInput(f"cannot create {workspace.bench_runs} ({exc.strerror})", hint="use a writable --home") from exc
+    if not os.access(workspace.bench_runs, os.W_OK):
+        raise BadInput(f"cannot write reports under {workspace.bench_runs}", hint="use a writable --home")
     data_manifest = load_data_manifest(workspace)
     searcher = Searcher(workspace, threads=cfg.threads)
+    searcher.load_for("hybrid")  # a damaged encoder or BM25 fails now, not after minutes of work
     pairs = load_pairs(workspace, cfg.split)
     if cfg.queries:
         pairs = pairs[: cfg.queries]
@@ -149,12 +156,12 @@ def run_bench(cfg: BenchConfig, workspace: Workspace, progress=None) -> BenchRep
     bm25_rank = [[ids[i] for i in found] for found, _ in sparse]
     runs["bm25"] = (bm25_rank, [s.tolist() for _, s in sparse])
     quality.append(_quality("BM25", "inverted index", bm25_rank, positives, group_of, cfg))
-    vectors = np.load(searcher.directory / "vectors.npy", mmap_mode="r")
+    vectors = searcher.artifact.load_npy(VECTORS_FILE)
     encoders: dict[str, Encoder] = {}
     for name, spec in dense_systems(searcher, workspace):
         if progress:
             progress(f"evaluating {name}", 0, 1)
-        encoder = spec.load(cfg.threads)
+        encoder = spec.load(workspace, cfg.threads)
         encoders[spec.backend if spec is not searcher.spec else "served"] = encoder
         served = spec.fingerprint == searcher.spec.fingerprint and spec.backend == searcher.spec.backend
         item_vectors = vectors if served else encoder.encode([r["text"] for r in items], batch_size=64)
@@ -173,16 +180,14 @@ def run_bench(cfg: BenchConfig, workspace: Workspace, progress=None) -> BenchRep
             runs["dense"] = (approx_rank, [[float(x) for x in row] for row in exact_scores])
             quality.append(_quality(f"hybrid (RRF: {name} + BM25)", searcher.manifest.extra["kind"], hybrid_rank,
                                     positives, group_of, cfg))
-    if (workspace.artifact("onnx") / "manifest.json").is_file() and searcher.spec.backend != "onnx":
-        from densesearch.index import choose_encoder
-
-        encoders["onnx"] = choose_encoder("onnx", workspace).load(cfg.threads)
+    if has_artifact(workspace, "onnx") and searcher.spec.backend != "onnx":
+        encoders["onnx"] = choose_encoder("onnx", workspace).load(workspace, cfg.threads)
     latency = measure_latency(searcher, encoders, cfg)
     report = BenchReport(
-        schema=REPORT_SCHEMA, run_id=datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ"),
+        schema=REPORT_SCHEMA, run_id=new_run_id(),
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"), split=cfg.split,
         query_source=data_manifest.extra.get("query_source", "?"), queries=len(pairs), catalog_items=len(items),
-        quality=quality, latency=latency, sizes=artifact_sizes(workspace),
+        quality=quality, latency=latency, sizes=artifact_sizes(workspace, searcher.artifact),
         machine=machine_info(cfg.threads),
         artifacts={"data": data_manifest.fingerprint, "index": searcher.manifest.fingerprint,
                    "encoder": searcher.spec.fingerprint},
@@ -229,25 +234,33 @@ def measure_latency(searcher: Searcher, encoders: dict[str, Encoder], cfg: Bench
     return stats
 
 
-def artifact_sizes(workspace: Workspace) -> dict[str, int]:
+def check_writable(path: Path) -> None:
+    """Fail before minutes of work when an output file cannot be written."""
+    path = Path(path)
+    if path.is_dir() or not path.parent.is_dir() or not os.access(path.parent, os.W_OK) or (
+            path.exists() and not os.access(path, os.W_OK)):
+        raise BadInput(f"cannot write {path}", hint="give a file path in an existing, writable directory")
+
+
+def artifact_sizes(workspace: Workspace, index: Artifact) -> dict[str, int]:
+    """Model and index sizes from the manifests' file records, plus the dense index's RAM once loaded."""
+    from densesearch.scale import loaded_index_ram
+
     sizes = {}
-    onnx = workspace.artifact("onnx")
-    if (onnx / "manifest.json").is_file():
-        extra = json.loads((onnx / "manifest.json").read_text())["extra"]
+    if has_artifact(workspace, "onnx"):
+        extra = open_artifact(workspace, "onnx", upstream=False).manifest.extra
         sizes["model_fp32_onnx_bytes"] = extra["fp32_bytes"]
         sizes["model_int8_onnx_bytes"] = extra["int8_bytes"]
-    model = workspace.artifact("model") / "model.safetensors"
-    if model.is_file():
-        sizes["model_torch_bytes"] = model.stat().st_size
-    index = workspace.artifact("index")
-    for name in ("dense.faiss", "vectors.npy"):
-        if (index / name).is_file():
-            sizes[f"index_{name.replace('.', '_')}_bytes"] = (index / name).stat().st_size
-    sizes["index_bm25_bytes"] = sum(p.stat().st_size for p in (index / "bm25").rglob("*") if p.is_file())
-    if (index / "dense.faiss").is_file():
-        from densesearch.scale import loaded_index_ram
-
-        sizes["index_dense_loaded_ram_bytes"] = loaded_index_ram(index / "dense.faiss")
+    if has_artifact(workspace, "model"):
+        weights = open_artifact(workspace, "model", upstream=False).manifest.files.get("model.safetensors")
+        if weights:
+            sizes["model_torch_bytes"] = weights
+    files = index.manifest.files
+    for name in (DENSE_FILE, VECTORS_FILE):
+        if name in files:
+            sizes[f"index_{name.replace('.', '_')}_bytes"] = files[name]
+    sizes["index_bm25_bytes"] = sum(size for name, size in files.items() if name.startswith(f"{BM25_DIR}/"))
+    sizes["index_dense_loaded_ram_bytes"] = loaded_index_ram(index.file(DENSE_FILE))
     return sizes
 
 

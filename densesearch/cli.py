@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import functools
+import math
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 
@@ -22,8 +23,8 @@ app = typer.Typer(name="densesearch", no_args_is_help=True, add_completion=False
                   help="Domain-adapted dense retrieval for e-commerce catalogs: "
                        "prepare -> finetune -> quantize -> index -> query -> bench.")
 
-HomeOpt = Annotated[Path | None, typer.Option("--home", help="Artifact root (overrides $DENSESEARCH_HOME).",
-                                              show_default=False)]
+HomeOpt = Annotated[str | None, typer.Option("--home", help="Artifact root (overrides $DENSESEARCH_HOME).",
+                                             show_default=False)]
 WorkspaceOpt = Annotated[str, typer.Option("--workspace", "-w", help="Named workspace inside the root.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")]
 
@@ -51,7 +52,17 @@ def handles_errors(command):
     return wrapper
 
 
-def workspace_of(home: Path | None, workspace: str) -> Workspace:
+def finite(value: float | None) -> float | None:
+    """Option callback: refuse NaN and infinities, which compare false with every bound."""
+    if value is not None and not math.isfinite(value):
+        raise typer.BadParameter(f"{value} is not a finite number")
+    return value
+
+
+Threads = Annotated[int, typer.Option(min=0, max=1024, help="Threads (0: all cores).")]
+
+
+def workspace_of(home: str | None, workspace: str) -> Workspace:
     return Workspace(resolve_home(home), workspace)
 
 
@@ -74,11 +85,12 @@ def prepare(
     reviews: Annotated[Path | None, typer.Option("--reviews", help="Reviews in the same formats.")] = None,
     sample: Annotated[bool, typer.Option("--sample", help="Use the embedded 1,000-item sample.")] = False,
     category: Annotated[str | None, typer.Option("--category", help="Amazon Reviews 2023 category on the Hub.")] = None,
-    queries: Annotated[str | None, typer.Option("--queries",
-                                                help="reviews | listing (default: reviews when given).")] = None,
-    min_rating: Annotated[float, typer.Option(help="Keep reviews rated at least this.")] = 4.0,
-    test_size: Annotated[int, typer.Option(help="Test queries (at most 20% of all).")] = 2000,
-    seed: Annotated[int, typer.Option(help="Seed for query choice and split.")] = 13,
+    queries: Annotated[Literal["reviews", "listing"] | None, typer.Option(
+        "--queries", help="reviews | listing (default: reviews when given).")] = None,
+    min_rating: Annotated[float, typer.Option(min=0, max=5, callback=finite,
+                                              help="Keep reviews rated at least this.")] = 4.0,
+    test_size: Annotated[int, typer.Option(min=1, max=10_000_000, help="Test queries (at most 20% of all).")] = 2000,
+    seed: Annotated[int, typer.Option(min=0, help="Seed for query choice and split.")] = 13,
     home: HomeOpt = None, workspace: WorkspaceOpt = DEFAULT_WORKSPACE, json: JsonOpt = False,
 ) -> None:
     """Build the catalog, query/positive pairs and a leak-free train/dev/test split."""
@@ -107,14 +119,20 @@ def status(
 ) -> None:
     """Show the workspace's artifacts."""
     from densesearch.render import status_table
-    from densesearch.status import workspace_status
+    from densesearch.status import all_ok, workspace_status
 
     ws = workspace_of(home, workspace)
     rows = workspace_status(ws)
     out = Output(json)
-    out.line(f"workspace [bold]{ws.name}[/bold] at {ws.root}")
+    out.line(f"workspace {ws.name} at {ws.root}")
     out.table(status_table(rows, paths))
-    out.data({"home": ws.home, "workspace": ws.name, "root": ws.root, "artifacts": rows})
+    out.data({"home": ws.home, "workspace": ws.name, "root": ws.root, "ok": all_ok(rows), "artifacts": rows})
+    if not all_ok(rows):
+        bad = [row for row in rows if row["state"] != "ok"]
+        first = bad[0]
+        typer.echo(f"error: {len(bad)} of {len(rows)} artifacts not ok; first: {first['kind']} is {first['state']}: "
+                   f"{' '.join(str(first.get('problem', '')).split())}", err=True)
+        raise typer.Exit(code=1)
 
 
 def _quiet_libraries() -> None:
@@ -138,19 +156,21 @@ def _quiet_libraries() -> None:
 @app.command()
 @handles_errors
 def finetune(
-    samples: Annotated[int, typer.Option(help="Training pairs to sample (seeded).")] = 50000,
+    samples: Annotated[int, typer.Option(min=1, help="Training pairs to sample (seeded).")] = 50000,
     base_model: Annotated[str, typer.Option(help="sentence-transformers id or local path.")] =
         "sentence-transformers/all-MiniLM-L6-v2",
-    max_seq_length: Annotated[int, typer.Option(help="Max tokens per text (capped at the model's limit).")] = 500,
-    batch_size: Annotated[int, typer.Option(help="Pairs per batch (in-batch negatives).")] = 64,
-    epochs: Annotated[int, typer.Option()] = 1,
-    lr: Annotated[float, typer.Option()] = 5e-5,
-    warmup_ratio: Annotated[float, typer.Option()] = 0.1,
-    seed: Annotated[int, typer.Option()] = 13,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
-    loss: Annotated[str, typer.Option(help="mnrl | cached-mnrl")] = "mnrl",
-    mini_batch_size: Annotated[int, typer.Option(help="GradCache mini-batch for cached-mnrl.")] = 16,
-    hard_negatives: Annotated[str | None, typer.Option(help="bm25: mine one hard negative per pair.")] = None,
+    max_seq_length: Annotated[int, typer.Option(min=8, max=8192,
+                                                help="Max tokens per text (capped at the model's limit).")] = 500,
+    batch_size: Annotated[int, typer.Option(min=2, max=65536, help="Pairs per batch (in-batch negatives).")] = 64,
+    epochs: Annotated[int, typer.Option(min=1, max=1000)] = 1,
+    lr: Annotated[float, typer.Option(min=1e-9, max=1.0, callback=finite)] = 5e-5,
+    warmup_ratio: Annotated[float, typer.Option(min=0.0, max=1.0, callback=finite)] = 0.1,
+    seed: Annotated[int, typer.Option(min=0)] = 13,
+    device: Annotated[Literal["auto", "cpu", "cuda"], typer.Option(help="auto | cpu | cuda")] = "auto",
+    loss: Annotated[Literal["mnrl", "cached-mnrl"], typer.Option(help="mnrl | cached-mnrl")] = "mnrl",
+    mini_batch_size: Annotated[int, typer.Option(min=1, max=65536, help="GradCache mini-batch for cached-mnrl.")] = 16,
+    hard_negatives: Annotated[Literal["bm25"] | None, typer.Option(
+        help="bm25: mine one hard negative per pair.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint.")] = False,
     group_by_length: Annotated[bool, typer.Option(help="Batch texts of similar length (less padding, faster); "
                                                        "off: random no-duplicate batches.")] = True,
@@ -180,9 +200,12 @@ def finetune(
 @handles_errors
 def quantize(
     model: Annotated[str, typer.Option(help="finetuned | base | PATH")] = "finetuned",
-    isa: Annotated[str, typer.Option(help="auto | avx512_vnni | avx512 | avx2 | arm64")] = "auto",
-    force: Annotated[bool, typer.Option("--force", help="Publish even if the parity gate fails.")] = False,
-    threads: Annotated[int, typer.Option(help="ONNX Runtime threads (0: all cores).")] = 0,
+    isa: Annotated[Literal["auto", "amx", "avx512_vnni", "avx_vnni", "avx512", "avx2", "x86", "arm64"], typer.Option(
+        help="CPU to quantize for (auto: this one).")] = "auto",
+    force: Annotated[bool, typer.Option("--force", help="Publish INT8 even if the parity gate fails.")] = False,
+    fallback_fp32: Annotated[bool, typer.Option("--fallback-fp32",
+                                                help="When no INT8 recipe passes, serve FP32 ONNX.")] = False,
+    threads: Threads = 0,
     home: HomeOpt = None, workspace: WorkspaceOpt = DEFAULT_WORKSPACE, json: JsonOpt = False,
 ) -> None:
     """Export to ONNX, quantize to INT8, and check parity before publishing."""
@@ -193,7 +216,8 @@ def quantize(
 
     out = Output(json)
     with out.progress() as progress:
-        result = run_quantize(QuantizeConfig(model=model, isa=isa, force=force, threads=threads),
+        result = run_quantize(QuantizeConfig(model=model, isa=isa, force=force, fallback_fp32=fallback_fp32,
+                                             threads=threads),
                               workspace_of(home, workspace), progress)
     for table in quantize_tables(result):
         out.table(table)
@@ -204,12 +228,14 @@ def quantize(
 @handles_errors
 def index(
     model: Annotated[str | None, typer.Option(help="int8 | onnx | finetuned | base | PATH (default: best)")] = None,
-    kind: Annotated[str, typer.Option(help="hnsw | flat | hnsw-sq8 | ivfpq")] = "hnsw",
-    m: Annotated[int, typer.Option("--m", help="HNSW neighbours per node.")] = 32,
-    ef_construction: Annotated[int, typer.Option(help="HNSW build beam width.")] = 200,
-    bm25: Annotated[str, typer.Option(help="bm25s | rank-bm25")] = "bm25s",
-    add: Annotated[Path | None, typer.Option("--add", help="Append items (.jsonl metadata) to the index.")] = None,
-    threads: Annotated[int, typer.Option(help="Encoder threads (0: all cores).")] = 0,
+    kind: Annotated[Literal["hnsw", "flat", "hnsw-sq8", "ivfpq"], typer.Option(
+        help="hnsw | flat | hnsw-sq8 | ivfpq")] = "hnsw",
+    m: Annotated[int, typer.Option("--m", min=2, max=256, help="HNSW neighbours per node.")] = 32,
+    ef_construction: Annotated[int, typer.Option(min=8, max=4096, help="HNSW build beam width.")] = 200,
+    bm25: Annotated[Literal["bm25s", "rank-bm25"], typer.Option(help="bm25s | rank-bm25")] = "bm25s",
+    add: Annotated[Path | None, typer.Option("--add", exists=True, dir_okay=False, readable=True,
+                                             help="Append items (.jsonl metadata) to the index.")] = None,
+    threads: Threads = 0,
     home: HomeOpt = None, workspace: WorkspaceOpt = DEFAULT_WORKSPACE, json: JsonOpt = False,
 ) -> None:
     """Encode the catalog and build the FAISS and BM25 indexes."""
@@ -247,13 +273,14 @@ def _read_stdin_queries():
 @handles_errors
 def query(
     text: Annotated[str | None, typer.Argument(help="The query; none opens a prompt (or reads piped stdin).")] = None,
-    k: Annotated[int, typer.Option("-k", "--k", help="Items to return.")] = 10,
-    mode: Annotated[str | None, typer.Option(help="dense | bm25 | hybrid (default: best on dev).")] = None,
-    rrf_k: Annotated[int, typer.Option(help="Reciprocal-rank-fusion constant for hybrid.")] = 60,
+    k: Annotated[int, typer.Option("-k", "--k", min=1, max=100_000, help="Items to return.")] = 10,
+    mode: Annotated[Literal["dense", "bm25", "hybrid"] | None, typer.Option(
+        help="dense | bm25 | hybrid (default: best on dev).")] = None,
+    rrf_k: Annotated[int, typer.Option(min=1, max=100_000, help="Reciprocal-rank-fusion constant for hybrid.")] = 60,
     collapse_variants: Annotated[bool, typer.Option("--collapse-variants", help="One row per variant group.")] = False,
-    ef_search: Annotated[int | None, typer.Option(help="Override the tuned efSearch.")] = None,
+    ef_search: Annotated[int | None, typer.Option(min=1, max=100_000, help="Override the tuned efSearch.")] = None,
     model: Annotated[str | None, typer.Option(help="Check the index was built with this encoder.")] = None,
-    threads: Annotated[int, typer.Option(help="Encoder threads (0: all cores).")] = 0,
+    threads: Threads = 0,
     home: HomeOpt = None, workspace: WorkspaceOpt = DEFAULT_WORKSPACE, json: JsonOpt = False,
 ) -> None:
     """Search the catalog."""
@@ -265,6 +292,8 @@ def query(
                       threads=threads)
     searcher = Searcher(workspace_of(home, workspace), threads=threads, model=model)
     out = Output(json)
+    for note in searcher.notes:
+        out.note(note)
 
     def answer(line: str, config: QueryConfig) -> None:
         result = searcher.ask(line, config)
@@ -347,16 +376,18 @@ def _parse_batch_sizes(text: str) -> tuple[int, ...]:
 @handles_errors
 def bench(
     batch_size: Annotated[str, typer.Option("--batch-size", help="Latency batch sizes, e.g. 1,8,32.")] = "1",
-    split: Annotated[str, typer.Option(help="test | dev")] = "test",
-    queries: Annotated[int | None, typer.Option(help="Evaluate at most N queries.")] = None,
-    runs: Annotated[int, typer.Option(help="Timed runs per latency measurement.")] = 200,
-    threads: Annotated[int, typer.Option(help="Threads (0: all cores); recorded in the report.")] = 0,
+    split: Annotated[Literal["test", "dev"], typer.Option(help="test | dev")] = "test",
+    queries: Annotated[int | None, typer.Option(min=1, help="Evaluate at most N queries.")] = None,
+    runs: Annotated[int, typer.Option(min=1, max=1_000_000, help="Timed runs per latency measurement.")] = 200,
+    threads: Threads = 0,
     compare: Annotated[str | None, typer.Option(help="Earlier run id, 'latest' or report.json path.")] = None,
     trec: Annotated[Path | None, typer.Option(help="Write the hybrid ranking as a TREC run file.")] = None,
-    scale: Annotated[int | None, typer.Option(help="Instead: serving cost at N synthetic vectors and documents "
+    scale: Annotated[int | None, typer.Option(min=1000, max=1_000_000_000,
+                                              help="Instead: serving cost at N synthetic vectors and documents "
                                                    "(e.g. 826402, the full Fashion catalog).")] = None,
     kinds: Annotated[str, typer.Option(help="With --scale: index kinds to build.")] = "flat,hnsw,hnsw-sq8,ivfpq",
-    documents: Annotated[int | None, typer.Option(help="With --scale: BM25 documents (default N; 0 skips).")] = None,
+    documents: Annotated[int | None, typer.Option(min=0, help="With --scale: BM25 documents (default N; 0 skips).")
+                         ] = None,
     home: HomeOpt = None, workspace: WorkspaceOpt = DEFAULT_WORKSPACE, json: JsonOpt = False,
 ) -> None:
     """Measure retrieval quality and latency of BM25, base, fine-tuned, INT8 and hybrid."""
@@ -398,6 +429,10 @@ def bench(
 
 
 def _bench_scale(vectors: int, kinds: str, documents: int | None, threads: int, ws: Workspace, out: Output) -> None:
+    if not kinds.strip():
+        from densesearch.errors import BadInput
+
+        raise BadInput("--kinds is empty", hint="e.g. --kinds flat,hnsw")
     from densesearch.config import ScaleConfig
     from densesearch.render import scale_markdown, scale_tables
     from densesearch.scale import run_scale, save_scale_report
@@ -416,9 +451,10 @@ def _bench_scale(vectors: int, kinds: str, documents: int | None, threads: int, 
 @app.command()
 @handles_errors
 def quickstart(
-    samples: Annotated[int, typer.Option(help="Training pairs.")] = 50000,
-    max_seq_length: Annotated[int, typer.Option(help="Training max tokens (short keeps CPU training fast).")] = 128,
-    epochs: Annotated[int, typer.Option()] = 1,
+    samples: Annotated[int, typer.Option(min=1, help="Training pairs.")] = 50000,
+    max_seq_length: Annotated[int, typer.Option(min=8, max=8192,
+                                                help="Training max tokens (short keeps CPU training fast).")] = 128,
+    epochs: Annotated[int, typer.Option(min=1, max=1000)] = 1,
     home: HomeOpt = None, workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
 ) -> None:
     """prepare -> finetune -> quantize -> index -> bench on the embedded sample, then one example query."""
@@ -462,7 +498,8 @@ def quickstart(
                                                               epochs=epochs, batch_size=32), ws, progress)):
             out.table(table)
         out.note("3/5 quantize")
-        for table in quantize_tables(run_quantize(QuantizeConfig(parity_texts=256), ws, progress)):
+        quantized = run_quantize(QuantizeConfig(fallback_fp32=True), ws, progress)
+        for table in quantize_tables(quantized):
             out.table(table)
         out.note("4/5 index")
         for table in index_tables(run_index(IndexConfig(), ws, progress)):
@@ -473,15 +510,38 @@ def quickstart(
     out.table(bench_quality_table(report))
     out.table(bench_latency_table(report))
     out.table(answer_table(Searcher(ws).ask(DEFAULT_QUERY, QueryConfig(k=10))))
+    if quantized.fell_back_to_fp32:
+        out.warn("no INT8 recipe passed the parity gate on this CPU: FP32 ONNX is served "
+                 "(see the parity table above; `densesearch quantize --force` publishes INT8 anyway)")
     out.note(f"quickstart finished in {time.perf_counter() - started:.0f} s; artifacts in {ws.root}")
 
 
-def main() -> None:
-    """Console-script entry point."""
+def run_cli(argv: list[str] | None = None) -> int:
+    """Run the CLI and return its exit code; a bad option is one line on stderr and exit code 2."""
+    from typer.exceptions import TyperException
+
     try:
-        app()
+        code = app(args=argv, standalone_mode=False, prog_name="densesearch")
     except DensesearchError as exc:  # raised outside a command (e.g. option parsing helpers)
         if _debug():
             raise
         print(f"error: {exc}", file=sys.stderr)
-        sys.exit(1)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted: nothing was published", file=sys.stderr)
+        return 130
+    except TyperException as exc:
+        if _debug():
+            raise
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        if type(exc).__name__ == "Abort":
+            print("interrupted: nothing was published", file=sys.stderr)
+            return 130
+        print(f"error: {' '.join(message.split())} (see `densesearch --help`)", file=sys.stderr)
+        return int(getattr(exc, "exit_code", 2) or 2)
+    return int(code or 0)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    sys.exit(run_cli())

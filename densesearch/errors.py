@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+# Which command builds each artifact kind (named in every "missing", "stale" or "damaged" error).
+PRODUCER = {"data": "prepare", "model": "finetune", "onnx": "quantize", "index": "index"}
+
 
 class DensesearchError(Exception):
     """An expected failure shown to the user as one line on stderr (exit code 1)."""
@@ -12,7 +15,12 @@ class DensesearchError(Exception):
         self.hint = hint
 
     def __str__(self) -> str:
-        return f"{self.message} ({self.hint})" if self.hint else self.message
+        text = f"{self.message} ({self.hint})" if self.hint else self.message
+        return " ".join(text.split())  # one line, whatever a path or a library message held
+
+
+def rebuild_hint(kind: str) -> str:
+    return f"run `densesearch {PRODUCER.get(kind, kind)}` again"
 
 
 class MissingArtifact(DensesearchError):
@@ -25,6 +33,19 @@ class MissingArtifact(DensesearchError):
 
 class ArtifactMismatch(DensesearchError):
     """An artifact was built from inputs other than the ones it is served with."""
+
+
+class ArtifactStale(ArtifactMismatch):
+    """An artifact was built from an upstream artifact that has since been replaced."""
+
+
+class ArtifactCorrupt(DensesearchError):
+    """An artifact's file is missing, truncated or unreadable."""
+
+    def __init__(self, kind: str, file: str, reason: str) -> None:
+        super().__init__(f"the {kind} artifact is damaged: {file} {reason}", rebuild_hint(kind))
+        self.kind = kind
+        self.file = file
 
 
 class BadInput(DensesearchError):

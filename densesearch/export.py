@@ -1,19 +1,28 @@
-"""`quantize`: ONNX export, INT8 dynamic quantization, and a parity gate before publishing."""
+"""`quantize`: ONNX export, INT8 dynamic quantization chosen for this CPU, and a parity gate before publishing.
+
+Recipes are tried in order until one passes the gate: the fastest exact recipe for this CPU first
+(u8 activations, s8 per-channel weights; 7-bit weights where the x86 kernel would saturate), then
+u8/u8 (exact on every x86 kernel, slower on VNNI). The gate compares INT8 with FP32 ONNX on what
+serving depends on: the cosine of their vectors, the overlap of their top-10 neighbours over every
+dev query and over catalog texts used as queries, and the dev Recall@10 drop judged with a paired
+bootstrap (it fails only when the drop is both over the tolerance and significant).
+"""
 
 from __future__ import annotations
 
 import json
-import platform
 import shutil
 import statistics
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from densesearch.artifacts import open_artifact
 from densesearch.config import QuantizeConfig
+from densesearch.cpu import ISAS, CpuInfo, read_cpu
 from densesearch.encoders import (
     ENCODER_CONFIG,
     FP32_FILE,
@@ -23,14 +32,60 @@ from densesearch.encoders import (
     resolve_base_model,
 )
 from densesearch.errors import BadInput, DensesearchError
-from densesearch.evaluation import evaluate_encoder
-from densesearch.manifest import Manifest, fingerprint_path, read_manifest, write_manifest
-from densesearch.paths import Workspace, atomic_dir
-from densesearch.prepare import load_catalog, load_data_manifest, load_pairs
-from densesearch.train import sample_pairs
+from densesearch.evaluation import exact_topk
+from densesearch.manifest import Manifest, fingerprint_path, write_manifest
+from densesearch.metrics import bootstrap_ci
+from densesearch.paths import Workspace, publish, writes_workspace
+from densesearch.prepare import Catalog, Pair, load_catalog, load_data_manifest, load_pairs
 
-ISAS = ("avx512_vnni", "avx512", "avx2", "arm64")
 LATENCY_QUERY = "comfy summer dress for beach"
+EXPORT_MIN_COSINE = 0.999  # FP32 ONNX must reproduce the torch model
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One INT8 dynamic-quantization recipe (activations are always u8, per tensor, computed per batch)."""
+
+    name: str
+    signed_weights: bool
+    reduce_range: bool
+
+    def config(self, per_channel: bool):
+        from onnxruntime.quantization import QuantFormat, QuantizationMode, QuantType
+        from optimum.onnxruntime.configuration import QuantizationConfig
+
+        return QuantizationConfig(
+            is_static=False, format=QuantFormat.QOperator, mode=QuantizationMode.IntegerOps,
+            activations_dtype=QuantType.QUInt8, weights_dtype=QuantType.QInt8 if self.signed_weights
+            else QuantType.QUInt8, per_channel=per_channel, reduce_range=self.reduce_range,
+            operators_to_quantize=["MatMul", "Gather"])
+
+
+U8S8 = Recipe("u8s8", signed_weights=True, reduce_range=False)
+U8S8_7BIT = Recipe("u8s8-7bit", signed_weights=True, reduce_range=True)
+U8U8 = Recipe("u8u8", signed_weights=False, reduce_range=False)
+
+
+def recipe_ladder(cpu: CpuInfo) -> list[Recipe]:
+    """Recipes to try on ``cpu``, fastest exact one first."""
+    return [U8S8_7BIT if cpu.saturates_u8s8 else U8S8, U8U8]
+
+
+@dataclass
+class ParityReport:
+    """How closely one INT8 model follows FP32, and whether that is close enough to serve."""
+
+    recipe: str
+    cosine_mean: float
+    cosine_min: float
+    top10_overlap: float
+    overlap_probes: int
+    recall_fp32: float
+    recall_int8: float
+    recall_drop: float
+    drop_ci: tuple[float, float]
+    passed: bool
+    reasons: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -41,41 +96,104 @@ class QuantizeResult:
     manifest: Manifest
     source_model: str
     isa: str
+    recipe: str | None
     fp32_bytes: int
     int8_bytes: int
     size_ratio: float
     cosine_mean: float
     cosine_min: float
+    top10_overlap: float
     recall_at_10: dict[str, float]
     latency_ms_p50: dict[str, float]
+    attempts: list[ParityReport]
     passed: bool
     forced: bool
+    fell_back_to_fp32: bool
 
 
-def detect_isa() -> str:
-    """The best INT8 instruction set of this CPU: avx512_vnni, avx512, avx2 or arm64."""
-    if platform.machine().lower() in {"aarch64", "arm64"}:
-        return "arm64"
-    try:
-        flags = set(Path("/proc/cpuinfo").read_text().split())
-    except OSError:
-        flags = set()
-    if "avx512_vnni" in flags:
-        return "avx512_vnni"
-    if "avx512f" in flags:
-        return "avx512"
-    return "avx2"
+@dataclass
+class ParitySample:
+    """What the gate measures on: a corpus of catalog texts, dev queries and the index of their positive."""
+
+    corpus: list[str]
+    queries: list[str]
+    positives: np.ndarray
 
 
-def resolve_source_model(spec: str, workspace: Workspace) -> tuple[str, str, dict[str, str]]:
-    """(model directory, fingerprint, upstream) for 'finetuned', 'base' or a path."""
+def parity_sample(catalog: Catalog, dev: list[Pair], max_items: int, max_queries: int, seed: int) -> ParitySample:
+    """Up to ``max_items`` catalog texts (every sampled query's positive among them) and up to ``max_queries``."""
+    rng = np.random.default_rng(seed)
+    position = {item: n for n, item in enumerate(catalog.ids)}
+    pairs = [dev[i] for i in sorted(rng.permutation(len(dev))[:max_queries])]
+    chosen = list(dict.fromkeys(position[p.item_id] for p in pairs if p.item_id in position))[:max_items]
+    others = [i for i in rng.permutation(len(catalog)).tolist() if i not in set(chosen)]
+    corpus = sorted(chosen + others[: max(0, max_items - len(chosen))])
+    local = {item: n for n, item in enumerate(corpus)}
+    pairs = [p for p in pairs if position.get(p.item_id) in local]
+    return ParitySample(corpus=[catalog.texts[i] for i in corpus], queries=[p.query for p in pairs],
+                        positives=np.asarray([local[position[p.item_id]] for p in pairs], dtype=np.int64))
+
+
+def encode_queries_one_by_one(encoder: Encoder, queries: list[str], dim: int) -> np.ndarray:
+    """Queries as they are served: one at a time (INT8 activation scales depend on the batch)."""
+    return np.stack([encoder.encode([q], batch_size=1)[0] for q in queries]) if queries else np.zeros((0, dim),
+                                                                                                     np.float32)
+
+
+def neighbours(queries: np.ndarray, items: np.ndarray, k: int, exclude_self: bool = False) -> np.ndarray:
+    """Top-k item indices per query; with ``exclude_self`` query n is item n and never its own neighbour."""
+    top, _ = exact_topk(queries, items, k + 1 if exclude_self else k)
+    if not exclude_self:
+        return top
+    return np.stack([row[row != n][:k] for n, row in enumerate(top)])
+
+
+def top_overlap(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per row, the share of ``a``'s neighbours that ``b`` also returns."""
+    return np.asarray([len(set(x.tolist()) & set(y.tolist())) / max(len(x), 1) for x, y in zip(a, b, strict=True)])
+
+
+def parity_check(reference: Encoder, candidate: Encoder, sample: ParitySample, cfg: QuantizeConfig,
+                 recipe: str) -> ParityReport:
+    """Judge ``candidate`` (INT8) against ``reference`` (FP32) on ``sample``."""
+    ref_items, cand_items = (e.encode(sample.corpus, batch_size=64) for e in (reference, candidate))
+    ref_q, cand_q = (encode_queries_one_by_one(e, sample.queries, ref_items.shape[1]) for e in (reference, candidate))
+    cosines = np.concatenate([np.sum(ref_items * cand_items, axis=1), np.sum(ref_q * cand_q, axis=1)])
+    k = min(10, len(sample.corpus) - 1)
+    overlaps = np.concatenate([
+        top_overlap(neighbours(ref_q, ref_items, k), neighbours(cand_q, cand_items, k)),
+        top_overlap(neighbours(ref_items, ref_items, k, True), neighbours(cand_items, cand_items, k, True))])
+    hits_ref = np.asarray([p in row for p, row in zip(sample.positives, neighbours(ref_q, ref_items, k), strict=True)],
+                          dtype=np.float64)
+    hits_int8 = np.asarray([p in row for p, row in zip(sample.positives, neighbours(cand_q, cand_items, k),
+                                                       strict=True)], dtype=np.float64)
+    drop = float(hits_ref.mean() - hits_int8.mean()) if len(hits_ref) else 0.0
+    low, high = bootstrap_ci(hits_ref - hits_int8, cfg.bootstrap, cfg.seed) if len(hits_ref) else (0.0, 0.0)
+    reasons = []
+    if cosines.mean() < cfg.min_mean_cosine:
+        reasons.append(f"mean cosine {cosines.mean():.4f} < {cfg.min_mean_cosine}")
+    if overlaps.mean() < cfg.min_top10_overlap:
+        reasons.append(f"top-10 overlap {overlaps.mean():.3f} < {cfg.min_top10_overlap}")
+    if drop > cfg.max_recall_drop and low > 0:
+        reasons.append(f"Recall@10 drop {drop:.4f} > {cfg.max_recall_drop} (95% CI {low:.3f}..{high:.3f})")
+    return ParityReport(recipe=recipe, cosine_mean=float(cosines.mean()), cosine_min=float(cosines.min()),
+                        top10_overlap=float(overlaps.mean()), overlap_probes=len(overlaps),
+                        recall_fp32=float(hits_ref.mean()) if len(hits_ref) else 0.0,
+                        recall_int8=float(hits_int8.mean()) if len(hits_int8) else 0.0,
+                        recall_drop=drop, drop_ci=(low, high), passed=not reasons, reasons=reasons)
+
+
+def resolve_source_model(spec: str, workspace: Workspace) -> tuple[str, str, str, dict[str, str]]:
+    """(model directory, label, fingerprint, upstream) for 'finetuned', 'base' or a path."""
     if spec == "finetuned":
-        manifest = read_manifest(workspace.artifact("model"), "model")
-        return str(workspace.artifact("model")), manifest.fingerprint, {"model": manifest.fingerprint}
-    path = resolve_base_model("sentence-transformers/all-MiniLM-L6-v2" if spec == "base" else spec)
+        artifact = open_artifact(workspace, "model")
+        return str(artifact.path), "finetuned", artifact.fingerprint, {"model": artifact.fingerprint}
+    name = "sentence-transformers/all-MiniLM-L6-v2" if spec == "base" else spec
+    path = resolve_base_model(name)
     if not Path(path).is_dir():
         raise BadInput(f"model {spec!r} is not a local directory", hint="pass finetuned, base or a model directory")
-    return path, fingerprint_path(Path(path)), {}
+    fingerprint = fingerprint_path(Path(path))
+    return path, name, fingerprint, {"base_model": fingerprint}
 
 
 def export_onnx(model_dir: str, out_dir: Path) -> None:
@@ -86,25 +204,23 @@ def export_onnx(model_dir: str, out_dir: Path) -> None:
     with tempfile.TemporaryDirectory() as scratch:
         model.save_pretrained(scratch)
         shutil.copy(Path(scratch) / FP32_FILE, out_dir / FP32_FILE)
+        shutil.copy(Path(scratch) / "config.json", out_dir / "config.json")
 
 
-def quantize_int8(out_dir: Path, isa: str, per_channel: bool) -> str:
-    """INT8 dynamic quantization of model.onnx; returns the INT8 file name."""
+def quantize_int8(out_dir: Path, recipe: Recipe, per_channel: bool) -> str:
+    """INT8 dynamic quantization of model.onnx with ``recipe``; returns the INT8 file name."""
     from optimum.onnxruntime import ORTQuantizer
-    from optimum.onnxruntime.configuration import AutoQuantizationConfig
 
-    make_config = {"avx512_vnni": AutoQuantizationConfig.avx512_vnni, "avx512": AutoQuantizationConfig.avx512,
-                   "avx2": AutoQuantizationConfig.avx2, "arm64": AutoQuantizationConfig.arm64}[isa]
-    config = make_config(is_static=False, per_channel=per_channel)
     quantizer = ORTQuantizer.from_pretrained(out_dir, file_name=FP32_FILE)
+    name = f"model_qint8_{recipe.name}.onnx"
     with tempfile.TemporaryDirectory() as scratch:
-        quantizer.quantize(save_dir=scratch, quantization_config=config, file_suffix=f"qint8_{isa}")
-        name = f"model_qint8_{isa}.onnx"
+        quantizer.quantize(save_dir=scratch, quantization_config=recipe.config(per_channel),
+                           file_suffix=f"qint8_{recipe.name}")
         shutil.copy(Path(scratch) / name, out_dir / name)
     return name
 
 
-def write_encoder_files(model_dir: str, out_dir: Path, int8_file: str, torch_encoder) -> None:
+def write_encoder_files(model_dir: str, out_dir: Path, int8_file: str | None, torch_encoder, label: str) -> None:
     """Tokenizer and the pooling/normalisation settings the ONNX encoder needs without torch."""
     shutil.copy(Path(model_dir) / "tokenizer.json", out_dir / "tokenizer.json")
     pooling = "mean"
@@ -113,7 +229,14 @@ def write_encoder_files(model_dir: str, out_dir: Path, int8_file: str, torch_enc
         pooling = "cls"
     (out_dir / ENCODER_CONFIG).write_text(json.dumps({
         "dim": torch_encoder.dim, "pooling": pooling, "normalize": True, "int8_file": int8_file,
-        "max_seq_length": int(torch_encoder.model.max_seq_length), "source_model": model_dir}, indent=2))
+        "max_seq_length": int(torch_encoder.model.max_seq_length), "source_model": label}, indent=2))
+
+
+def set_int8_file(out_dir: Path, int8_file: str | None) -> None:
+    path = out_dir / ENCODER_CONFIG
+    config = json.loads(path.read_text())
+    config["int8_file"] = int8_file
+    path.write_text(json.dumps(config, indent=2))
 
 
 def median_latency_ms(encoder: Encoder, text: str, runs: int = 50, warmup: int = 5) -> float:
@@ -127,62 +250,85 @@ def median_latency_ms(encoder: Encoder, text: str, runs: int = 50, warmup: int =
     return statistics.median(timings)
 
 
+def target_cpu(isa: str) -> CpuInfo:
+    """This CPU (``auto``) or the instruction set asked for."""
+    if isa == "auto":
+        return read_cpu()
+    if isa not in ISAS:
+        raise BadInput(f"unknown instruction set {isa!r}", hint=f"use auto or one of {', '.join(ISAS)}")
+    return CpuInfo(isa=isa, model="(given with --isa)", flags=())
+
+
+def gate_failure(attempts: list[ParityReport]) -> DensesearchError:
+    detail = "; ".join(f"{a.recipe}: {', '.join(a.reasons)}" for a in attempts)
+    return DensesearchError(f"INT8 parity gate failed for every recipe ({detail}); nothing was published",
+                            hint="`quantize --fallback-fp32` serves FP32 ONNX instead; --force publishes INT8 anyway")
+
+
+@writes_workspace
 def run_quantize(cfg: QuantizeConfig, workspace: Workspace, progress=None) -> QuantizeResult:
-    """Export, quantize, check parity on dev texts, and publish only when parity holds (or --force)."""
-    if cfg.isa not in ("auto", *ISAS):
-        raise BadInput(f"unknown instruction set {cfg.isa!r}", hint=f"use auto or one of {', '.join(ISAS)}")
-    isa = detect_isa() if cfg.isa == "auto" else cfg.isa
-    model_dir, model_fingerprint, upstream = resolve_source_model(cfg.model, workspace)
+    """Export, quantize with the recipes for this CPU until one passes the gate, publish (or fall back)."""
+    cpu = target_cpu(cfg.isa)
+    model_dir, label, model_fingerprint, upstream = resolve_source_model(cfg.model, workspace)
     data_manifest = load_data_manifest(workspace)
     catalog = load_catalog(workspace)
-    dev = sample_pairs(load_pairs(workspace, "dev"), cfg.parity_texts, 13)
-    group_of = dict(zip(catalog.ids, catalog.groups, strict=True))
+    dev = load_pairs(workspace, "dev") or load_pairs(workspace, "train")
+    sample = parity_sample(catalog, dev, cfg.parity_items, cfg.parity_queries, cfg.seed)
     torch_encoder = load_torch_encoder(model_dir, model_fingerprint)
-    with atomic_dir(workspace.artifact("onnx")) as tmp:
+    with publish(workspace, "onnx") as tmp:
         if progress:
-            progress("exporting to ONNX", 0, 2)
+            progress("exporting to ONNX", 0, 1)
         export_onnx(model_dir, tmp)
-        if progress:
-            progress("exporting to ONNX", 1, 2)
-        int8_file = quantize_int8(tmp, isa, cfg.per_channel)
-        write_encoder_files(model_dir, tmp, int8_file, torch_encoder)
-        if progress:
-            progress("exporting to ONNX", 2, 2)
-        encoders: dict[str, Encoder] = {
-            "torch": torch_encoder,
-            "onnx": load_onnx_encoder(tmp, int8=False, fingerprint="", threads=cfg.threads),
-            "onnx-int8": load_onnx_encoder(tmp, int8=True, fingerprint="", threads=cfg.threads)}
-        parity_texts = ([p.query for p in dev] + catalog.texts)[: cfg.parity_texts]
-        fp32 = encoders["onnx"].encode(parity_texts)
-        int8 = encoders["onnx-int8"].encode(parity_texts)
-        cosines = np.sum(fp32 * int8, axis=1)
-        torch_vs_onnx = float(np.min(np.sum(fp32 * torch_encoder.encode(parity_texts), axis=1)))
-        recall = {}
-        for name, encoder in encoders.items():
-            metrics = evaluate_encoder(encoder, catalog.ids, catalog.texts, [p.query for p in dev],
-                                       [p.item_id for p in dev], group_of, progress=progress)
-            recall[name] = metrics.get("recall@10", 0.0)
-        latency = {name: median_latency_ms(encoder, LATENCY_QUERY) for name, encoder in encoders.items()}
-        fp32_bytes, int8_bytes = (tmp / FP32_FILE).stat().st_size, (tmp / int8_file).stat().st_size
-        drop = recall["torch"] - recall["onnx-int8"]
-        passed = float(cosines.mean()) >= cfg.min_mean_cosine and drop <= cfg.max_recall_drop
-        if not passed and not cfg.force:
-            raise DensesearchError(
-                f"INT8 parity gate failed: mean cosine {cosines.mean():.4f} (min {cfg.min_mean_cosine}), "
-                f"Recall@10 drop {drop:.4f} (max {cfg.max_recall_drop}); nothing was published",
-                hint="inspect with --force, or quantize with another --isa")
+        write_encoder_files(model_dir, tmp, None, torch_encoder, label)
+        fp32 = load_onnx_encoder(tmp, int8=False, fingerprint="", threads=cfg.threads)
+        probe = sample.corpus[:32] + sample.queries[:32]
+        export_cosine = float(np.min(np.sum(fp32.encode(probe) * torch_encoder.encode(probe), axis=1)))
+        if export_cosine < EXPORT_MIN_COSINE:
+            raise DensesearchError(f"the ONNX export does not reproduce the model (min cosine {export_cosine:.4f})",
+                                   hint="check the model directory loads with sentence-transformers")
+        attempts, chosen, int8_file = [], None, None
+        ladder = recipe_ladder(cpu)
+        for step, recipe in enumerate(ladder):
+            if progress:
+                progress(f"quantizing ({recipe.name}) and checking parity", step, len(ladder))
+            int8_file = quantize_int8(tmp, recipe, cfg.per_channel)
+            set_int8_file(tmp, int8_file)
+            report = parity_check(fp32, load_onnx_encoder(tmp, int8=True, fingerprint="", threads=cfg.threads),
+                                  sample, cfg, recipe.name)
+            attempts.append(report)
+            if report.passed or (cfg.force and step == len(ladder) - 1):
+                chosen = recipe
+                break
+            (tmp / int8_file).unlink()
+            int8_file = None
+        if chosen is None and not cfg.fallback_fp32:
+            raise gate_failure(attempts)
+        set_int8_file(tmp, int8_file)
+        final = attempts[-1]
+        served = load_onnx_encoder(tmp, int8=int8_file is not None, fingerprint="", threads=cfg.threads)
+        latency = {"torch": median_latency_ms(torch_encoder, LATENCY_QUERY),
+                   "onnx": median_latency_ms(fp32, LATENCY_QUERY)}
+        if int8_file:
+            latency["onnx-int8"] = median_latency_ms(served, LATENCY_QUERY)
+        fp32_bytes = (tmp / FP32_FILE).stat().st_size
+        int8_bytes = (tmp / int8_file).stat().st_size if int8_file else fp32_bytes
+        passed = final.passed and int8_file is not None
         manifest = write_manifest(tmp, Manifest(
-            kind="onnx", settings={**asdict(cfg), "isa": isa}, inputs={"model": model_dir},
+            kind="onnx", settings={**asdict(cfg), "isa": cpu.isa}, inputs={"model": label},
             upstream={**upstream, "data": data_manifest.fingerprint},
-            counts={"parity_texts": len(parity_texts), "dev_queries": len(dev)},
-            extra={"isa": isa, "int8_file": int8_file, "source_model": model_dir,
-                   "source_fingerprint": model_fingerprint, "fp32_bytes": fp32_bytes, "int8_bytes": int8_bytes,
-                   "size_ratio": int8_bytes / fp32_bytes, "cosine_mean": float(cosines.mean()),
-                   "cosine_min": float(cosines.min()), "torch_onnx_cosine_min": torch_vs_onnx,
-                   "recall_at_10": recall, "latency_ms_p50": latency, "parity_passed": passed,
-                   "dim": torch_encoder.dim}))
+            counts={"parity_items": len(sample.corpus), "parity_queries": len(sample.queries)},
+            extra={"isa": cpu.isa, "cpu": cpu.as_dict(), "recipe": chosen.name if int8_file else None,
+                   "int8_file": int8_file, "source_model": label, "source_fingerprint": model_fingerprint,
+                   "fp32_bytes": fp32_bytes, "int8_bytes": int8_bytes, "size_ratio": int8_bytes / fp32_bytes,
+                   "cosine_mean": final.cosine_mean, "cosine_min": final.cosine_min,
+                   "top10_overlap": final.top10_overlap, "torch_onnx_cosine_min": export_cosine,
+                   "parity": [asdict(a) for a in attempts], "latency_ms_p50": latency, "parity_passed": passed,
+                   "fell_back_to_fp32": int8_file is None, "dim": torch_encoder.dim}))
     return QuantizeResult(
-        path=workspace.artifact("onnx"), manifest=manifest, source_model=model_dir, isa=isa,
-        fp32_bytes=fp32_bytes, int8_bytes=int8_bytes, size_ratio=int8_bytes / fp32_bytes,
-        cosine_mean=float(cosines.mean()), cosine_min=float(cosines.min()), recall_at_10=recall,
-        latency_ms_p50=latency, passed=passed, forced=cfg.force and not passed)
+        path=workspace.artifact("onnx"), manifest=manifest, source_model=label, isa=cpu.isa,
+        recipe=chosen.name if int8_file else None, fp32_bytes=fp32_bytes, int8_bytes=int8_bytes,
+        size_ratio=int8_bytes / fp32_bytes, cosine_mean=final.cosine_mean, cosine_min=final.cosine_min,
+        top10_overlap=final.top10_overlap,
+        recall_at_10={"onnx": final.recall_fp32, **({"onnx-int8": final.recall_int8} if int8_file else {})},
+        latency_ms_p50=latency, attempts=attempts, passed=passed, forced=cfg.force and not final.passed,
+        fell_back_to_fp32=int8_file is None)

@@ -10,43 +10,26 @@ from pathlib import Path
 
 import numpy as np
 
+from densesearch.artifacts import BM25_DIR, DENSE_FILE, ITEMS_FILE, VECTORS_FILE, open_artifact
 from densesearch.config import IndexConfig
-from densesearch.encoders import Encoder, load_onnx_encoder, load_torch_encoder, resolve_base_model
+from densesearch.encoders import Encoder, EncoderSpec, choose_encoder
 from densesearch.errors import BadInput
 from densesearch.evaluation import exact_topk, score_rankings
 from densesearch.itemtext import ItemFields
-from densesearch.manifest import Manifest, fingerprint_path, read_manifest, write_manifest
+from densesearch.manifest import Manifest, write_manifest
 from densesearch.metrics import ann_recall, mean_metrics
-from densesearch.paths import Workspace, atomic_dir
+from densesearch.paths import Workspace, allocate, publish, writes_workspace
 from densesearch.prepare import load_catalog, load_data_manifest, load_pairs
+from densesearch.search import RERANK_DEPTH, read_items, reranked_search, rrf_fuse, set_search_param
 from densesearch.sources import ReadStats, iter_records
 from densesearch.sparse import Bm25Index
 
 KINDS = ("hnsw", "flat", "hnsw-sq8", "ivfpq")
 EF_CANDIDATES = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 NPROBE_CANDIDATES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
-VECTORS_FILE, DENSE_FILE, ITEMS_FILE, BM25_DIR = "vectors.npy", "dense.faiss", "items.jsonl", "bm25"
 ENCODE_CHUNK = 4096
 SWEEP_QUERIES = 500
-RERANK_DEPTH = 100  # IVF-PQ candidates re-scored exactly from vectors.npy
 IVFPQ_MIN_VECTORS = 39 * 256  # FAISS wants 39 training points per centroid of the 8-bit PQ codebooks
-
-
-@dataclass
-class EncoderSpec:
-    """Which encoder built an index: enough to load it again and to detect a mismatch."""
-
-    backend: str
-    path: str
-    fingerprint: str
-    dim: int
-    label: str
-
-    def load(self, threads: int = 0) -> Encoder:
-        if self.backend == "torch":
-            return load_torch_encoder(self.path, self.fingerprint)
-        return load_onnx_encoder(Path(self.path), int8=self.backend == "onnx-int8",
-                                 fingerprint=self.fingerprint, threads=threads)
 
 
 @dataclass
@@ -70,53 +53,24 @@ class IndexResult:
     notes: list[str] = field(default_factory=list)
 
 
-def _artifact_spec(workspace: Workspace, kind: str, backend: str) -> EncoderSpec:
-    directory = workspace.artifact(kind)
-    manifest = read_manifest(directory, kind)
-    label = {"onnx-int8": "fine-tuned INT8 ONNX", "onnx": "fine-tuned FP32 ONNX", "torch": "fine-tuned FP32"}
-    if kind == "onnx" and "model" not in manifest.upstream:  # exported from the base model, not a fine-tune
-        label = {"onnx-int8": "base INT8 ONNX", "onnx": "base FP32 ONNX"}
-    return EncoderSpec(backend=backend, path=str(directory), fingerprint=manifest.fingerprint,
-                       dim=int(manifest.extra.get("dim", 0)), label=label[backend])
-
-
-def base_spec(name: str = "sentence-transformers/all-MiniLM-L6-v2") -> EncoderSpec:
-    path = resolve_base_model(name)
-    fingerprint = fingerprint_path(Path(path)) if Path(path).exists() else name
-    return EncoderSpec(backend="torch", path=path, fingerprint=fingerprint, dim=0, label=f"base {Path(name).name}")
-
-
-def choose_encoder(spec: str | None, workspace: Workspace) -> EncoderSpec:
-    """The best available encoder (INT8 > fine-tuned FP32 > base) or the one asked for."""
-    if spec is None:
-        for kind, backend in (("onnx", "onnx-int8"), ("model", "torch")):
-            if (workspace.artifact(kind) / "manifest.json").is_file():
-                return _artifact_spec(workspace, kind, backend)
-        return base_spec()
-    if spec in ("int8", "onnx-int8"):
-        return _artifact_spec(workspace, "onnx", "onnx-int8")
-    if spec == "onnx":
-        return _artifact_spec(workspace, "onnx", "onnx")
-    if spec in ("finetuned", "torch"):
-        return _artifact_spec(workspace, "model", "torch")
-    if spec == "base":
-        return base_spec()
-    if Path(spec).is_dir():
-        return base_spec(spec)
-    raise BadInput(f"unknown model {spec!r}", hint="use int8, onnx, finetuned, base or a model directory")
-
-
 def encode_to_memmap(encoder: Encoder, texts: list[str], path: Path, batch_size: int,
                      progress=None, start_row: int = 0, out: np.ndarray | None = None) -> np.ndarray:
     """Encode texts chunk by chunk straight into a float32 .npy memmap (one copy of the matrix)."""
     if out is None:
-        out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(len(texts), encoder.dim))
+        out = new_vectors_file(path, len(texts), encoder.dim)
     for start in range(0, len(texts), ENCODE_CHUNK):
         chunk = texts[start:start + ENCODE_CHUNK]
         out[start_row + start: start_row + start + len(chunk)] = encoder.encode(chunk, batch_size=batch_size)
         if progress:
             progress("encoding catalog", start + len(chunk), len(texts))
     out.flush()
+    return out
+
+
+def new_vectors_file(path: Path, rows: int, dim: int) -> np.ndarray:
+    """A float32 .npy memmap whose disk blocks are reserved up front: a full disk is an error, not a SIGBUS."""
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(rows, dim))
+    allocate(path, path.stat().st_size)
     return out
 
 
@@ -155,13 +109,6 @@ def train_if_needed(index, vectors: np.ndarray) -> None:
         index.train(np.ascontiguousarray(sample))
 
 
-def set_search_param(index, kind: str, value: int) -> None:
-    if kind in ("hnsw", "hnsw-sq8"):
-        index.hnsw.efSearch = value
-    elif kind == "ivfpq":
-        index.nprobe = value
-
-
 def sweep_search_param(index, kind: str, queries: np.ndarray, exact: np.ndarray, target: float,
                        k: int = 10, search=None) -> tuple[list[dict[str, float]], int]:
     """Recall vs exact and ms/query for each efSearch (or nprobe); the smallest value reaching ``target``.
@@ -191,37 +138,6 @@ def sweep_search_param(index, kind: str, queries: np.ndarray, exact: np.ndarray,
     return sweep, chosen
 
 
-def reranked_search(index, vectors: np.ndarray, depth: int):
-    """A ``search(queries, k) -> ids`` that re-scores the index's top ``depth`` exactly (IVF-PQ serving)."""
-    def search(queries: np.ndarray, k: int) -> np.ndarray:
-        candidates = index.search(queries, max(depth, k))[1]
-        found = np.full((len(queries), k), -1, dtype=np.int64)
-        for row, (query, ids) in enumerate(zip(queries, candidates, strict=True)):
-            best = rerank_exact(vectors, query, ids, k)[0]
-            found[row, : len(best)] = best
-        return found
-
-    return search
-
-
-def rerank_exact(vectors: np.ndarray, query: np.ndarray, candidates: np.ndarray, k: int
-                 ) -> tuple[np.ndarray, np.ndarray]:
-    """Re-score candidate rows exactly against float32 vectors (a memmap: only those rows are read)."""
-    ids = np.unique(candidates[candidates >= 0])
-    scores = np.asarray(vectors[ids] @ query, dtype=np.float32)
-    best = np.lexsort((ids, -scores))[:k]
-    return ids[best], scores[best]
-
-
-def rrf_fuse(rankings: list[list[int]], k_constant: int, limit: int) -> list[tuple[int, float]]:
-    """Reciprocal-rank fusion: score = sum of 1 / (k_constant + rank); ties by lower item index."""
-    scores: dict[int, float] = {}
-    for ranking in rankings:
-        for rank, item in enumerate(ranking, start=1):
-            scores[item] = scores.get(item, 0.0) + 1.0 / (k_constant + rank)
-    return sorted(scores.items(), key=lambda pair: (-pair[1], pair[0]))[:limit]
-
-
 def dev_mode_comparison(dense_top: np.ndarray, bm25: Bm25Index, queries: list[str], positives: list[str],
                         ids: list[str], group_of: dict[str, str], rrf_k: int) -> dict[str, float]:
     """Dev Recall@10 of dense, BM25 and hybrid, to pick the default query mode."""
@@ -239,14 +155,11 @@ def _write_items(path: Path, rows: list[dict]) -> None:
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
-def read_items(directory: Path) -> list[dict]:
-    return [json.loads(line) for line in open(directory / ITEMS_FILE, encoding="utf-8")]
-
-
 def _disk_bytes(directory: Path) -> int:
     return sum(p.stat().st_size for p in directory.rglob("*") if p.is_file())
 
 
+@writes_workspace
 def run_index(cfg: IndexConfig, workspace: Workspace, progress=None) -> IndexResult:
     """Encode the catalog, build dense + BM25 indexes, sweep efSearch on dev queries, publish atomically."""
     import faiss
@@ -256,11 +169,12 @@ def run_index(cfg: IndexConfig, workspace: Workspace, progress=None) -> IndexRes
     data_manifest = load_data_manifest(workspace)
     catalog = load_catalog(workspace)
     spec = choose_encoder(cfg.model, workspace)
-    encoder = spec.load(cfg.threads)
+    encoder = spec.load(workspace, cfg.threads)
     spec.dim = encoder.dim
     dev = load_pairs(workspace, "dev")[:SWEEP_QUERIES] or load_pairs(workspace, "train")[:SWEEP_QUERIES]
     group_of = dict(zip(catalog.ids, catalog.groups, strict=True))
-    with atomic_dir(workspace.artifact("index")) as tmp:
+    upstream = {"data": data_manifest.fingerprint, spec.artifact or "encoder": spec.fingerprint}
+    with publish(workspace, "index") as tmp:
         started = time.perf_counter()
         vectors = encode_to_memmap(encoder, catalog.texts, tmp / VECTORS_FILE, cfg.batch_size, progress)
         encode_seconds = time.perf_counter() - started
@@ -285,8 +199,7 @@ def run_index(cfg: IndexConfig, workspace: Workspace, progress=None) -> IndexRes
         param_name = "nprobe" if cfg.kind == "ivfpq" else "efSearch"
         manifest = write_manifest(tmp, Manifest(
             kind="index", settings={k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
-            upstream={"data": data_manifest.fingerprint, "encoder": spec.fingerprint},
-            counts={"vectors": len(vectors), "dev_queries": len(dev)},
+            upstream=upstream, counts={"vectors": len(vectors), "dev_queries": len(dev)},
             extra={"kind": cfg.kind, "encoder": asdict(spec), "dim": encoder.dim, "metric": "inner_product",
                    "search_param": {param_name: chosen} if chosen else {}, "sweep": sweep,
                    "dev_recall_at_10": modes, "recommended_mode": recommended, "bm25": cfg.bm25,
@@ -315,29 +228,29 @@ def read_new_items(path: Path, max_chars: int = 2000) -> list[dict]:
     return rows
 
 
+@writes_workspace
 def run_add(cfg: IndexConfig, workspace: Workspace, progress=None) -> IndexResult:
     """Append items to the dense index without rebuilding it; BM25 is rebuilt (its statistics are global)."""
     import faiss
 
-    directory = workspace.artifact("index")
-    manifest = read_manifest(directory, "index")
+    artifact = open_artifact(workspace, "index")
+    manifest = artifact.manifest
     spec = EncoderSpec(**manifest.extra["encoder"])
-    existing = read_items(directory)
+    existing = read_items(artifact)
     known = {row["item_id"] for row in existing}
     new_rows = [row for row in read_new_items(cfg.add_path) if row["item_id"] not in known]
     if not new_rows:
         raise BadInput("no new items to add (all already indexed)", str(cfg.add_path))
-    encoder = spec.load(cfg.threads)
-    with atomic_dir(directory) as tmp:
-        old = np.load(directory / VECTORS_FILE, mmap_mode="r")
-        vectors = np.lib.format.open_memmap(tmp / VECTORS_FILE, mode="w+", dtype=np.float32,
-                                            shape=(len(old) + len(new_rows), old.shape[1]))
+    encoder = spec.load(workspace, cfg.threads)
+    with publish(workspace, "index") as tmp:
+        old = artifact.load_npy(VECTORS_FILE)
+        vectors = new_vectors_file(tmp / VECTORS_FILE, len(old) + len(new_rows), old.shape[1])
         vectors[: len(old)] = old
         started = time.perf_counter()
         encode_to_memmap(encoder, [r["text"] for r in new_rows], tmp / VECTORS_FILE, cfg.batch_size,
                          progress, start_row=len(old), out=vectors)
         encode_seconds = time.perf_counter() - started
-        index = faiss.read_index(str(directory / DENSE_FILE))
+        index = artifact.load_faiss()
         add_in_chunks(index, vectors, start=len(old))
         faiss.write_index(index, str(tmp / DENSE_FILE))
         rows = existing + new_rows
@@ -347,6 +260,7 @@ def run_add(cfg: IndexConfig, workspace: Workspace, progress=None) -> IndexResul
                            + len(new_rows)}
         manifest.inputs = {**manifest.inputs, f"add:{Path(cfg.add_path).name}": str(cfg.add_path)}
         manifest = write_manifest(tmp, manifest)
+    directory = workspace.artifact("index")
     return IndexResult(
         path=directory, manifest=manifest, encoder=spec, kind=manifest.extra["kind"], vectors=len(rows),
         encode_seconds=encode_seconds, items_per_second=len(new_rows) / max(encode_seconds, 1e-9),

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import html
+import math
 import re
 from dataclasses import dataclass
 
+# Stored display fields are capped (the indexed text is capped by PrepareConfig.max_text_chars).
+MAX_TITLE_CHARS = 300
+MAX_STORE_CHARS = 100
 _TAG_RE = re.compile(r"<[^>]+>")
 _SPACE_RE = re.compile(r"\s+")
 _SENTENCE_RE = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])")
@@ -52,13 +56,23 @@ def normalise(text: str) -> str:
 
 
 def as_float(value: object) -> float | None:
-    """A number from a float, int or string field ('$12.99', '—'), else None."""
+    """A finite number from a float, int or string field ('$12.99', '—'), else None (also for 1e400, NaN)."""
     if isinstance(value, bool) or value is None:
         return None
     if isinstance(value, (int, float)):
-        return float(value)
-    match = re.search(r"\d+(?:\.\d+)?", str(value).replace(",", ""))
-    return float(match.group()) if match else None
+        number = float(value) if abs(value) < 1e300 else math.inf
+    else:
+        match = re.search(r"\d+(?:\.\d+)?", str(value)[:100].replace(",", ""))
+        number = float(match.group()) if match else math.nan
+    return number if math.isfinite(number) else None
+
+
+def cap(text: str, max_chars: int) -> str:
+    """``text`` cut at a word boundary to at most ``max_chars`` characters."""
+    if len(text) <= max_chars:
+        return text
+    cut = text[:max_chars]
+    return cut.rsplit(" ", 1)[0] if " " in cut else cut
 
 
 def details_text(details: object) -> str:
@@ -93,7 +107,7 @@ class ItemFields:
         item_id = record.get("parent_asin")
         if not isinstance(item_id, str) or not item_id.strip():
             raise ValueError("missing parent_asin")
-        title = clean_text(record.get("title"))
+        title = cap(clean_text(record.get("title")), MAX_TITLE_CHARS)
         sentences = [s for bullet in as_list(record.get("features")) + as_list(record.get("description"))
                      for s in split_sentences(bullet)]
         if not title and not sentences:
@@ -102,7 +116,7 @@ class ItemFields:
         return cls(
             item_id=item_id.strip(),
             title=title,
-            store=clean_text(record.get("store")),
+            store=cap(clean_text(record.get("store")), MAX_STORE_CHARS),
             sentences=sentences,
             details=details_text(record.get("details")),
             rating=as_float(record.get("average_rating")),
@@ -116,7 +130,7 @@ class ItemFields:
         body = " ".join(s for s in _dedupe(self.sentences) if s not in exclude)
         parts = [self.title, f"Brand: {self.store}." if self.store else "", body, self.details]
         text = " ".join(p for p in parts if p)
-        return text if len(text) <= max_chars else text[:max_chars].rsplit(" ", 1)[0]
+        return cap(text, max_chars)
 
     def group_key(self) -> str:
         """Variant group: listings of one product (same normalised title and store) share it."""

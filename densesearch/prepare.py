@@ -11,11 +11,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from densesearch.artifacts import CATALOG_FILE, open_artifact
 from densesearch.config import PrepareConfig
 from densesearch.errors import BadInput, HubUnreachable
 from densesearch.itemtext import ItemFields, clean_text, normalise
-from densesearch.manifest import Manifest, read_manifest, write_manifest
-from densesearch.paths import Workspace, atomic_dir
+from densesearch.manifest import Manifest, write_manifest
+from densesearch.paths import Workspace, publish, writes_workspace
 from densesearch.sources import (
     ReadStats,
     check_hub_reachable,
@@ -27,7 +28,6 @@ from densesearch.sources import (
 
 ProgressFn = Callable[[str, int, int | None], None]
 SPLITS = ("train", "dev", "test")
-CATALOG_FILE = "catalog.jsonl"
 SUBSTRING_CHECK_MAX_ITEMS = 50_000  # above this the exact-sentence uniqueness rule alone guards leaks
 OFFLINE_ALTERNATIVES = ("use `densesearch prepare --sample` (embedded 1,000-item sample) or "
                         "`densesearch prepare --meta meta.jsonl[.gz|.parquet] --reviews reviews.jsonl`")
@@ -271,6 +271,7 @@ def _settings(cfg: PrepareConfig, query_source: str) -> dict:
     return settings
 
 
+@writes_workspace
 def run_prepare(cfg: PrepareConfig, workspace: Workspace, progress: ProgressFn | None = None) -> PrepareResult:
     """Read sources, build catalog + pairs + split, and publish the data artifact atomically."""
     started = time.perf_counter()
@@ -302,8 +303,7 @@ def run_prepare(cfg: PrepareConfig, workspace: Workspace, progress: ProgressFn |
                        plan.inputs.get("reviews", plan.inputs["meta"]),
                        hint="check that reviews reference catalog items (parent_asin) and have text")
     splits = split_pairs(pairs, cfg, by_user=query_source == "reviews")
-    data_dir = workspace.artifact("data")
-    with atomic_dir(data_dir) as tmp:
+    with publish(workspace, "data") as tmp:
         _write_jsonl(tmp / CATALOG_FILE, rows)
         for name, split in splits.items():
             _write_jsonl(tmp / f"{name}.jsonl", (asdict(p) for p in split))
@@ -319,7 +319,7 @@ def run_prepare(cfg: PrepareConfig, workspace: Workspace, progress: ProgressFn |
                     "reviews_without_item": without_item, "leaking_queries_dropped": dropped},
             extra={"source": plan.label, "query_source": query_source}))
     return PrepareResult(
-        path=data_dir, manifest=manifest, meta_stats=meta_stats, review_stats=review_stats,
+        path=workspace.artifact("data"), manifest=manifest, meta_stats=meta_stats, review_stats=review_stats,
         query_source=query_source, items=len(rows), groups=len(set(groups.values())), pairs=len(pairs),
         splits={name: len(split) for name, split in splits.items()}, reviews_without_item=without_item,
         seconds=time.perf_counter() - started, notes=notes)
@@ -341,21 +341,26 @@ class Catalog:
 
 
 def load_data_manifest(workspace: Workspace) -> Manifest:
-    return read_manifest(workspace.artifact("data"), "data")
+    return open_artifact(workspace, "data").manifest
 
 
 def load_catalog(workspace: Workspace) -> Catalog:
     """Read the catalog of the workspace's data artifact."""
-    load_data_manifest(workspace)
-    rows = [json.loads(line) for line in open(workspace.artifact("data") / CATALOG_FILE, encoding="utf-8")]
-    return Catalog(ids=[r["item_id"] for r in rows], texts=[r["text"] for r in rows],
-                   groups=[r["group_id"] for r in rows], rows=rows)
+    artifact = open_artifact(workspace, "data")
+    try:
+        rows = list(artifact.iter_jsonl(CATALOG_FILE))
+        return Catalog(ids=[r["item_id"] for r in rows], texts=[r["text"] for r in rows],
+                       groups=[r["group_id"] for r in rows], rows=rows)
+    except KeyError as exc:
+        raise artifact.corrupt(CATALOG_FILE, f"has a row without {exc}") from exc
 
 
 def load_pairs(workspace: Workspace, split: str) -> list[Pair]:
     """Read one split of query/positive pairs."""
     if split not in SPLITS:
         raise BadInput(f"unknown split {split!r}", hint="use train, dev or test")
-    load_data_manifest(workspace)
-    path = workspace.artifact("data") / f"{split}.jsonl"
-    return [Pair(**json.loads(line)) for line in open(path, encoding="utf-8")]
+    artifact = open_artifact(workspace, "data")
+    try:
+        return [Pair(**row) for row in artifact.iter_jsonl(f"{split}.jsonl")]
+    except TypeError as exc:
+        raise artifact.corrupt(f"{split}.jsonl", "has a row that is not a query/item pair") from exc

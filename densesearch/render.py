@@ -22,6 +22,9 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.table import Table
+from rich.text import Text
+
+BEST = "bold green"
 
 
 def to_jsonable(value: Any) -> Any:
@@ -46,8 +49,9 @@ class Output:
 
     def __init__(self, json_mode: bool = False) -> None:
         self.json_mode = json_mode
-        self.out = Console(soft_wrap=False)
-        self.err = Console(stderr=True)
+        # markup off: a query, a title or a path holding "[/bold]" is shown as typed, never parsed
+        self.out = Console(soft_wrap=False, markup=False, highlight=False)
+        self.err = Console(stderr=True, markup=False, highlight=False)
 
     def table(self, table: Table) -> None:
         if not self.json_mode:
@@ -58,10 +62,10 @@ class Output:
             self.out.print(text)
 
     def note(self, text: str) -> None:
-        self.err.print(f"[dim]{text}[/dim]")
+        self.err.print(text, style="dim")
 
     def warn(self, text: str) -> None:
-        self.err.print(f"[yellow]warning:[/yellow] {text}")
+        self.err.print(Text.assemble(("warning: ", "yellow"), text))
 
     def data(self, payload: Any) -> None:
         if self.json_mode:
@@ -139,9 +143,10 @@ def status_table(rows: Sequence[dict[str, Any]], show_paths: bool) -> Table:
         table.add_column(column)
     if show_paths:
         table.add_column("path")
+    colours = {"ok": "green", "stale": "yellow", "corrupt": "red", "missing": "dim"}
     for row in rows:
-        cells = [row["kind"], row["state"], row.get("fingerprint", "")[:12], row.get("created", ""),
-                 row.get("summary", "")]
+        cells = [row["kind"], Text(row["state"], style=colours.get(row["state"], "")), row.get("fingerprint", "")[:12],
+                 row.get("created", ""), row.get("problem") or row.get("summary", "")]
         if show_paths:
             cells.append(row["path"])
         table.add_row(*cells)
@@ -160,7 +165,7 @@ def metrics_table(title: str, rows: dict[str, dict[str, float]], columns: Sequen
         for column in columns:
             value = values.get(column)
             text = fmt(value)
-            cells.append(f"[bold green]{text}[/bold green]" if value is not None and value == best[column]
+            cells.append(Text(text, style=BEST) if value is not None and value == best[column]
                          and len(rows) > 1 else text)
         table.add_row(name, *cells)
     return table
@@ -180,19 +185,29 @@ def finetune_tables(result: Any) -> list[Table]:
 
 
 def quantize_tables(result: Any) -> list[Table]:
+    int8 = (f"{result.int8_bytes / 2**20:.1f} MiB ({result.size_ratio:.1%} of FP32)" if not result.fell_back_to_fp32
+            else "none: no recipe passed, FP32 ONNX is served")
+    gate = ("passed" if result.passed else "FAILED (published with --force)" if result.forced
+            else "failed: fell back to FP32 ONNX")
     sizes = kv_table("densesearch quantize", [
-        ("source model", result.source_model), ("instruction set", result.isa),
-        ("FP32 ONNX size", f"{result.fp32_bytes / 2**20:.1f} MiB"),
-        ("INT8 ONNX size", f"{result.int8_bytes / 2**20:.1f} MiB ({result.size_ratio:.1%} of FP32)"),
-        ("cosine FP32 vs INT8 mean / min", f"{result.cosine_mean:.4f} / {result.cosine_min:.4f}"),
-        ("parity gate", "passed" if result.passed else ("FAILED (published with --force)")),
-        ("fingerprint", result.manifest.short)])
-    backends = Table(title="backends (dev Recall@10, exact search; median batch-1 encode)", title_justify="left")
-    for column in ("backend", "recall@10", "encode ms p50"):
-        backends.add_column(column, justify="right" if column != "backend" else "left")
-    for name in result.recall_at_10:
-        backends.add_row(name, fmt(result.recall_at_10[name]), f"{result.latency_ms_p50[name]:.2f}")
-    return [sizes, backends]
+        ("source model", result.source_model), ("CPU instruction set", result.isa),
+        ("INT8 recipe", result.recipe or "-"),
+        ("FP32 ONNX size", f"{result.fp32_bytes / 2**20:.1f} MiB"), ("INT8 ONNX size", int8),
+        ("parity gate", gate), ("fingerprint", result.manifest.short)])
+    gate_table = Table(title="parity gate: INT8 vs FP32 ONNX (cosine, top-10 neighbour overlap, dev Recall@10)",
+                       title_justify="left")
+    for column in ("recipe", "cos mean", "cos min", "overlap", "R@10 fp32", "R@10 int8", "drop 95% CI", "verdict"):
+        gate_table.add_column(column, justify="left" if column in ("recipe", "verdict") else "right")
+    for a in result.attempts:
+        gate_table.add_row(a.recipe, f"{a.cosine_mean:.4f}", f"{a.cosine_min:.4f}", f"{a.top10_overlap:.3f}",
+                           f"{a.recall_fp32:.3f}", f"{a.recall_int8:.3f}", f"{a.drop_ci[0]:+.2f}..{a.drop_ci[1]:+.2f}",
+                           Text("pass", style="green") if a.passed else Text("; ".join(a.reasons), style="red"))
+    latency = Table(title="median batch-1 encode latency", title_justify="left")
+    for column in ("backend", "ms p50"):
+        latency.add_column(column, justify="right" if column != "backend" else "left")
+    for name, value in result.latency_ms_p50.items():
+        latency.add_row(name, f"{value:.2f}")
+    return [sizes, gate_table, latency]
 
 
 def index_tables(result: Any) -> list[Table]:
@@ -269,7 +284,7 @@ def bench_quality_table(report: Any) -> Table:
     table.add_column("ANN", justify="right", no_wrap=True, min_width=5)
     best = {c: max(q.strict[c] for q in report.quality) for c in TERMINAL_QUALITY_COLUMNS}
     for q in report.quality:
-        cells = [f"[bold green]{q.strict[c]:.3f}[/bold green]" if q.strict[c] == best[c] else f"{q.strict[c]:.3f}"
+        cells = [Text(f"{q.strict[c]:.3f}", style=BEST if q.strict[c] == best[c] else "")
                  for c in TERMINAL_QUALITY_COLUMNS]
         lo, hi = q.strict_ci["recall@10"]
         table.add_row(_system_label(q.system), "index" if q.search == "inverted index" else q.search, *cells,
@@ -334,7 +349,7 @@ def compare_table(rows: Sequence[dict[str, Any]], earlier: str) -> Table:
     for r in rows:
         colour = "green" if r["delta"] > 0 else "red" if r["delta"] < 0 else "white"
         table.add_row(r["system"], r["search"], r["metric"], f"{r['before']:.4f}", f"{r['after']:.4f}",
-                      f"[{colour}]{r['delta']:+.4f}[/{colour}]")
+                      Text(f"{r['delta']:+.4f}", style=colour))
     return table
 
 

@@ -23,22 +23,15 @@ from typing import Any
 
 import numpy as np
 
+from densesearch.artifacts import VECTORS_FILE, open_artifact
 from densesearch.config import IndexConfig, ScaleConfig
-from densesearch.errors import BadInput, MissingArtifact
-from densesearch.index import (
-    KINDS,
-    RERANK_DEPTH,
-    VECTORS_FILE,
-    add_in_chunks,
-    new_faiss_index,
-    reranked_search,
-    sweep_search_param,
-    train_if_needed,
-)
-from densesearch.manifest import read_manifest
+from densesearch.encoders import EncoderSpec
+from densesearch.errors import BadInput
+from densesearch.index import KINDS, add_in_chunks, new_faiss_index, sweep_search_param, train_if_needed
 from densesearch.metrics import ann_recall
-from densesearch.paths import Workspace, atomic_dir
+from densesearch.paths import Workspace, atomic_dir, new_run_id
 from densesearch.prepare import load_catalog, load_pairs
+from densesearch.search import RERANK_DEPTH, reranked_search
 from densesearch.sparse import Bm25Index, Tokenizer
 
 SCALE_SCHEMA = 1
@@ -311,12 +304,11 @@ def measure_bm25(texts: Sequence[str], queries: Sequence[str], n: int, seed: int
 
 def real_query_vectors(workspace: Workspace, manifest, cfg: ScaleConfig) -> np.ndarray:
     """The workspace's real queries (every split, up to ``cfg.queries``) encoded by the index's encoder."""
-    from densesearch.index import EncoderSpec
 
     texts = [p.query for split in ("test", "dev", "train") for p in load_pairs(workspace, split)][: cfg.queries]
     if len(texts) < 10:
         raise BadInput("fewer than 10 prepared queries to measure with", hint="run `densesearch prepare` on more data")
-    encoder = EncoderSpec(**manifest.extra["encoder"]).load(cfg.threads)
+    encoder = EncoderSpec(**manifest.extra["encoder"]).load(workspace, cfg.threads)
     return np.ascontiguousarray(encoder.encode(texts, batch_size=64), dtype=np.float32)
 
 
@@ -329,18 +321,16 @@ def run_scale(cfg: ScaleConfig, workspace: Workspace, progress=None) -> ScaleRep
             raise BadInput(f"unknown index kind {kind!r}", hint=f"use some of {', '.join(KINDS)}")
     if cfg.vectors < 1000:
         raise BadInput(f"--scale {cfg.vectors} is too small", hint="use at least 1000 vectors")
-    index_dir = workspace.artifact("index")
-    if not (index_dir / VECTORS_FILE).is_file():
-        raise MissingArtifact("index", "index")  # its real catalog vectors seed the synthetic ones
-    manifest = read_manifest(index_dir, "index")
-    seeds = np.load(index_dir / VECTORS_FILE)
+    artifact = open_artifact(workspace, "index")  # its real catalog vectors seed the synthetic ones
+    manifest = artifact.manifest
+    seeds = np.asarray(artifact.load_npy(VECTORS_FILE))
     synth = VectorSynthesizer.fit(seeds)
     nn_cosine = nearest_neighbour_cosine(synth.seeds)
     synth.calibrate(nn_cosine, np.random.default_rng(cfg.seed))
     check, parents = synth.sample(np.random.default_rng(cfg.seed + 1), 4000)
     parent_cosine = float(np.median((check * synth.seeds[parents]).sum(axis=1)))
     queries = real_query_vectors(workspace, manifest, cfg)
-    run_id = "scale-" + datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    run_id = "scale-" + new_run_id()
     dense: list[DenseScaleResult] = []
     with tempfile.TemporaryDirectory(prefix="scale-", dir=workspace.scratch) as scratch:
         vectors = write_synthetic(synth, cfg.vectors, Path(scratch) / "vectors.npy", cfg.seed + 2, progress)

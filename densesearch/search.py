@@ -4,29 +4,18 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
+from densesearch.artifacts import BM25_DIR, ITEMS_FILE, VECTORS_FILE, Artifact, open_artifact
 from densesearch.config import QueryConfig
-from densesearch.errors import ArtifactMismatch, BadInput
-from densesearch.index import (
-    BM25_DIR,
-    DENSE_FILE,
-    RERANK_DEPTH,
-    VECTORS_FILE,
-    EncoderSpec,
-    choose_encoder,
-    read_items,
-    rerank_exact,
-    reranked_search,
-    rrf_fuse,
-    set_search_param,
-)
-from densesearch.manifest import Manifest, read_manifest
+from densesearch.cpu import read_cpu
+from densesearch.encoders import EncoderSpec, choose_encoder
+from densesearch.errors import ArtifactCorrupt, ArtifactMismatch, BadInput
 from densesearch.paths import Workspace
 from densesearch.sparse import Bm25Index
 
+RERANK_DEPTH = 100  # IVF-PQ candidates re-scored exactly from vectors.npy
 MODES = ("dense", "bm25", "hybrid")
 MAX_QUERY_CHARS = 10_000
 
@@ -70,25 +59,35 @@ def validate_query(text: str) -> str:
     return text.strip()
 
 
-def check_encoder_matches(manifest: Manifest, workspace: Workspace, override: str | None) -> EncoderSpec:
-    """The index's encoder, verified against the artifact on disk (and against ``override``)."""
-    recorded = EncoderSpec(**manifest.extra["encoder"])
-    if override is not None:
-        wanted = choose_encoder(override, workspace)
-        if wanted.fingerprint != recorded.fingerprint or (wanted.dim and wanted.dim != recorded.dim):
-            raise ArtifactMismatch(
-                f"the index was built with {recorded.label} ({recorded.fingerprint[:12]}), "
-                f"not with {wanted.label} ({wanted.fingerprint[:12]})",
-                hint=f"run `densesearch index --model {override}` to rebuild it")
-    path = Path(recorded.path)
-    manifest_kind = {"onnx-int8": "onnx", "onnx": "onnx"}.get(recorded.backend)
-    if path.is_relative_to(workspace.root):
-        current = read_manifest(path, manifest_kind or "model").fingerprint
-        if current != recorded.fingerprint:
-            raise ArtifactMismatch(
-                f"the index was built with another version of {recorded.label} "
-                f"({recorded.fingerprint[:12]} != {current[:12]})", hint="run `densesearch index` again")
-    return recorded
+def check_encoder_matches(spec: EncoderSpec, workspace: Workspace, override: str | None) -> None:
+    """Fail when the encoder asked for (``--model``) is not the one the index was built with."""
+    if override is None:
+        return
+    wanted = choose_encoder(override, workspace)
+    if wanted.fingerprint != spec.fingerprint or wanted.backend != spec.backend:
+        raise ArtifactMismatch(
+            f"the index was built with {spec.label} ({spec.fingerprint[:12]}), "
+            f"not with {wanted.label} ({wanted.fingerprint[:12]})",
+            hint=f"run `densesearch index --model {override}` to rebuild it")
+
+
+def read_items(artifact: Artifact) -> list[dict]:
+    """The index's item table (display fields and text), checked row by row."""
+    items = list(artifact.iter_jsonl(ITEMS_FILE))
+    for lineno, row in enumerate(items, start=1):
+        if not isinstance(row.get("item_id"), str) or not isinstance(row.get("text"), str):
+            raise ArtifactCorrupt("index", f"{ITEMS_FILE}:{lineno}", "lacks item_id or text")
+    return items
+
+
+def cpu_note(spec: EncoderSpec, onnx_manifest_extra: dict) -> str | None:
+    """A note when an INT8 model quantized for one CPU is served on another (it still runs correctly)."""
+    built = onnx_manifest_extra.get("cpu", {}).get("isa")
+    here = read_cpu().isa
+    if spec.backend != "onnx-int8" or not built or built == here:
+        return None
+    return (f"the INT8 encoder was quantized on a {built} CPU and this one is {here}: serving it anyway; "
+            "`densesearch quantize` makes one matched to this CPU")
 
 
 class Searcher:
@@ -97,16 +96,27 @@ class Searcher:
     def __init__(self, workspace: Workspace, threads: int = 1, model: str | None = None) -> None:
         import faiss
 
-        directory = workspace.artifact("index")
-        self.manifest = read_manifest(directory, "index")
-        self.spec = check_encoder_matches(self.manifest, workspace, model)
-        self.directory = directory
+        self.artifact = open_artifact(workspace, "index")
+        self.manifest = self.artifact.manifest
+        try:
+            self.spec = EncoderSpec(**self.manifest.extra["encoder"])
+        except (KeyError, TypeError) as exc:
+            raise ArtifactCorrupt("index", "manifest.json", "does not record its encoder") from exc
+        check_encoder_matches(self.spec, workspace, model)
+        self.workspace = workspace
+        self.directory = self.artifact.path
         self.threads = threads
         faiss.omp_set_num_threads(max(threads, 1))
-        self.index = faiss.read_index(str(directory / DENSE_FILE))
-        self.items = read_items(directory)
+        self.index = self.artifact.load_faiss()
+        self.items = read_items(self.artifact)
         if self.index.ntotal != len(self.items):
-            raise ArtifactMismatch("dense index and item table disagree", hint="run `densesearch index` again")
+            raise ArtifactCorrupt("index", ITEMS_FILE, f"has {len(self.items):,} rows for {self.index.ntotal:,} "
+                                                       "vectors")
+        self.notes: list[str] = []
+        if self.spec.artifact == "onnx":
+            note = cpu_note(self.spec, open_artifact(workspace, "onnx").manifest.extra)
+            if note:
+                self.notes.append(note)
         self._encoder = None
         self._bm25: Bm25Index | None = None
         self._vectors: np.ndarray | None = None
@@ -114,18 +124,19 @@ class Searcher:
     @property
     def encoder(self):
         if self._encoder is None:
-            self._encoder = self.spec.load(self.threads)
+            self._encoder = self.spec.load(self.workspace, self.threads)
         return self._encoder
 
     @property
     def bm25(self) -> Bm25Index:
         if self._bm25 is None:
-            self._bm25 = Bm25Index.load(self.directory / BM25_DIR)
+            self._bm25 = Bm25Index.load(self.artifact, BM25_DIR)
         return self._bm25
 
     @property
     def default_mode(self) -> str:
-        return self.manifest.extra.get("recommended_mode", "dense")
+        mode = self.manifest.extra.get("recommended_mode", "dense")
+        return mode if mode in MODES else "dense"
 
     def _use_search_param(self, k: int, ef_search: int | None) -> str:
         """Set the served efSearch / nprobe (an override, else the swept value); returns the index kind."""
@@ -156,7 +167,7 @@ class Searcher:
 
     def _memmapped_vectors(self) -> np.ndarray:
         if self._vectors is None:
-            self._vectors = np.load(self.directory / VECTORS_FILE, mmap_mode="r")
+            self._vectors = self.artifact.load_npy(VECTORS_FILE)
         return self._vectors
 
     def sparse(self, text: str, k: int) -> tuple[list[int], list[float]]:
@@ -177,7 +188,7 @@ class Searcher:
             notes.append(f"k={k} is larger than the catalog; showing all {len(self.items)} items")
             k = len(self.items)
         depth = min(len(self.items), max(cfg.candidates, k) * (3 if cfg.collapse_variants else 1))
-        self._load_for(mode)
+        self.load_for(mode)
         started = time.perf_counter()
         vector = self.encoder.encode([text], batch_size=1) if mode != "bm25" else None
         encoded = time.perf_counter()
@@ -199,7 +210,7 @@ class Searcher:
                       answered_by=f"{self.spec.label if mode != 'bm25' else 'BM25'} + {self.manifest.extra['kind']}"
                       if mode != "bm25" else "BM25", notes=notes)
 
-    def _load_for(self, mode: str) -> None:
+    def load_for(self, mode: str) -> None:
         """Load what ``mode`` needs before the clock starts, so timings show query work, not start-up."""
         if mode != "bm25":
             _ = self.encoder
@@ -223,3 +234,45 @@ class Searcher:
         return Hit(rank=rank, score=float(score), item_id=row["item_id"], group_id=row["group_id"],
                    title=row["title"], store=row.get("store") or "", snippet=body[:160],
                    price=row.get("price"), rating=row.get("rating"))
+
+
+def set_search_param(index, kind: str, value: int) -> None:
+    """Set efSearch (HNSW kinds) or nprobe (IVF-PQ)."""
+    if kind in ("hnsw", "hnsw-sq8"):
+        index.hnsw.efSearch = value
+    elif kind == "ivfpq":
+        index.nprobe = value
+
+
+def reranked_search(index, vectors: np.ndarray, depth: int):
+    """A ``search(queries, k) -> ids`` that re-scores the index's top ``depth`` exactly (IVF-PQ serving)."""
+    def search(queries: np.ndarray, k: int) -> np.ndarray:
+        candidates = index.search(queries, max(depth, k))[1]
+        found = np.full((len(queries), k), -1, dtype=np.int64)
+        for row, (query, ids) in enumerate(zip(queries, candidates, strict=True)):
+            best = rerank_exact(vectors, query, ids, k)[0]
+            found[row, : len(best)] = best
+        return found
+
+    return search
+
+
+def rerank_exact(vectors: np.ndarray, query: np.ndarray, candidates: np.ndarray, k: int
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Re-score candidate rows exactly against float32 vectors (a memmap: only those rows are read)."""
+    ids = np.unique(candidates[candidates >= 0])
+    scores = np.asarray(vectors[ids] @ query, dtype=np.float32)
+    best = np.lexsort((ids, -scores))[:k]
+    return ids[best], scores[best]
+
+
+def rrf_fuse(rankings: list[list[int]], k_constant: int, limit: int) -> list[tuple[int, float]]:
+    """Reciprocal-rank fusion: score = sum of 1 / (k_constant + rank); ties by lower item index.
+
+    An empty ranking (BM25 knows none of the query's words) contributes nothing, so hybrid equals the other side.
+    """
+    scores: dict[int, float] = {}
+    for ranking in rankings:
+        for rank, item in enumerate(ranking, start=1):
+            scores[item] = scores.get(item, 0.0) + 1.0 / (k_constant + rank)
+    return sorted(scores.items(), key=lambda pair: (-pair[1], pair[0]))[:limit]

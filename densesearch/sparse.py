@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from densesearch.errors import ArtifactMismatch, BadInput
+from densesearch.errors import BadInput
 
 BACKENDS = ("bm25s", "rank-bm25")
 K1, B = 1.2, 0.75
@@ -74,14 +74,6 @@ class TermScores:
             np.save(directory / f"{name}.npy", getattr(self, name))
         (directory / "vocab.json").write_text(json.dumps(self.vocab, ensure_ascii=False))
 
-    @classmethod
-    def load(cls, directory: Path, size: int) -> TermScores:
-        if not (directory / "indptr.npy").is_file():
-            raise ArtifactMismatch("the BM25 index is in an older format", hint="run `densesearch index` again")
-        arrays = {name: np.load(directory / f"{name}.npy", mmap_mode="r") for name in ("data", "indices", "indptr")}
-        vocab = json.loads((directory / "vocab.json").read_text(encoding="utf-8"))
-        return cls(vocab=vocab, size=size, **arrays)
-
 
 @dataclass
 class Bm25Index:
@@ -116,9 +108,13 @@ class Bm25Index:
         return cls(backend=backend, engine=engine, size=len(tokens), tokenizer=tokenizer or Tokenizer())
 
     def search(self, queries: Sequence[str], k: int) -> list[tuple[np.ndarray, np.ndarray]]:
-        """For each query, item indices and scores, best first (ties by lower index)."""
+        """For each query, item indices and scores, best first (ties by lower index).
+
+        Only items sharing a term with the query are returned: a query of unknown words gets no hits.
+        """
         k = min(k, self.size)
-        return [_top(np.asarray(self.engine.get_scores(self.tokenizer(q)), dtype=np.float32), k) for q in queries]
+        return [_matching(_top(np.asarray(self.engine.get_scores(self.tokenizer(q)), dtype=np.float32), k))
+                for q in queries]
 
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
@@ -132,15 +128,28 @@ class Bm25Index:
                 pickle.dump(self.engine, handle)
 
     @classmethod
-    def load(cls, directory: Path) -> Bm25Index:
-        meta = json.loads((directory / "bm25.json").read_text())
-        if meta["backend"] == "bm25s":
-            engine = TermScores.load(directory, meta["size"])
+    def load(cls, artifact, subdir: str) -> Bm25Index:
+        """Load from ``subdir`` of an opened index artifact; damaged files are named, not tracebacks."""
+        meta = artifact.read_json(f"{subdir}/bm25.json")
+        try:
+            backend, size, stopwords = meta["backend"], int(meta["size"]), meta.get("stopwords")
+        except (KeyError, TypeError, ValueError) as exc:
+            raise artifact.corrupt(f"{subdir}/bm25.json", "is not a BM25 description") from exc
+        if backend == "bm25s":
+            vocab = artifact.read_json(f"{subdir}/vocab.json")
+            arrays = {name: artifact.load_npy(f"{subdir}/{name}.npy") for name in ("data", "indices", "indptr")}
+            indptr = arrays["indptr"]
+            if (not isinstance(vocab, dict) or len(indptr) == 0 or int(indptr[-1]) != len(arrays["data"])
+                    or len(arrays["indices"]) != len(arrays["data"])):
+                raise artifact.corrupt(f"{subdir}/indptr.npy", "does not match the score arrays")
+            engine = TermScores(vocab=vocab, size=size, **arrays)
         else:
-            with open(directory / "rank_bm25.pkl", "rb") as handle:
-                engine = pickle.load(handle)  # our own artifact, written by save()
-        return cls(backend=meta["backend"], engine=engine, size=meta["size"],
-                   tokenizer=Tokenizer(meta.get("stopwords")))
+            try:
+                with open(artifact.file(f"{subdir}/rank_bm25.pkl"), "rb") as handle:
+                    engine = pickle.load(handle)  # our own artifact, written by save()
+            except (OSError, pickle.UnpicklingError, EOFError) as exc:
+                raise artifact.corrupt(f"{subdir}/rank_bm25.pkl", "cannot be read") from exc
+        return cls(backend=backend, engine=engine, size=size, tokenizer=Tokenizer(stopwords))
 
 
 def _top(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -153,3 +162,10 @@ def _top(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         candidates = np.arange(len(scores))
     order = candidates[np.lexsort((candidates, -scores[candidates]))][:k]
     return order, scores[order]
+
+
+def _matching(top: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Drop zero-score hits (items sharing no term with the query)."""
+    ids, scores = top
+    keep = scores > 0
+    return ids[keep], scores[keep]

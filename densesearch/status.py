@@ -1,11 +1,10 @@
-"""`status`: what artifacts a workspace holds and whether they still agree with each other."""
+"""`status`: each artifact's health (ok / stale / corrupt / missing) and what it holds."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from densesearch.errors import DensesearchError
-from densesearch.manifest import PRODUCER, read_manifest
+from densesearch.artifacts import artifact_health
 from densesearch.paths import ARTIFACT_KINDS, Workspace
 
 
@@ -16,29 +15,27 @@ def _summary(kind: str, counts: dict[str, Any], extra: dict[str, Any]) -> str:
     if kind == "model":
         return f"{extra.get('base_model', '?')} fine-tuned on {counts.get('train_pairs', 0):,} pairs"
     if kind == "onnx":
-        return f"INT8 {extra.get('isa', '?')}, {extra.get('size_ratio', 0):.2f}x of FP32"
+        if not extra.get("int8_file"):
+            return "FP32 ONNX only (no INT8 recipe passed the parity gate)"
+        return (f"INT8 {extra.get('recipe', '?')} for {extra.get('isa', '?')}, "
+                f"{extra.get('size_ratio', 0):.2f}x of FP32")
     if kind == "index":
         encoder = extra.get("encoder", {}).get("label", "?")
         return f"{extra.get('kind', '?')} over {counts.get('vectors', 0):,} vectors, encoder {encoder}"
     return ""
 
 
-def workspace_status(workspace: Workspace) -> list[dict[str, Any]]:
-    """One row per artifact kind: present/missing/broken, fingerprint, creation time, a summary."""
+def workspace_status(workspace: Workspace, deep: bool = True) -> list[dict[str, Any]]:
+    """One row per artifact kind: state, the problem when not ok, fingerprint, creation time, a summary."""
     rows = []
     for kind in ARTIFACT_KINDS:
-        path = workspace.artifact(kind)
-        row: dict[str, Any] = {"kind": kind, "path": str(path)}
-        if not path.exists():
-            row.update(state="missing", summary=f"run `densesearch {PRODUCER[kind]}`")
-        else:
-            try:
-                manifest = read_manifest(path, kind)
-            except DensesearchError as exc:
-                row.update(state="broken", summary=str(exc))
-            else:
-                row.update(state="ready", fingerprint=manifest.fingerprint, created=manifest.created,
-                           summary=_summary(kind, manifest.counts, manifest.extra),
-                           upstream=manifest.upstream)
+        row = artifact_health(workspace, kind, deep=deep)
+        manifest = row.pop("manifest", None)
+        if manifest is not None:
+            row["summary"] = _summary(kind, manifest.counts, manifest.extra)
         rows.append(row)
     return rows
+
+
+def all_ok(rows: list[dict[str, Any]]) -> bool:
+    return all(row["state"] == "ok" for row in rows)

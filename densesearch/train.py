@@ -13,8 +13,8 @@ from densesearch.config import TrainConfig
 from densesearch.encoders import TorchEncoder, resolve_base_model
 from densesearch.errors import BadInput
 from densesearch.evaluation import evaluate_encoder
-from densesearch.manifest import Manifest, fingerprint_path, read_manifest, write_manifest
-from densesearch.paths import Workspace, atomic_dir
+from densesearch.manifest import Manifest, fingerprint_path, write_manifest
+from densesearch.paths import Workspace, publish, writes_workspace
 from densesearch.prepare import Catalog, Pair, load_catalog, load_data_manifest, load_pairs
 
 MODEL_POSITION_LIMIT_FALLBACK = 512
@@ -134,6 +134,7 @@ def dev_split(workspace: Workspace, limit: int, seed: int) -> list[Pair]:
     return sample_pairs(load_pairs(workspace, "dev"), limit, seed)
 
 
+@writes_workspace
 def run_finetune(cfg: TrainConfig, workspace: Workspace, progress=None) -> TrainResult:
     """Fine-tune, evaluate base vs fine-tuned on dev, publish the model atomically."""
     from sentence_transformers import (
@@ -197,7 +198,7 @@ def run_finetune(cfg: TrainConfig, workspace: Workspace, progress=None) -> Train
     trainer.train(resume_from_checkpoint=resume_from)
     train_seconds = time.perf_counter() - train_started
     dev_finetuned = evaluate(model)
-    with atomic_dir(workspace.artifact("model")) as tmp:
+    with publish(workspace, "model") as tmp:
         model.save(str(tmp))
         manifest = write_manifest(tmp, Manifest(
             kind="model", settings={**asdict(cfg), "max_seq_length": max_seq_length, "batch_size": batch_size},
@@ -216,7 +217,3 @@ def run_finetune(cfg: TrainConfig, workspace: Workspace, progress=None) -> Train
         seconds=time.perf_counter() - started,
         pairs_per_second=len(pairs) * cfg.epochs / max(train_seconds, 1e-9), device=device,
         max_seq_length=max_seq_length, dev_base=dev_base, dev_finetuned=dev_finetuned, notes=notes)
-
-
-def load_model_manifest(workspace: Workspace) -> Manifest:
-    return read_manifest(workspace.artifact("model"), "model")

@@ -8,7 +8,7 @@ import pytest
 from densesearch.config import IndexConfig, ScaleConfig
 from densesearch.errors import BadInput
 from densesearch.evaluation import exact_topk
-from densesearch.index import IVFPQ_MIN_VECTORS, new_faiss_index, rerank_exact
+from densesearch.index import IVFPQ_MIN_VECTORS, new_faiss_index
 from densesearch.render import scale_markdown, scale_tables
 from densesearch.scale import (
     VectorSynthesizer,
@@ -18,6 +18,7 @@ from densesearch.scale import (
     save_scale_report,
     synthetic_documents,
 )
+from densesearch.search import rerank_exact
 from densesearch.sparse import _top
 
 

@@ -61,20 +61,18 @@ class Artifact:
     def iter_jsonl(self, name: str) -> Iterator[dict]:
         """Rows of a JSON-lines file; a damaged line is named by its number."""
         try:
-            handle = open(self.file(name), encoding="utf-8")
+            handle = open(self.file(name), "rb")
         except FileNotFoundError as exc:
             raise self.corrupt(name, "is missing") from exc
         with handle:
-            lineno = 0
-            try:
-                for lineno, line in enumerate(handle, start=1):  # noqa: B007 (lineno is read in the handler)
-                    row = json.loads(line)
-                    if not isinstance(row, dict):
-                        raise ValueError("not an object")
-                    yield row
-            except (UnicodeDecodeError, ValueError) as exc:
-                raise self.corrupt(f"{name}:{lineno + 1 if isinstance(exc, UnicodeDecodeError) else lineno}",
-                                   "is not a valid JSON object (truncated or overwritten?)") from exc
+            for lineno, raw in enumerate(handle, start=1):
+                try:
+                    row = json.loads(raw.decode("utf-8"))
+                except (UnicodeDecodeError, ValueError) as exc:
+                    raise self.corrupt(f"{name}:{lineno}", "is not valid JSON (truncated or overwritten?)") from exc
+                if not isinstance(row, dict):
+                    raise self.corrupt(f"{name}:{lineno}", "is not a JSON object")
+                yield row
 
     def load_npy(self, name: str, mmap: bool = True) -> np.ndarray:
         try:

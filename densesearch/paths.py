@@ -285,10 +285,3 @@ def new_run_id() -> str:
     from datetime import datetime, timezone
 
     return f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S.%fZ}-{uuid.uuid4().hex[:4]}"
-
-
-def remove_stale_temporaries(parent: Path) -> None:
-    """Delete leftovers of writes killed hard (SIGKILL) before they could clean up."""
-    if parent.exists():
-        for child in parent.glob(".*.tmp-*"):
-            shutil.rmtree(child, ignore_errors=True)

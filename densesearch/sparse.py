@@ -94,8 +94,11 @@ class Bm25Index:
                     tokenizer: Tokenizer | None = None) -> Bm25Index:
         """An index over documents already split by ``Tokenizer`` (queries are tokenized the same way)."""
         if backend == "bm25s":
+            import logging
+
             import bm25s
 
+            logging.getLogger("bm25s").setLevel(logging.WARNING)  # it sets itself to DEBUG when imported
             indexer = bm25s.BM25(k1=K1, b=B, method="robertson")
             indexer.index(tokens, show_progress=False)
             engine = TermScores.from_bm25s(indexer)

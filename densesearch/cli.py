@@ -23,10 +23,15 @@ app = typer.Typer(name="densesearch", no_args_is_help=True, add_completion=False
                   help="Domain-adapted dense retrieval for e-commerce catalogs: "
                        "prepare -> finetune -> quantize -> index -> query -> bench.")
 
+def Flag(*declarations: str, **options: Any):  # noqa: N802 (reads like typer.Option)
+    """A boolean option shown in --help without a type column entry (no `<bool>` noise)."""
+    return typer.Option(*declarations, metavar="", **options)
+
+
 HomeOpt = Annotated[str | None, typer.Option("--home", help="Artifact root (overrides $DENSESEARCH_HOME).",
                                              show_default=False)]
 WorkspaceOpt = Annotated[str, typer.Option("--workspace", "-w", help="Named workspace inside the root.")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")]
+JsonOpt = Annotated[bool, Flag("--json", help="Machine-readable output on stdout.")]
 
 
 def _debug() -> bool:
@@ -73,7 +78,7 @@ def _version(value: bool) -> None:
 
 
 @app.callback()
-def root(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+def root(version: Annotated[bool, Flag("--version", callback=_version, is_eager=True,
                                                help="Show the version and exit.")] = False) -> None:
     """densesearch command line."""
 
@@ -83,7 +88,7 @@ def root(version: Annotated[bool, typer.Option("--version", callback=_version, i
 def prepare(
     meta: Annotated[Path | None, typer.Option("--meta", help="Item metadata: .jsonl, .jsonl.gz or .parquet.")] = None,
     reviews: Annotated[Path | None, typer.Option("--reviews", help="Reviews in the same formats.")] = None,
-    sample: Annotated[bool, typer.Option("--sample", help="Use the embedded 1,000-item sample.")] = False,
+    sample: Annotated[bool, Flag("--sample", help="Use the embedded 1,000-item sample.")] = False,
     category: Annotated[str | None, typer.Option("--category", help="Amazon Reviews 2023 category on the Hub.")] = None,
     queries: Annotated[Literal["reviews", "listing"] | None, typer.Option(
         "--queries", help="reviews | listing (default: reviews when given).")] = None,
@@ -114,7 +119,7 @@ def prepare(
 @app.command()
 @handles_errors
 def status(
-    paths: Annotated[bool, typer.Option("--paths", help="Show where each artifact lives.")] = False,
+    paths: Annotated[bool, Flag("--paths", help="Show where each artifact lives.")] = False,
     home: HomeOpt = None, workspace: WorkspaceOpt = DEFAULT_WORKSPACE, json: JsonOpt = False,
 ) -> None:
     """Show the workspace's artifacts."""
@@ -171,8 +176,8 @@ def finetune(
     mini_batch_size: Annotated[int, typer.Option(min=1, max=65536, help="GradCache mini-batch for cached-mnrl.")] = 16,
     hard_negatives: Annotated[Literal["bm25"] | None, typer.Option(
         help="bm25: mine one hard negative per pair.")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint.")] = False,
-    group_by_length: Annotated[bool, typer.Option(help="Batch texts of similar length (less padding, faster); "
+    resume: Annotated[bool, Flag("--resume", help="Continue from the last checkpoint.")] = False,
+    group_by_length: Annotated[bool, Flag(help="Batch texts of similar length (less padding, faster); "
                                                        "off: random no-duplicate batches.")] = True,
     home: HomeOpt = None, workspace: WorkspaceOpt = DEFAULT_WORKSPACE, json: JsonOpt = False,
 ) -> None:
@@ -202,8 +207,8 @@ def quantize(
     model: Annotated[str, typer.Option(help="finetuned | base | PATH")] = "finetuned",
     isa: Annotated[Literal["auto", "amx", "avx512_vnni", "avx_vnni", "avx512", "avx2", "x86", "arm64"], typer.Option(
         help="CPU to quantize for (auto: this one).")] = "auto",
-    force: Annotated[bool, typer.Option("--force", help="Publish INT8 even if the parity gate fails.")] = False,
-    fallback_fp32: Annotated[bool, typer.Option("--fallback-fp32",
+    force: Annotated[bool, Flag("--force", help="Publish INT8 even if the parity gate fails.")] = False,
+    fallback_fp32: Annotated[bool, Flag("--fallback-fp32",
                                                 help="When no INT8 recipe passes, serve FP32 ONNX.")] = False,
     threads: Threads = 0,
     home: HomeOpt = None, workspace: WorkspaceOpt = DEFAULT_WORKSPACE, json: JsonOpt = False,
@@ -277,10 +282,11 @@ def query(
     mode: Annotated[Literal["dense", "bm25", "hybrid"] | None, typer.Option(
         help="dense | bm25 | hybrid (default: best on dev).")] = None,
     rrf_k: Annotated[int, typer.Option(min=1, max=100_000, help="Reciprocal-rank-fusion constant for hybrid.")] = 60,
-    collapse_variants: Annotated[bool, typer.Option("--collapse-variants", help="One row per variant group.")] = False,
+    collapse_variants: Annotated[bool, Flag("--collapse-variants", help="One row per variant group.")] = False,
     ef_search: Annotated[int | None, typer.Option(min=1, max=100_000, help="Override the tuned efSearch.")] = None,
     model: Annotated[str | None, typer.Option(help="Check the index was built with this encoder.")] = None,
     threads: Threads = 0,
+    wide: Annotated[bool, Flag("--wide", help="Full titles, item ids and snippets.")] = False,
     home: HomeOpt = None, workspace: WorkspaceOpt = DEFAULT_WORKSPACE, json: JsonOpt = False,
 ) -> None:
     """Search the catalog."""
@@ -306,7 +312,7 @@ def query(
 
             sys.stdout.write(jsonlib.dumps(to_jsonable(result), ensure_ascii=False) + "\n")
         else:
-            out.table(answer_table(result))
+            out.table(answer_table(result, wide=wide))
             out.data(result)
 
     if text is not None:
@@ -358,6 +364,23 @@ def _session(answer, cfg, out: Output, lines, interactive: bool) -> None:
             if not interactive:
                 raise
             out.err.print(f"error: {exc}")
+
+
+@app.command()
+@handles_errors
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to bind (127.0.0.1: this machine only).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = 8000,
+    threads: Annotated[int, typer.Option(min=0, max=1024, help="Encoder threads per request (1: best under "
+                                                                "concurrent load, one request per core).")] = 1,
+    home: HomeOpt = None, workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
+) -> None:
+    """Serve search over HTTP: a search page at /, /search, /items/ID, /health, /metrics, /docs."""
+    from densesearch.serve import serve as run_server
+
+    ws = workspace_of(home, workspace)
+    typer.echo(f"serving workspace {ws.name} on http://{host}:{port}/ (API docs at /docs; Ctrl-C stops)", err=True)
+    run_server(ws, host, port, threads)
 
 
 def _parse_batch_sizes(text: str) -> tuple[int, ...]:
@@ -460,57 +483,24 @@ def quickstart(
     """prepare -> finetune -> quantize -> index -> bench on the embedded sample, then one example query."""
     import time
 
-    _quiet_libraries()
-    from densesearch.bench import run_bench, save_report
-    from densesearch.config import (
-        DEFAULT_QUERY,
-        BenchConfig,
-        IndexConfig,
-        PrepareConfig,
-        QuantizeConfig,
-        QueryConfig,
-        TrainConfig,
-    )
-    from densesearch.export import run_quantize
-    from densesearch.index import run_index
-    from densesearch.prepare import run_prepare
-    from densesearch.render import (
-        answer_table,
-        bench_latency_table,
-        bench_markdown,
-        bench_quality_table,
-        finetune_tables,
-        index_tables,
-        prepare_table,
-        quantize_tables,
-    )
-    from densesearch.search import Searcher
-    from densesearch.train import run_finetune
+    from densesearch.artifacts import open_artifact
+    from densesearch.config import DEFAULT_QUERY
 
     ws = workspace_of(home, workspace)
     out = Output(False)
     started = time.perf_counter()
-    with out.progress() as progress:
-        out.note("1/5 prepare (embedded sample)")
-        out.table(prepare_table(run_prepare(PrepareConfig(source="sample"), ws, progress)))
-        out.note("2/5 finetune")
-        for table in finetune_tables(run_finetune(TrainConfig(samples=samples, max_seq_length=max_seq_length,
-                                                              epochs=epochs, batch_size=32), ws, progress)):
-            out.table(table)
-        out.note("3/5 quantize")
-        quantized = run_quantize(QuantizeConfig(fallback_fp32=True), ws, progress)
-        for table in quantize_tables(quantized):
-            out.table(table)
-        out.note("4/5 index")
-        for table in index_tables(run_index(IndexConfig(), ws, progress)):
-            out.table(table)
-        out.note("5/5 bench")
-        report = run_bench(BenchConfig(latency_runs=100), ws, progress)
-    save_report(report, ws, bench_markdown(report))
-    out.table(bench_quality_table(report))
-    out.table(bench_latency_table(report))
-    out.table(answer_table(Searcher(ws).ask(DEFAULT_QUERY, QueryConfig(k=10))))
-    if quantized.fell_back_to_fp32:
+    stages = [("prepare (embedded sample)", lambda: prepare(sample=True, home=home, workspace=workspace)),
+              ("finetune", lambda: finetune(samples=samples, max_seq_length=max_seq_length, epochs=epochs,
+                                            batch_size=32, home=home, workspace=workspace)),
+              ("quantize", lambda: quantize(fallback_fp32=True, home=home, workspace=workspace)),
+              ("index", lambda: index(home=home, workspace=workspace)),
+              ("bench", lambda: bench(runs=100, home=home, workspace=workspace)),
+              (f"query {DEFAULT_QUERY!r} (default mode)",
+               lambda: query(text=DEFAULT_QUERY, k=10, home=home, workspace=workspace))]
+    for step, (name, run) in enumerate(stages, start=1):
+        out.note(f"{step}/{len(stages)} {name}")
+        run()
+    if open_artifact(ws, "onnx").manifest.extra.get("fell_back_to_fp32"):
         out.warn("no INT8 recipe passed the parity gate on this CPU: FP32 ONNX is served "
                  "(see the parity table above; `densesearch quantize --force` publishes INT8 anyway)")
     out.note(f"quickstart finished in {time.perf_counter() - started:.0f} s; artifacts in {ws.root}")

@@ -222,9 +222,8 @@ def read_new_items(path: Path, max_chars: int = 2000) -> list[dict]:
             item = ItemFields.from_record(record)
         except ValueError as exc:
             raise BadInput(str(exc), str(path), lineno) from exc
-        rows.append({"item_id": item.item_id, "group_id": item.group_key(), "title": item.title,
-                     "store": item.store, "rating": item.rating, "rating_number": item.rating_number,
-                     "price": item.price, "text": item.text(max_chars)})
+        rows.append({"item_id": item.item_id, "group_id": item.group_key(), **item.display_fields(),
+                     "text": item.text(max_chars)})
     return rows
 
 

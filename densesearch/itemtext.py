@@ -75,6 +75,19 @@ def cap(text: str, max_chars: int) -> str:
     return cut.rsplit(" ", 1)[0] if " " in cut else cut
 
 
+def first_image_url(images: object) -> str:
+    """The first product picture's URL (Amazon's ``images`` list of {large, hi_res, thumb}), else ''."""
+    if not isinstance(images, list):
+        return ""
+    for image in images:
+        if isinstance(image, dict):
+            for key in ("large", "hi_res", "thumb"):
+                url = image.get(key)
+                if isinstance(url, str) and url.startswith(("https://", "http://")) and len(url) <= 500:
+                    return url
+    return ""
+
+
 def details_text(details: object) -> str:
     """The useful product details as 'Key: value' pairs."""
     if not isinstance(details, dict):
@@ -100,6 +113,12 @@ class ItemFields:
     rating_number: int | None
     price: float | None
     category: str
+    image: str = ""
+
+    def display_fields(self) -> dict:
+        """The fields a result shows (title, store, rating, price, picture), beside the indexed text."""
+        return {"title": self.title, "store": self.store, "rating": self.rating, "rating_number": self.rating_number,
+                "price": self.price, "image": self.image}
 
     @classmethod
     def from_record(cls, record: dict) -> ItemFields:
@@ -123,6 +142,7 @@ class ItemFields:
             rating_number=int(rating_number) if rating_number is not None else None,
             price=as_float(record.get("price")),
             category=clean_text(record.get("main_category")),
+            image=first_image_url(record.get("images")),
         )
 
     def text(self, max_chars: int, exclude: frozenset[str] = frozenset()) -> str:

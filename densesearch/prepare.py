@@ -253,8 +253,7 @@ def _write_jsonl(path: Path, rows) -> None:
 def catalog_rows(items: dict[str, ItemFields], groups: dict[str, str],
                  held_out: dict[str, frozenset[str]], cfg: PrepareConfig) -> list[dict]:
     """One row per item: id, variant group, indexed text and display fields."""
-    return [{"item_id": item_id, "group_id": groups[item_id], "title": item.title, "store": item.store,
-             "rating": item.rating, "rating_number": item.rating_number, "price": item.price,
+    return [{"item_id": item_id, "group_id": groups[item_id], **item.display_fields(),
              "text": item.text(cfg.max_text_chars, held_out.get(item_id, frozenset()))}
             for item_id, item in items.items()]
 

@@ -111,6 +111,19 @@ def fmt(value: Any, digits: int = 4) -> str:
     return str(value)
 
 
+def seconds(value: float) -> str:
+    """Seconds for people: 0.13 s, 4.2 s, 95 s, 12 min 5 s."""
+    if value < 10:
+        return f"{value:.2f} s" if value < 1 else f"{value:.1f} s"
+    if value < 600:
+        return f"{value:.0f} s"
+    return f"{int(value // 60)} min {value % 60:.0f} s"
+
+
+def rate(value: float, unit: str) -> str:
+    return f"{value:,.0f} {unit}" if value >= 10 else f"{value:.2f} {unit}"
+
+
 def prepare_table(result: Any) -> Table:
     """Summary of a `prepare` run."""
     rows: list[tuple[str, Any]] = [("source", result.manifest.extra["source"]),
@@ -124,7 +137,7 @@ def prepare_table(result: Any) -> Table:
              ("query source", result.query_source), ("query/positive pairs", result.pairs),
              ("split train / dev / test",
               " / ".join(f"{result.splits[s]:,}" for s in ("train", "dev", "test"))),
-             ("fingerprint", result.manifest.short), ("seconds", round(result.seconds, 2)),
+             ("fingerprint", result.manifest.short), ("time", seconds(result.seconds)),
              ("written to", str(result.path))]
     return kv_table("densesearch prepare", rows)
 
@@ -175,7 +188,7 @@ def finetune_tables(result: Any) -> list[Table]:
     summary = kv_table("densesearch finetune", [
         ("base model", result.base_model), ("training pairs used", result.pairs_used),
         ("steps", result.steps), ("device", result.device), ("max sequence length", result.max_seq_length),
-        ("pairs / second", round(result.pairs_per_second, 2)), ("seconds", round(result.seconds, 1)),
+        ("training speed", rate(result.pairs_per_second, "pairs/s")), ("time", seconds(result.seconds)),
         ("fingerprint", result.manifest.short), ("written to", str(result.path))])
     columns = ["recall@1", "recall@10", "mrr@10", "ndcg@10"]
     dev = metrics_table(f"dev split ({result.manifest.counts['dev_queries']} queries, "
@@ -212,8 +225,8 @@ def quantize_tables(result: Any) -> list[Table]:
 
 def index_tables(result: Any) -> list[Table]:
     rows = [("encoder", f"{result.encoder.label} ({result.encoder.backend})"), ("index kind", result.kind),
-            ("vectors", result.vectors), ("encode items / second", round(result.items_per_second, 1)),
-            ("build seconds", round(result.build_seconds, 2)),
+            ("vectors", result.vectors), ("encode speed", rate(result.items_per_second, "items/s")),
+            ("build time", seconds(result.build_seconds)),
             ("search parameter", ", ".join(f"{k}={v}" for k, v in result.search_param.items()) or "exact"),
             ("dev Recall@10 dense / bm25 / hybrid",
              " / ".join(f"{result.dev_recall_at_10[m]:.3f}" for m in ("dense", "bm25", "hybrid"))),
@@ -232,16 +245,33 @@ def index_tables(result: Any) -> list[Table]:
     return tables
 
 
-def answer_table(answer: Any) -> Table:
+def answer_table(answer: Any, wide: bool = False) -> Table:
+    """One row per hit: rank, score, title cut to fit, store, price (80 columns); ``wide`` shows everything."""
+    from rich import box
+
     table = Table(title=f"{answer.query!r} ({answer.mode}, top {answer.k})", title_justify="left",
                   caption=f"encode {answer.encode_ms:.2f} ms · search {answer.search_ms:.2f} ms · total "
-                          f"{answer.total_ms:.2f} ms · {answer.answered_by}", caption_justify="left")
-    for column, justify in (("#", "right"), ("score", "right"), ("item", "left"), ("title", "left"),
-                            ("store", "left"), ("snippet", "left")):
-        table.add_column(column, justify=justify, overflow="fold" if column == "title" else "ellipsis",
-                         max_width={"title": 48, "snippet": 48, "store": 16}.get(column))
+                          f"{answer.total_ms:.2f} ms · {answer.answered_by}", caption_justify="left",
+                  box=box.SIMPLE_HEAD, pad_edge=False, expand=not wide)
+    table.add_column("#", justify="right", no_wrap=True)
+    table.add_column("score", justify="right", no_wrap=True)
+    if wide:
+        table.add_column("item", no_wrap=True)
+    table.add_column("title", ratio=1, no_wrap=not wide, overflow="fold" if wide else "ellipsis", min_width=20)
+    table.add_column("store", no_wrap=not wide, overflow="fold" if wide else "ellipsis", max_width=None if wide else 14)
+    table.add_column("price", justify="right", no_wrap=True)
+    if wide:
+        table.add_column("rating", justify="right", no_wrap=True)
+        table.add_column("snippet", overflow="fold")
     for hit in answer.hits:
-        table.add_row(str(hit.rank), f"{hit.score:.4f}", hit.item_id, hit.title, hit.store, hit.snippet)
+        price = f"${hit.price:,.2f}" if hit.price is not None else "-"
+        cells = [str(hit.rank), f"{hit.score:.3f}"]
+        if wide:
+            cells.append(hit.item_id)
+        cells += [hit.title or hit.item_id, hit.store, price]
+        if wide:
+            cells += [f"{hit.rating:.1f}" if hit.rating is not None else "-", hit.snippet]
+        table.add_row(*cells)
     return table
 
 

@@ -31,6 +31,7 @@ class Hit:
     snippet: str
     price: float | None = None
     rating: float | None = None
+    image: str = ""
 
 
 @dataclass
@@ -86,7 +87,7 @@ def cpu_note(spec: EncoderSpec, onnx_manifest_extra: dict) -> str | None:
     here = read_cpu().isa
     if spec.backend != "onnx-int8" or not built or built == here:
         return None
-    return (f"the INT8 encoder was quantized on a {built} CPU and this one is {here}: serving it anyway; "
+    return (f"the INT8 encoder was quantized for {built} CPUs and this one is {here}: serving it anyway; "
             "`densesearch quantize` makes one matched to this CPU")
 
 
@@ -231,9 +232,11 @@ class Searcher:
         row = self.items[index]
         text = row["text"]
         body = text[len(row["title"]):].strip() if text.startswith(row["title"]) else text
+        brand = f"Brand: {row.get('store')}." if row.get("store") else ""
+        body = body[len(brand):].strip() if brand and body.startswith(brand) else body  # the store has a column
         return Hit(rank=rank, score=float(score), item_id=row["item_id"], group_id=row["group_id"],
                    title=row["title"], store=row.get("store") or "", snippet=body[:160],
-                   price=row.get("price"), rating=row.get("rating"))
+                   price=row.get("price"), rating=row.get("rating"), image=row.get("image") or "")
 
 
 def set_search_param(index, kind: str, value: int) -> None:

@@ -1,0 +1,183 @@
+"""`densesearch serve`: the HTTP API, hot reload, the search page in a real Chromium, the terminal view."""
+
+import json
+import os
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from densesearch.artifacts import open_artifact
+from densesearch.config import IndexConfig, QueryConfig
+from densesearch.index import run_add
+from densesearch.paths import Workspace
+from densesearch.render import answer_table
+from densesearch.serve import SearchService, create_app
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+
+@pytest.fixture(scope="module")
+def client(built):
+    return TestClient(create_app(SearchService(built["ws"])))
+
+
+def test_search_answers_with_the_query_json_schema(client, built):
+    from densesearch.render import to_jsonable
+    from densesearch.search import Searcher
+
+    response = client.get("/search", params={"q": "comfy summer dress for beach", "k": 10, "mode": "dense"})
+    assert response.status_code == 200
+    payload = response.json()
+    expected = to_jsonable(Searcher(built["ws"]).ask("comfy summer dress for beach", QueryConfig(k=10, mode="dense")))
+    assert set(payload) == set(expected) and len(payload["hits"]) == 10
+    assert [h["item_id"] for h in payload["hits"]] == [h["item_id"] for h in expected["hits"]]
+    assert set(payload["hits"][0]) == set(expected["hits"][0]) and "image" in payload["hits"][0]
+    assert payload["encode_ms"] >= 0 and payload["total_ms"] >= payload["search_ms"]
+
+
+def test_batch_items_health_and_metrics(client):
+    batch = client.post("/search", json={"queries": ["leather wallet", "beach hat"], "k": 3, "mode": "bm25"}).json()
+    assert [len(a["hits"]) for a in batch["answers"]] == [3, 3]
+    item_id = batch["answers"][0]["hits"][0]["item_id"]
+    item = client.get(f"/items/{item_id}").json()
+    assert item["item_id"] == item_id and item["text"]
+    health = client.get("/health").json()
+    assert health["status"] == "ok" and health["items"] == 150 and len(health["index"]) == 64
+    metrics = client.get("/metrics").text
+    assert 'densesearch_requests_total{mode="bm25",status="ok"}' in metrics
+    assert 'densesearch_request_seconds_bucket{mode="bm25",le="+Inf"}' in metrics
+    assert client.get("/openapi.json").json()["paths"]["/search"]
+    page = client.get("/")
+    assert page.status_code == 200 and "<script>" in page.text and "http" not in page.text.split("<script>")[0]
+
+
+@pytest.mark.parametrize("request_args, status, words", [
+    ({"params": {"q": "   "}}, 400, "query is empty"),
+    ({"params": {"q": "x" * 10_001}}, 422, "q:"),
+    ({"params": {"q": "hat", "k": 0}}, 422, "k:"),
+    ({"params": {"q": "hat", "k": 5000}}, 422, "k:"),
+    ({"params": {"q": "hat", "mode": "fuzzy"}}, 422, "mode:"),
+    ({"params": {}}, 422, "q:"),
+])
+def test_bad_requests_get_one_readable_json_error(client, request_args, status, words):
+    response = client.get("/search", **request_args)
+    assert response.status_code == status
+    error = response.json()["error"]
+    assert words in error and "\n" not in error and "Traceback" not in error
+
+
+def test_unknown_item_and_bad_batch(client):
+    assert client.get("/items/NOPE").status_code == 404 and "NOPE" in client.get("/items/NOPE").json()["error"]
+    assert client.post("/search", json={"queries": []}).status_code == 422
+    assert client.post("/search", json={"nothing": 1}).status_code == 422
+
+
+def test_new_index_is_served_without_restart_and_without_a_failed_request(built, tmp_path):
+    ws = Workspace(tmp_path / "home", "live")
+    shutil.copytree(built["ws"].root, ws.root, ignore=shutil.ignore_patterns(".lock*"))
+    service = SearchService(ws, check_seconds=0)
+    client = TestClient(create_app(service))
+    failures, answered, stop = [], [0], threading.Event()
+
+    def hammer() -> None:
+        while not stop.is_set():
+            response = client.get("/search", params={"q": "glow in the dark rain boots", "k": 3, "mode": "hybrid"})
+            if response.status_code != 200:
+                failures.append(response.text)
+            answered[0] += 1
+
+    worker = threading.Thread(target=hammer)
+    worker.start()
+    new = tmp_path / "new.jsonl"
+    new.write_text(json.dumps({"parent_asin": "BGLOWBOOT1", "title": "Zorblax glow-in-the-dark galoshes",
+                               "store": "Zorblax", "features": ["Rubber rain boots that glow at night"]}) + "\n")
+    try:
+        run_add(IndexConfig(add_path=new), ws)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            hits = client.get("/search", params={"q": "zorblax galoshes", "k": 1, "mode": "bm25"}).json()["hits"]
+            if hits and hits[0]["item_id"] == "BGLOWBOOT1":
+                break
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        worker.join()
+    assert hits and hits[0]["item_id"] == "BGLOWBOOT1"
+    assert failures == [] and answered[0] > 5
+    assert client.get("/health").json()["index"] == open_artifact(ws, "index").fingerprint
+    assert "densesearch_index_reloads_total 1" in client.get("/metrics").text
+
+
+def test_result_table_fits_80_columns_one_line_per_hit(built):
+    from rich.console import Console
+
+    from densesearch.search import Searcher
+
+    answer = Searcher(built["ws"]).ask("comfy summer dress for beach", QueryConfig(k=10, mode="dense"))
+    console = Console(width=80, record=True, markup=False, force_terminal=False)
+    console.print(answer_table(answer))
+    lines = console.export_text().splitlines()
+    assert max(len(line) for line in lines) <= 80
+    ranks = [line for line in lines if line.strip()[:3].strip().rstrip(".").isdigit()]
+    assert len(ranks) == 10  # one line per hit: no title wraps
+    assert any("…" in line for line in ranks)  # long titles are cut with an ellipsis
+    wide = Console(width=160, record=True, markup=False)
+    wide.print(answer_table(answer, wide=True))
+    assert answer.hits[0].item_id in wide.export_text()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def live_server(built):
+    import uvicorn
+
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(SearchService(built["ws"])), host="127.0.0.1", port=port,
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium package (.ci/run installs it)")
+def test_search_page_in_chromium_shows_ten_cards(live_server, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"])
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 900})
+            page.route("http*://m.media-amazon.com/**", lambda route: route.abort())  # offline: no CDN pictures
+            page.goto(live_server + "/")
+            page.fill("#q", "comfy summer dress for beach")
+            page.press("#q", "Enter")
+            page.wait_for_function("document.querySelectorAll('#results .card').length === 10", timeout=30_000)
+            titles = page.locator("#results .card .title").all_inner_texts()
+            status = page.inner_text("#status")
+            shot = Path(os.environ.get("DENSESEARCH_SCREENSHOT", tmp_path / "search-page.png"))
+            page.screenshot(path=str(shot), full_page=False)
+        finally:
+            browser.close()
+    assert len(titles) == 10 and all(titles)
+    assert "10 items" in status and "ms" in status
+    assert shot.stat().st_size > 10_000

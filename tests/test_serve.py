@@ -181,3 +181,22 @@ def test_search_page_in_chromium_shows_ten_cards(live_server, tmp_path):
     assert len(titles) == 10 and all(titles)
     assert "10 items" in status and "ms" in status
     assert shot.stat().st_size > 10_000
+
+
+def test_server_loads_without_torch(built):
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(f"""
+        import sys
+        from pathlib import Path
+        from fastapi.testclient import TestClient
+        from densesearch.paths import Workspace
+        from densesearch.serve import SearchService, create_app
+        client = TestClient(create_app(SearchService(Workspace(Path({str(built['ws'].home)!r})))))
+        assert client.get("/search", params={{"q": "summer dress", "mode": "hybrid"}}).json()["hits"]
+        heavy = [m for m in ("torch", "sentence_transformers", "transformers", "bm25s", "scipy") if m in sys.modules]
+        assert not heavy, heavy
+    """)
+    subprocess.run([sys.executable, "-c", code], check=True)

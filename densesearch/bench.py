@@ -6,7 +6,7 @@ import json
 import os
 import platform
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -19,9 +19,16 @@ from densesearch.encoders import Encoder, EncoderSpec, base_spec, choose_encoder
 from densesearch.errors import BadInput, MissingArtifact
 from densesearch.evaluation import exact_topk, score_rankings
 from densesearch.manifest import package_versions
-from densesearch.metrics import ann_recall, bootstrap_ci, write_trec_run
+from densesearch.metrics import (
+    ann_recall,
+    bootstrap_ci,
+    graded_query_metrics,
+    paired_randomization_p,
+    write_trec_qrels,
+    write_trec_run,
+)
 from densesearch.paths import Workspace, new_run_id
-from densesearch.prepare import load_data_manifest, load_pairs
+from densesearch.prepare import Judgments, load_data_manifest, load_judgments
 from densesearch.search import Searcher, rrf_fuse
 
 REPORT_SCHEMA = 1
@@ -40,6 +47,8 @@ class SystemQuality:
     strict_ci: dict[str, list[float]]
     variant: dict[str, float]
     ann_recall_vs_exact: float | None = None
+    p_vs_bm25: dict[str, float] = field(default_factory=dict)  # paired randomization test, per metric
+    run: str = ""  # the TREC run file's name (bench --trec DIR)
 
 
 @dataclass
@@ -103,14 +112,51 @@ def machine_info(threads: int) -> dict[str, Any]:
             "threads": threads or os.cpu_count(), "versions": package_versions()}
 
 
-def _quality(name: str, search: str, rankings: list[list[str]], positives: list[str], group_of: dict[str, str],
-             cfg: BenchConfig, ann: float | None = None) -> SystemQuality:
-    strict = score_rankings(rankings, positives, group_of, cfg.ks)
-    variant = score_rankings(rankings, positives, group_of, cfg.ks, variant_aware=True)
-    return SystemQuality(
-        system=name, search=search, strict={k: float(v.mean()) for k, v in strict.items()},
+@dataclass
+class SystemRun:
+    """One system's rankings over the evaluation queries (top ``depth``), as written to its TREC file."""
+
+    name: str
+    search: str
+    trec_name: str
+    rankings: list[list[str]]
+    scores: list[list[float]]
+    ann: float | None = None
+
+    def __post_init__(self) -> None:
+        """Order each ranking as its TREC file does (score down, then item id), so both score the same."""
+        for n, (ranked, scores) in enumerate(zip(self.rankings, self.scores, strict=True)):
+            ordered = sorted(zip(ranked, scores, strict=True), key=lambda pair: (-pair[1], pair[0]))
+            self.rankings[n], self.scores[n] = [d for d, _ in ordered], [float(s) for _, s in ordered]
+
+
+def _quality(run: SystemRun, judgments: Judgments, group_of: dict[str, str], cfg: BenchConfig,
+             baseline: dict[str, np.ndarray] | None) -> tuple[SystemQuality, dict[str, np.ndarray]]:
+    qrels = [judgments.qrels[q] for q in judgments.query_ids]
+    strict = graded_query_metrics(run.rankings, qrels, judgments.min_relevance, cfg.ks)
+    if judgments.graded:
+        variant: dict[str, np.ndarray] = {}
+    else:  # one listing per query: variant-aware scoring counts any listing of the positive's variant group
+        strict.pop("judged_ndcg@10")
+        positives = [next(iter(judged)) for judged in qrels]
+        variant = score_rankings(run.rankings, positives, group_of, cfg.ks, variant_aware=True)
+    p_values = ({metric: paired_randomization_p(strict[metric], baseline[metric], seed=cfg.seed)
+                 for metric in ("ndcg@10", "recall@10") if metric in baseline} if baseline is not None else {})
+    quality = SystemQuality(
+        system=run.name, search=run.search, strict={k: float(v.mean()) for k, v in strict.items()},
         strict_ci={k: list(bootstrap_ci(v, cfg.bootstrap, cfg.seed)) for k, v in strict.items()},
-        variant={k: float(v.mean()) for k, v in variant.items()}, ann_recall_vs_exact=ann)
+        variant={k: float(v.mean()) for k, v in variant.items()}, ann_recall_vs_exact=run.ann,
+        p_vs_bm25=p_values, run=run.trec_name)
+    return quality, strict
+
+
+def write_trec_dir(directory: Path, judgments: Judgments, runs: list[SystemRun]) -> None:
+    """qrels.txt and one TREC run per system (fixed names), so trec_eval or ranx can check every number."""
+    directory.mkdir(parents=True, exist_ok=True)
+    write_trec_qrels(directory / "qrels.txt", {q: judgments.qrels[q] for q in judgments.query_ids})
+    for run in runs:
+        write_trec_run(directory / f"{run.trec_name}.trec", judgments.query_ids, run.rankings, run.scores,
+                       run.trec_name)
 
 
 def dense_systems(searcher: Searcher, workspace: Workspace) -> list[tuple[str, EncoderSpec]]:
@@ -130,7 +176,7 @@ def dense_systems(searcher: Searcher, workspace: Workspace) -> list[tuple[str, E
 def run_bench(cfg: BenchConfig, workspace: Workspace, progress=None) -> BenchReport:
     """Measure every system on the split, then latency per backend; save the run in the workspace."""
     if cfg.trec_path:
-        check_writable(cfg.trec_path)
+        check_writable_dir(cfg.trec_path)
     try:
         workspace.bench_runs.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -140,24 +186,23 @@ def run_bench(cfg: BenchConfig, workspace: Workspace, progress=None) -> BenchRep
     data_manifest = load_data_manifest(workspace)
     searcher = Searcher(workspace, threads=cfg.threads)
     searcher.load_for("hybrid")  # a damaged encoder or BM25 fails now, not after minutes of work
-    pairs = load_pairs(workspace, cfg.split)
+    judgments = load_judgments(workspace, cfg.split)
     if cfg.queries:
-        pairs = pairs[: cfg.queries]
-    if not pairs:
+        judgments = replace(judgments, query_ids=judgments.query_ids[: cfg.queries],
+                            queries=judgments.queries[: cfg.queries])
+    if not judgments.query_ids:
         raise BadInput(f"the {cfg.split} split is empty", hint="prepare more data or use --split dev")
     items = searcher.items
     ids = [row["item_id"] for row in items]
     group_of = {row["item_id"]: row["group_id"] for row in items}
-    queries, positives = [p.query for p in pairs], [p.item_id for p in pairs]
+    queries = judgments.queries
     depth = min(max(cfg.ks), len(items))
-    quality: list[SystemQuality] = []
-    runs: dict[str, tuple[list[list[str]], list[list[float]]]] = {}
     sparse = searcher.bm25.search(queries, depth)
-    bm25_rank = [[ids[i] for i in found] for found, _ in sparse]
-    runs["bm25"] = (bm25_rank, [s.tolist() for _, s in sparse])
-    quality.append(_quality("BM25", "inverted index", bm25_rank, positives, group_of, cfg))
+    runs = [SystemRun("BM25", "inverted index", "bm25", [[ids[i] for i in found] for found, _ in sparse],
+                      [s.tolist() for _, s in sparse])]
     vectors = searcher.artifact.load_npy(VECTORS_FILE)
     encoders: dict[str, Encoder] = {}
+    served_name = "finetuned-int8" if searcher.spec.backend == "onnx-int8" else "served"
     for name, spec in dense_systems(searcher, workspace):
         if progress:
             progress(f"evaluating {name}", 0, 1)
@@ -167,35 +212,51 @@ def run_bench(cfg: BenchConfig, workspace: Workspace, progress=None) -> BenchRep
         item_vectors = vectors if served else encoder.encode([r["text"] for r in items], batch_size=64)
         query_vectors = encoder.encode(queries, batch_size=64)
         exact, exact_scores = exact_topk(query_vectors, np.asarray(item_vectors), depth)
-        exact_rank = [[ids[i] for i in row] for row in exact]
-        quality.append(_quality(name, "exact", exact_rank, positives, group_of, cfg))
+        trec_name = ("base" if name == "base" else "finetuned-fp32" if spec.backend == "torch"
+                     else f"{served_name}-exact")
+        runs.append(SystemRun(name, "exact", trec_name, [[ids[i] for i in row] for row in exact],
+                              exact_scores.tolist()))
         if served:
             approx = searcher.dense_many(query_vectors, depth)
-            approx_rank = [[ids[i] for i in row if i >= 0] for row in approx]
-            quality.append(_quality(name, searcher.manifest.extra["kind"], approx_rank, positives, group_of, cfg,
-                                    ann=ann_recall(approx, exact, 10)))
-            fused = [rrf_fuse([list(a), list(s)], 60, depth) for a, (s, _) in zip(approx, sparse, strict=True)]
-            hybrid_rank = [[ids[i] for i, _ in row] for row in fused]
-            runs["hybrid"] = (hybrid_rank, [[s for _, s in row] for row in fused])
-            runs["dense"] = (approx_rank, [[float(x) for x in row] for row in exact_scores])
-            quality.append(_quality(f"hybrid (RRF: {name} + BM25)", searcher.manifest.extra["kind"], hybrid_rank,
-                                    positives, group_of, cfg))
+            approx_scores = [np.asarray(item_vectors)[[i for i in row if i >= 0]] @ q
+                             for row, q in zip(approx, query_vectors, strict=True)]
+            runs.append(SystemRun(name, searcher.manifest.extra["kind"], served_name,
+                                  [[ids[i] for i in row if i >= 0] for row in approx],
+                                  [s.tolist() for s in approx_scores], ann=ann_recall(approx, exact, 10)))
+            fused = [rrf_fuse([[i for i in a if i >= 0], list(s)], 60, depth)
+                     for a, (s, _) in zip(approx, sparse, strict=True)]
+            runs.append(SystemRun(f"hybrid (RRF: {name} + BM25)", searcher.manifest.extra["kind"], "hybrid",
+                                  [[ids[i] for i, _ in row] for row in fused], [[s for _, s in row] for row in fused]))
+    quality, baseline = [], None
+    for run in runs:
+        result, per_query = _quality(run, judgments, group_of, cfg, baseline)
+        baseline = per_query if baseline is None else baseline
+        quality.append(result)
     if has_artifact(workspace, "onnx") and searcher.spec.backend != "onnx":
         encoders["onnx"] = choose_encoder("onnx", workspace).load(workspace, cfg.threads)
     latency = measure_latency(searcher, encoders, cfg)
     report = BenchReport(
         schema=REPORT_SCHEMA, run_id=new_run_id(),
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"), split=cfg.split,
-        query_source=data_manifest.extra.get("query_source", "?"), queries=len(pairs), catalog_items=len(items),
+        query_source=data_manifest.extra.get("query_source", "?"), queries=len(judgments.query_ids),
+        catalog_items=len(items),
         quality=quality, latency=latency, sizes=artifact_sizes(workspace, searcher.artifact),
         machine=machine_info(cfg.threads),
         artifacts={"data": data_manifest.fingerprint, "index": searcher.manifest.fingerprint,
                    "encoder": searcher.spec.fingerprint},
-        notes=[] if data_manifest.extra.get("query_source") == "reviews" else
-        ["queries are held-out listing sentences (a proxy), not customer reviews"])
+        notes=source_notes(data_manifest.extra.get("query_source"), judgments))
     if cfg.trec_path:
-        write_trec_run(cfg.trec_path, [p.query_id for p in pairs], runs["hybrid"][0], runs["hybrid"][1], "hybrid")
+        write_trec_dir(cfg.trec_path, judgments, runs)
     return report
+
+
+def source_notes(query_source: str | None, judgments: Judgments) -> list[str]:
+    if query_source == "listing":
+        return ["queries are held-out listing sentences (a proxy), not customer reviews"]
+    if judgments.graded:
+        return [f"graded judgments: nDCG@10 uses the grades as gains (unjudged = 0); judged-only nDCG@10 drops "
+                f"unjudged items first; recall and MRR count grade >= {judgments.min_relevance} as relevant"]
+    return []
 
 
 def cyclic_batches(items: list[Any], batch: int) -> list[list[Any]]:
@@ -234,12 +295,13 @@ def measure_latency(searcher: Searcher, encoders: dict[str, Encoder], cfg: Bench
     return stats
 
 
-def check_writable(path: Path) -> None:
-    """Fail before minutes of work when an output file cannot be written."""
+def check_writable_dir(path: Path) -> None:
+    """Fail before minutes of work when an output directory cannot be created or written."""
     path = Path(path)
-    if path.is_dir() or not path.parent.is_dir() or not os.access(path.parent, os.W_OK) or (
-            path.exists() and not os.access(path, os.W_OK)):
-        raise BadInput(f"cannot write {path}", hint="give a file path in an existing, writable directory")
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if path.exists() and not path.is_dir() or existing is None or not existing.is_dir() or not os.access(
+            existing, os.W_OK):
+        raise BadInput(f"cannot write TREC files into {path}", hint="give a directory path under a writable one")
 
 
 def artifact_sizes(workspace: Workspace, index: Artifact) -> dict[str, int]:

@@ -89,6 +89,11 @@ def prepare(
     meta: Annotated[Path | None, typer.Option("--meta", help="Item metadata: .jsonl, .jsonl.gz or .parquet.")] = None,
     reviews: Annotated[Path | None, typer.Option("--reviews", help="Reviews in the same formats.")] = None,
     sample: Annotated[bool, Flag("--sample", help="Use the embedded 1,000-item sample.")] = False,
+    beir: Annotated[Path | None, typer.Option("--beir", exists=True, file_okay=False,
+                                              help="A BEIR folder of judged queries (corpus, queries, qrels/).")
+                    ] = None,
+    min_relevance: Annotated[int, typer.Option(min=0, max=1000, help="With --beir: the grade from which a judged "
+                                                                      "item counts as relevant.")] = 1,
     category: Annotated[str | None, typer.Option("--category", help="Amazon Reviews 2023 category on the Hub.")] = None,
     queries: Annotated[Literal["reviews", "listing"] | None, typer.Option(
         "--queries", help="reviews | listing (default: reviews when given).")] = None,
@@ -105,8 +110,8 @@ def prepare(
 
     source = "sample" if sample else "hub" if category else "auto"
     cfg = PrepareConfig(source=source, category=category or DEFAULT_CATEGORY, meta_path=meta,
-                        reviews_path=reviews, queries=queries, min_rating=min_rating,
-                        test_size=test_size, seed=seed)
+                        reviews_path=reviews, beir_path=beir, min_relevance=min_relevance, queries=queries,
+                        min_rating=min_rating, test_size=test_size, seed=seed)
     out = Output(json)
     with out.progress() as progress:
         result = run_prepare(cfg, workspace_of(home, workspace), progress)
@@ -404,7 +409,8 @@ def bench(
     runs: Annotated[int, typer.Option(min=1, max=1_000_000, help="Timed runs per latency measurement.")] = 200,
     threads: Threads = 0,
     compare: Annotated[str | None, typer.Option(help="Earlier run id, 'latest' or report.json path.")] = None,
-    trec: Annotated[Path | None, typer.Option(help="Write the hybrid ranking as a TREC run file.")] = None,
+    trec: Annotated[Path | None, typer.Option(help="Directory for qrels.txt and one TREC run per system "
+                                                   "(bm25, base, finetuned-fp32, finetuned-int8, hybrid).")] = None,
     scale: Annotated[int | None, typer.Option(min=1000, max=1_000_000_000,
                                               help="Instead: serving cost at N synthetic vectors and documents "
                                                    "(e.g. 826402, the full Fashion catalog).")] = None,

@@ -18,6 +18,8 @@ class PrepareConfig:
     category: str = DEFAULT_CATEGORY
     meta_path: Path | None = None
     reviews_path: Path | None = None
+    beir_path: Path | None = None         # a BEIR folder: judged queries (graded qrels) instead of Amazon data
+    min_relevance: int = 1                # BEIR: a judged item is relevant from this grade (the BEIR convention: 1)
     queries: str | None = None            # reviews | listing; None: reviews when reviews are given
     min_rating: float = 4.0
     min_query_words: int = 5

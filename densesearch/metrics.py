@@ -35,6 +35,54 @@ def ndcg_at(ranked: Sequence[str], relevant: set[str], k: int) -> float:
     return dcg / ideal
 
 
+def graded_ndcg_at(ranked: Sequence[str], judged: dict[str, int], k: int) -> float:
+    """nDCG@k with linear graded gain (trec_eval's ndcg_cut, ranx's ndcg): unjudged items gain 0."""
+    ideal_gains = sorted((g for g in judged.values() if g > 0), reverse=True)[:k]
+    ideal = sum(g / math.log2(rank + 1) for rank, g in enumerate(ideal_gains, start=1))
+    if ideal == 0:
+        return 0.0
+    dcg = sum(judged.get(item, 0) / math.log2(rank + 1) for rank, item in enumerate(ranked[:k], start=1))
+    return dcg / ideal
+
+
+def graded_query_metrics(rankings: Sequence[Sequence[str]], qrels: Sequence[dict[str, int]], min_relevance: int,
+                         ks: Sequence[int] = (1, 5, 10, 50, 100)) -> dict[str, np.ndarray]:
+    """Per-query recall@k and mrr@10 (relevant: grade >= ``min_relevance``), graded nDCG@10 and judged-only nDCG@10.
+
+    Judged-only nDCG drops unjudged items from the ranking first: pooled judgments come from one engine,
+    so unjudged items are not all irrelevant, and counting them as 0 favours the engine that made the pool.
+    """
+    metrics: dict[str, list[float]] = {f"recall@{k}": [] for k in ks}
+    metrics["mrr@10"], metrics["ndcg@10"], metrics["judged_ndcg@10"] = [], [], []
+    for ranked, judged in zip(rankings, qrels, strict=True):
+        relevant = {item for item, grade in judged.items() if grade >= min_relevance}
+        for k in ks:
+            metrics[f"recall@{k}"].append(recall_at(ranked, relevant, k))
+        metrics["mrr@10"].append(mrr_at(ranked, relevant, 10))
+        metrics["ndcg@10"].append(graded_ndcg_at(ranked, judged, 10))
+        metrics["judged_ndcg@10"].append(graded_ndcg_at([item for item in ranked if item in judged], judged, 10))
+    return {name: np.asarray(values, dtype=np.float64) for name, values in metrics.items()}
+
+
+def paired_randomization_p(a: np.ndarray, b: np.ndarray, resamples: int = 10_000, seed: int = 13) -> float:
+    """Two-sided p-value that per-query scores ``a`` and ``b`` have the same mean (Fisher's randomization test)."""
+    diff = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    if len(diff) == 0 or not np.any(diff):
+        return 1.0
+    observed = abs(diff.mean())
+    signs = np.random.default_rng(seed).choice((-1.0, 1.0), size=(resamples, len(diff)))
+    extreme = np.count_nonzero(np.abs((signs * diff).mean(axis=1)) >= observed - 1e-12)
+    return float((extreme + 1) / (resamples + 1))
+
+
+def write_trec_qrels(path: Path, qrels: dict[str, dict[str, int]]) -> None:
+    """TREC qrels: ``qid 0 docid grade`` (what trec_eval -q and ranx's Qrels.from_file read)."""
+    with open(path, "w", encoding="utf-8") as handle:
+        for query_id in sorted(qrels):
+            for doc_id, grade in sorted(qrels[query_id].items()):
+                handle.write(f"{query_id} 0 {doc_id} {grade}\n")
+
+
 def collapse(ranked: Iterable[str], group_of: dict[str, str]) -> list[str]:
     """A ranking of items as a ranking of their variant groups (first occurrence kept)."""
     seen: dict[str, None] = {}

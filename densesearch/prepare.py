@@ -274,6 +274,8 @@ def _settings(cfg: PrepareConfig, query_source: str) -> dict:
 def run_prepare(cfg: PrepareConfig, workspace: Workspace, progress: ProgressFn | None = None) -> PrepareResult:
     """Read sources, build catalog + pairs + split, and publish the data artifact atomically."""
     started = time.perf_counter()
+    if cfg.beir_path is not None:
+        return prepare_beir(cfg, workspace, started, progress)
     if cfg.queries not in (None, "reviews", "listing"):
         raise BadInput(f"unknown query source {cfg.queries!r}", hint="use --queries reviews or listing")
     plan = plan_sources(cfg)
@@ -324,6 +326,85 @@ def run_prepare(cfg: PrepareConfig, workspace: Workspace, progress: ProgressFn |
         seconds=time.perf_counter() - started, notes=notes)
 
 
+def beir_catalog_row(doc_id: str, doc: dict, max_chars: int) -> dict:
+    """A catalog row for one BEIR document: its title for display, title + text to index."""
+    from densesearch.itemtext import cap
+
+    text = f"{doc['title']}. {doc['text']}" if doc["title"] and doc["text"] else doc["title"] or doc["text"]
+    return {"item_id": doc_id, "group_id": doc_id, "title": doc["title"] or cap(doc["text"], 120), "store": "",
+            "rating": None, "rating_number": None, "price": None, "image": "", "meta": doc["meta"],
+            "text": cap(text, max_chars)}
+
+
+def judged_pairs(queries: dict[str, str], judged: dict[str, dict[str, int]], min_relevance: int) -> list[Pair]:
+    """One training/evaluation pair per (query, item judged at or above ``min_relevance``)."""
+    return [Pair(query_id=query_id, query=queries[query_id], item_id=doc_id, group_id=doc_id)
+            for query_id in sorted(judged) for doc_id, grade in sorted(judged[query_id].items())
+            if grade >= min_relevance]
+
+
+def beir_notes(data, cfg: PrepareConfig) -> list[str]:
+    stats = data.stats
+    notes = [f"{split}: {how}" for split, how in stats.carved.items()]
+    skipped = {"judgments naming an unknown query or document": stats.dangling_judgments,
+               "duplicate judgments": stats.duplicate_judgments, "duplicate document ids": stats.duplicate_docs,
+               "duplicate query ids": stats.duplicate_queries, "documents without text": stats.empty_docs,
+               "queries without text": stats.empty_queries, "malformed qrels lines": sum(stats.qrels_bad.values())}
+    notes += [f"skipped {count:,} {what}" for what, count in skipped.items() if count]
+    notes += [f"first malformed qrels line: {stats.qrels_bad_examples[0]}"] if stats.qrels_bad_examples else []
+    notes.append(f"judged queries: an item counts as relevant from grade {cfg.min_relevance} (--min-relevance)")
+    return notes
+
+
+def prepare_beir(cfg: PrepareConfig, workspace: Workspace, started: float, progress=None) -> PrepareResult:
+    """Catalog, graded qrels and pairs from a BEIR folder, published as the data artifact."""
+    from densesearch.beir import read_beir
+
+    if progress:
+        progress("reading BEIR folder", 0, None)
+    data = read_beir(Path(cfg.beir_path))
+    rows = [beir_catalog_row(doc_id, doc, cfg.max_text_chars) for doc_id, doc in data.docs.items()]
+    splits = {split: judged_pairs(data.queries, data.qrels[split], cfg.min_relevance) for split in SPLITS}
+    if not any(splits.values()):
+        raise BadInput(f"no judgment reaches grade {cfg.min_relevance}", str(cfg.beir_path),
+                       hint="lower --min-relevance")
+    judged_queries = sorted({q for split in SPLITS for q in data.qrels[split]})
+    with publish(workspace, "data") as tmp:
+        _write_jsonl(tmp / CATALOG_FILE, rows)
+        _write_jsonl(tmp / "queries.jsonl", ({"_id": q, "text": data.queries[q]} for q in judged_queries))
+        (tmp / "qrels").mkdir()
+        for name, split in splits.items():
+            _write_jsonl(tmp / f"{name}.jsonl", (asdict(p) for p in split))
+            write_qrels(tmp / "qrels" / f"{name}.tsv", data.qrels[name])
+        manifest = write_manifest(tmp, Manifest(
+            kind="data", settings={**_settings(cfg, "judged"), "split_rule": "the folder's qrels splits; a missing "
+                                   "dev/test split is carved from train by a hash of the query id"},
+            inputs={name: f"{Path(cfg.beir_path).resolve() / name} sha256:{digest}"
+                    for name, digest in data.fingerprints.items()},
+            counts={"items": len(rows), "groups": len(rows), "pairs": sum(len(p) for p in splits.values()),
+                    **{f"{name}_pairs": len(p) for name, p in splits.items()},
+                    **{f"{name}_queries": len(data.qrels[name]) for name in SPLITS},
+                    **{f"{name}_judgments": sum(len(j) for j in data.qrels[name].values()) for name in SPLITS},
+                    "metadata_lines": data.stats.corpus.lines, "metadata_bad_lines": data.stats.corpus.bad,
+                    "dangling_judgments": data.stats.dangling_judgments},
+            extra={"source": f"beir:{Path(cfg.beir_path).name}", "query_source": "judged", "graded": True,
+                   "min_relevance": cfg.min_relevance, "carved": data.stats.carved}))
+    return PrepareResult(
+        path=workspace.artifact("data"), manifest=manifest, meta_stats=data.stats.corpus, review_stats=None,
+        query_source="judged", items=len(rows), groups=len(rows), pairs=sum(len(p) for p in splits.values()),
+        splits={name: len(p) for name, p in splits.items()}, reviews_without_item=0,
+        seconds=time.perf_counter() - started, notes=beir_notes(data, cfg))
+
+
+def write_qrels(path: Path, judged: dict[str, dict[str, int]]) -> None:
+    """BEIR qrels: a header, then ``query-id corpus-id score`` lines (every grade, zeros included)."""
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write("query-id\tcorpus-id\tscore\n")
+        for query_id in sorted(judged):
+            for doc_id, grade in sorted(judged[query_id].items()):
+                handle.write(f"{query_id}\t{doc_id}\t{grade}\n")
+
+
 # ---- readers for later stages ---------------------------------------------------------------------
 
 @dataclass
@@ -363,3 +444,37 @@ def load_pairs(workspace: Workspace, split: str) -> list[Pair]:
         return [Pair(**row) for row in artifact.iter_jsonl(f"{split}.jsonl")]
     except TypeError as exc:
         raise artifact.corrupt(f"{split}.jsonl", "has a row that is not a query/item pair") from exc
+
+
+@dataclass
+class Judgments:
+    """One split's evaluation queries with graded judgments (Amazon pairs become grade-1 judgments)."""
+
+    query_ids: list[str]
+    queries: list[str]
+    qrels: dict[str, dict[str, int]]
+    min_relevance: int
+    graded: bool
+
+
+def load_judgments(workspace: Workspace, split: str) -> Judgments:
+    """The split's queries and judgments: graded qrels where the data has them, else its pairs."""
+    artifact = open_artifact(workspace, "data")
+    if not artifact.manifest.extra.get("graded"):
+        pairs = load_pairs(workspace, split)
+        return Judgments(query_ids=[p.query_id for p in pairs], queries=[p.query for p in pairs],
+                         qrels={p.query_id: {p.item_id: 1} for p in pairs}, min_relevance=1, graded=False)
+    texts = {row["_id"]: row["text"] for row in artifact.iter_jsonl("queries.jsonl")}
+    qrels: dict[str, dict[str, int]] = {}
+    name = f"qrels/{split}.tsv"
+    try:
+        lines = artifact.file(name).read_text(encoding="utf-8").splitlines()[1:]
+        for line in lines:
+            query_id, doc_id, grade = line.split("\t")
+            qrels.setdefault(query_id, {})[doc_id] = int(grade)
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise artifact.corrupt(name, "is not a qrels file") from exc
+    minimum = int(artifact.manifest.extra.get("min_relevance", 1))
+    ids = [q for q in sorted(qrels) if q in texts and any(g >= minimum for g in qrels[q].values())]
+    return Judgments(query_ids=ids, queries=[texts[q] for q in ids], qrels={q: qrels[q] for q in ids},
+                     min_relevance=minimum, graded=True)

@@ -279,8 +279,8 @@ QUALITY_COLUMNS = ("recall@1", "recall@5", "recall@10", "recall@50", "recall@100
 
 
 def _source_label(report: Any) -> str:
-    return ("review -> item queries" if report.query_source == "reviews"
-            else "LISTING-PROXY queries (held-out listing sentences, not reviews)")
+    return {"reviews": "review -> item queries", "judged": "judged queries (graded relevance)"}.get(
+        report.query_source, "LISTING-PROXY queries (held-out listing sentences, not reviews)")
 
 
 SHORT_NAMES = {"recall@1": "R@1", "recall@5": "R@5", "recall@10": "R@10", "recall@50": "R@50",
@@ -288,7 +288,14 @@ SHORT_NAMES = {"recall@1": "R@1", "recall@5": "R@5", "recall@10": "R@10", "recal
 
 
 TERMINAL_QUALITY_COLUMNS = ("recall@10", "recall@100", "mrr@10", "ndcg@10")
-TERMINAL_NAMES = {"recall@10": "R@10", "recall@100": "R@100", "mrr@10": "MRR", "ndcg@10": "nDCG"}
+TERMINAL_NAMES = {"recall@10": "R@10", "recall@100": "R@100", "mrr@10": "MRR", "ndcg@10": "nDCG",
+                  "judged_ndcg@10": "J-nDCG"}
+
+
+def _quality_columns(report: Any) -> tuple[str, ...]:
+    """The terminal columns: judged-only nDCG too where judgments are graded."""
+    graded = all("judged_ndcg@10" in q.strict for q in report.quality)
+    return (*TERMINAL_QUALITY_COLUMNS, "judged_ndcg@10") if graded else TERMINAL_QUALITY_COLUMNS
 
 
 def _system_label(system: str) -> str:
@@ -308,14 +315,14 @@ def bench_quality_table(report: Any) -> Table:
                           "R@1/5/50 and variant-aware scores: report.md", caption_justify="left")
     table.add_column("system", no_wrap=True, min_width=15)
     table.add_column("search", no_wrap=True, min_width=5)
-    for column in TERMINAL_QUALITY_COLUMNS:
+    columns = _quality_columns(report)
+    for column in columns:
         table.add_column(TERMINAL_NAMES[column], justify="right", no_wrap=True, min_width=5)
     table.add_column("R@10 CI", justify="right", no_wrap=True, min_width=9)
     table.add_column("ANN", justify="right", no_wrap=True, min_width=5)
-    best = {c: max(q.strict[c] for q in report.quality) for c in TERMINAL_QUALITY_COLUMNS}
+    best = {c: max(q.strict[c] for q in report.quality) for c in columns}
     for q in report.quality:
-        cells = [Text(f"{q.strict[c]:.3f}", style=BEST if q.strict[c] == best[c] else "")
-                 for c in TERMINAL_QUALITY_COLUMNS]
+        cells = [Text(f"{q.strict[c]:.3f}", style=BEST if q.strict[c] == best[c] else "") for c in columns]
         lo, hi = q.strict_ci["recall@10"]
         table.add_row(_system_label(q.system), "index" if q.search == "inverted index" else q.search, *cells,
                       f"{lo:.2f}-{hi:.2f}", fmt(q.ann_recall_vs_exact, 3))
@@ -354,15 +361,18 @@ def bench_histograms(report: Any) -> list[Any]:
 
 
 def bench_markdown(report: Any) -> str:
+    columns = [c for c in (*QUALITY_COLUMNS, "judged_ndcg@10") if all(c in q.strict for q in report.quality)]
     lines = [f"# densesearch bench {report.run_id}", "",
              f"Split **{report.split}**, {report.queries:,} queries over {report.catalog_items:,} items; "
              f"query source: **{_source_label(report)}**.", "",
-             "| system | search | " + " | ".join(QUALITY_COLUMNS) + " | R@10 95% CI | variant R@10 |",
-             "|---|---|" + "---:|" * (len(QUALITY_COLUMNS) + 2)]
+             "| system | search | " + " | ".join(columns) + " | R@10 95% CI | variant R@10 | p vs BM25 (nDCG@10) |",
+             "|---|---|" + "---:|" * (len(columns) + 3)]
     for q in report.quality:
         lo, hi = q.strict_ci["recall@10"]
-        lines.append(f"| {q.system} | {q.search} | " + " | ".join(f"{q.strict[c]:.4f}" for c in QUALITY_COLUMNS)
-                     + f" | [{lo:.3f}, {hi:.3f}] | {q.variant['recall@10']:.4f} |")
+        p_value = q.p_vs_bm25.get("ndcg@10")
+        lines.append(f"| {q.system} | {q.search} | " + " | ".join(f"{q.strict[c]:.4f}" for c in columns)
+                     + f" | [{lo:.3f}, {hi:.3f}] | {fmt(q.variant.get('recall@10'))} | "
+                     + (f"{p_value:.4f}" if p_value is not None else "-") + " |")
     lines += ["", f"Latency (ms), {report.machine['threads']} threads, {report.machine['cpu']}:", "",
               "| stage | backend | batch | p50 | p90 | p99 | QPS |", "|---|---|---:|---:|---:|---:|---:|"]
     for s in report.latency:

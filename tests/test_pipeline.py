@@ -206,7 +206,7 @@ def test_bench_report_compare_and_trec(built, tmp_path):
 
     ws = built["ws"]
     cfg = BenchConfig(split="test", batch_sizes=(1, 4), latency_runs=5, warmup_runs=1, bootstrap=100,
-                      trec_path=tmp_path / "run.trec")
+                      trec_path=tmp_path / "trec")
     first = run_bench(cfg, ws)
     saved = save_report(first, ws, bench_markdown(first))
     assert {"report.json", "report.md", "latency.png"} <= {p.name for p in saved.iterdir()}
@@ -223,8 +223,18 @@ def test_bench_report_compare_and_trec(built, tmp_path):
     assert {s["stage"] for s in report["latency"] if s["batch_size"] == 4} == {"encode", "search", "end-to-end"}
     rows = compare_reports(to_jsonable(first), report)
     assert rows and all(r["delta"] == 0 for r in rows)
-    line = (tmp_path / "run.trec").read_text().splitlines()[0].split()
+    trec = tmp_path / "trec"
+    assert {p.name for p in trec.iterdir()} == {"qrels.txt", "bm25.trec", "base.trec", "finetuned-fp32.trec",
+                                               "finetuned-int8.trec", "finetuned-int8-exact.trec", "hybrid.trec"}
+    line = (trec / "hybrid.trec").read_text().splitlines()[0].split()
     assert line[1] == "Q0" and line[3] == "1" and line[5] == "hybrid"
+    ranx = pytest.importorskip("ranx")
+    qrels = ranx.Qrels.from_file(str(trec / "qrels.txt"), kind="trec")
+    for q in first.quality:  # every number of the bench table, recomputed by ranx from the files
+        run = ranx.Run.from_file(str(trec / f"{q.run}.trec"), kind="trec")
+        theirs = ranx.evaluate(qrels, run, ["recall@10", "recall@100", "mrr@10", "ndcg@10"], make_comparable=True)
+        for metric, value in theirs.items():
+            assert abs(value - q.strict[metric]) < 1e-6, (q.run, metric)
     result = cli(built, "bench", "--batch-size", "1", "--runs", "5", "--compare", "latest")
     assert result.exit_code == 0, result.output
     assert "LISTING-PROXY" in result.stdout and "compared with run" in result.stdout

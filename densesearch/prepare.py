@@ -475,6 +475,8 @@ def load_judgments(workspace: Workspace, split: str) -> Judgments:
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise artifact.corrupt(name, "is not a qrels file") from exc
     minimum = int(artifact.manifest.extra.get("min_relevance", 1))
-    ids = [q for q in sorted(qrels) if q in texts and any(g >= minimum for g in qrels[q].values())]
+    # every query with a positive grade is evaluated (as trec_eval and ranx do); recall and MRR count grades
+    # >= min_relevance, so a query judged only below it scores 0 there but still counts for graded nDCG
+    ids = [q for q in sorted(qrels) if q in texts and any(g > 0 for g in qrels[q].values())]
     return Judgments(query_ids=ids, queries=[texts[q] for q in ids], qrels={q: qrels[q] for q in ids},
                      min_relevance=minimum, graded=True)

@@ -158,7 +158,7 @@ BAD_OPTIONS = [
     (["finetune", "--batch-size", "0"], 2), (["finetune", "--lr", "nan"], 2), (["finetune", "--epochs", "0"], 2),
     (["bench", "--runs", "0"], 2), (["bench", "--scale", "5"], 2), (["quantize", "--isa", "sse"], 2),
     (["quantize", "--model", "/usr"], 1), (["prepare", "--meta", "/nonexistent/meta.jsonl"], 1),
-    (["bench", "--trec", "/nonexistent/dir/run.trec"], 1), (["index", "--add", "/nonexistent.jsonl"], 2),
+    (["bench", "--trec", __file__], 1), (["index", "--add", "/nonexistent.jsonl"], 2),
 ]
 
 

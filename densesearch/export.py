@@ -160,13 +160,12 @@ def parity_check(reference: Encoder, candidate: Encoder, sample: ParitySample, c
     ref_q, cand_q = (encode_queries_one_by_one(e, sample.queries, ref_items.shape[1]) for e in (reference, candidate))
     cosines = np.concatenate([np.sum(ref_items * cand_items, axis=1), np.sum(ref_q * cand_q, axis=1)])
     k = min(10, len(sample.corpus) - 1)
+    ref_top, cand_top = neighbours(ref_q, ref_items, k), neighbours(cand_q, cand_items, k)
     overlaps = np.concatenate([
-        top_overlap(neighbours(ref_q, ref_items, k), neighbours(cand_q, cand_items, k)),
+        top_overlap(ref_top, cand_top),
         top_overlap(neighbours(ref_items, ref_items, k, True), neighbours(cand_items, cand_items, k, True))])
-    hits_ref = np.asarray([p in row for p, row in zip(sample.positives, neighbours(ref_q, ref_items, k), strict=True)],
-                          dtype=np.float64)
-    hits_int8 = np.asarray([p in row for p, row in zip(sample.positives, neighbours(cand_q, cand_items, k),
-                                                       strict=True)], dtype=np.float64)
+    hits_ref, hits_int8 = (np.asarray([p in row for p, row in zip(sample.positives, top, strict=True)],
+                                      dtype=np.float64) for top in (ref_top, cand_top))
     drop = float(hits_ref.mean() - hits_int8.mean()) if len(hits_ref) else 0.0
     low, high = bootstrap_ci(hits_ref - hits_int8, cfg.bootstrap, cfg.seed) if len(hits_ref) else (0.0, 0.0)
     reasons = []

@@ -2,11 +2,10 @@
 
 One process loads the served index once (the ONNX encoder path: no torch) and answers every request
 from it. It follows the workspace's ``CURRENT`` pointer: when `densesearch index` publishes a new
-version, the next request after the check interval loads it in the background of that request and
-swaps it in atomically; requests in flight finish on the version they started with, and a version
+version, the next request after the check interval starts loading it in a background thread, and it
+is swapped in atomically once loaded; requests in flight finish on the version they started with, and a version
 that fails to load is reported by ``/health`` while the old one keeps serving.
 """
-
 
 import json
 import os
@@ -100,20 +99,26 @@ class SearchService:
         return LoadedIndex(version=version, searcher=searcher, by_id={row["item_id"]: row for row in searcher.items})
 
     def index(self) -> LoadedIndex:
-        """The version to answer with; checks now and then whether a newer one was published."""
+        """The version to answer with; now and then starts loading a newer published one in the background."""
         now = time.monotonic()
         if now - self._checked >= self.check_seconds and self._swap.acquire(blocking=False):
-            try:
-                self._checked = now
-                if self.workspace.artifact("index") != self.current.version:
-                    self.current = self._load()
-                    self.metrics.reloads += 1
-                    self.reload_error = None
-            except DensesearchError as exc:  # keep serving the old version; /health says why
-                self.reload_error = str(exc)
-            finally:
+            self._checked = now
+            if self.workspace.artifact("index") != self.current.version:
+                threading.Thread(target=self._reload, name="densesearch-reload", daemon=True).start()
+            else:
                 self._swap.release()
         return self.current
+
+    def _reload(self) -> None:
+        """Load the newly published version off the request path, then swap it in (one reference assignment)."""
+        try:
+            self.current = self._load()
+            self.metrics.reloads += 1
+            self.reload_error = None
+        except DensesearchError as exc:  # keep serving the old version; /health says why
+            self.reload_error = str(exc)
+        finally:
+            self._swap.release()
 
     def search(self, text: str, k: int, mode: str | None) -> dict[str, Any]:
         from densesearch.render import to_jsonable

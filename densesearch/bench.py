@@ -29,7 +29,7 @@ from densesearch.metrics import (
 )
 from densesearch.paths import Workspace, new_run_id
 from densesearch.prepare import Judgments, load_data_manifest, load_judgments
-from densesearch.search import Searcher, rrf_fuse
+from densesearch.search import Searcher, rerank_exact, rrf_fuse
 
 REPORT_SCHEMA = 1
 LATENCY_QUERIES = ("comfy summer dress for beach", "waterproof hiking boots for men",
@@ -218,11 +218,10 @@ def run_bench(cfg: BenchConfig, workspace: Workspace, progress=None) -> BenchRep
                               exact_scores.tolist()))
         if served:
             approx = searcher.dense_many(query_vectors, depth)
-            approx_scores = [np.asarray(item_vectors)[[i for i in row if i >= 0]] @ q
-                             for row, q in zip(approx, query_vectors, strict=True)]
+            scored = [rerank_exact(item_vectors, q, row, depth) for row, q in zip(approx, query_vectors, strict=True)]
             runs.append(SystemRun(name, searcher.manifest.extra["kind"], served_name,
-                                  [[ids[i] for i in row if i >= 0] for row in approx],
-                                  [s.tolist() for s in approx_scores], ann=ann_recall(approx, exact, 10)))
+                                  [[ids[i] for i in found] for found, _ in scored],
+                                  [s.tolist() for _, s in scored], ann=ann_recall(approx, exact, 10)))
             fused = [rrf_fuse([[i for i in a if i >= 0], list(s)], 60, depth)
                      for a, (s, _) in zip(approx, sparse, strict=True)]
             runs.append(SystemRun(f"hybrid (RRF: {name} + BM25)", searcher.manifest.extra["kind"], "hybrid",

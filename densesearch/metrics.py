@@ -28,11 +28,7 @@ def mrr_at(ranked: Sequence[str], relevant: set[str], k: int) -> float:
 
 
 def ndcg_at(ranked: Sequence[str], relevant: set[str], k: int) -> float:
-    if not relevant:
-        return 0.0
-    dcg = sum(1.0 / math.log2(rank + 1) for rank, item in enumerate(ranked[:k], start=1) if item in relevant)
-    ideal = sum(1.0 / math.log2(rank + 1) for rank in range(1, min(len(relevant), k) + 1))
-    return dcg / ideal
+    return graded_ndcg_at(ranked, dict.fromkeys(relevant, 1), k)
 
 
 def graded_ndcg_at(ranked: Sequence[str], judged: dict[str, int], k: int) -> float:
@@ -93,15 +89,10 @@ def collapse(ranked: Iterable[str], group_of: dict[str, str]) -> list[str]:
 
 def per_query_metrics(rankings: Sequence[Sequence[str]], relevant: Sequence[set[str]],
                       ks: Sequence[int] = (1, 5, 10, 50, 100)) -> dict[str, np.ndarray]:
-    """Per-query arrays for recall@k (each k), mrr@10 and ndcg@10."""
-    metrics: dict[str, list[float]] = {f"recall@{k}": [] for k in ks}
-    metrics["mrr@10"], metrics["ndcg@10"] = [], []
-    for ranked, rel in zip(rankings, relevant, strict=True):
-        for k in ks:
-            metrics[f"recall@{k}"].append(recall_at(ranked, rel, k))
-        metrics["mrr@10"].append(mrr_at(ranked, rel, 10))
-        metrics["ndcg@10"].append(ndcg_at(ranked, rel, 10))
-    return {name: np.asarray(values, dtype=np.float64) for name, values in metrics.items()}
+    """Per-query arrays for recall@k (each k), mrr@10 and ndcg@10: binary relevance, i.e. every grade 1."""
+    metrics = graded_query_metrics(rankings, [dict.fromkeys(rel, 1) for rel in relevant], 1, ks)
+    del metrics["judged_ndcg@10"]
+    return metrics
 
 
 def mean_metrics(per_query: dict[str, np.ndarray]) -> dict[str, float]:

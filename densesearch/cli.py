@@ -169,18 +169,28 @@ def finetune(
     samples: Annotated[int, typer.Option(min=1, help="Training pairs to sample (seeded).")] = 50000,
     base_model: Annotated[str, typer.Option(help="sentence-transformers id or local path.")] =
         "sentence-transformers/all-MiniLM-L6-v2",
-    max_seq_length: Annotated[int, typer.Option(min=8, max=8192,
-                                                help="Max tokens per text (capped at the model's limit).")] = 500,
-    batch_size: Annotated[int, typer.Option(min=2, max=65536, help="Pairs per batch (in-batch negatives).")] = 64,
+    max_seq_length: Annotated[int | None, typer.Option(
+        min=8, max=8192, help="Max tokens per text (default: what 99% of the data needs, at most 500; capped at "
+                              "the model's limit).")] = None,
+    batch_size: Annotated[int | None, typer.Option(
+        min=2, max=65536, help="Pairs per batch (in-batch negatives; default: 256 for judged data, 64 for "
+                               "review pairs).")] = None,
     epochs: Annotated[int, typer.Option(min=1, max=1000)] = 1,
-    lr: Annotated[float, typer.Option(min=1e-9, max=1.0, callback=finite)] = 5e-5,
+    lr: Annotated[float | None, typer.Option(
+        min=1e-9, max=1.0, callback=finite, help="Peak learning rate (default: 1e-4 judged data, 5e-5 pairs).")] = None,
     warmup_ratio: Annotated[float, typer.Option(min=0.0, max=1.0, callback=finite)] = 0.1,
     seed: Annotated[int, typer.Option(min=0)] = 13,
     device: Annotated[Literal["auto", "cpu", "cuda"], typer.Option(help="auto | cpu | cuda")] = "auto",
     loss: Annotated[Literal["mnrl", "cached-mnrl"], typer.Option(help="mnrl | cached-mnrl")] = "mnrl",
     mini_batch_size: Annotated[int, typer.Option(min=1, max=65536, help="GradCache mini-batch for cached-mnrl.")] = 16,
-    hard_negatives: Annotated[Literal["bm25"] | None, typer.Option(
-        help="bm25: mine one hard negative per pair.")] = None,
+    hard_negatives: Annotated[Literal["auto", "none", "judged", "bm25", "mixed"], typer.Option(
+        help="One hard negative per pair: judged (low grades), bm25 (mined, guarded), mixed (both), none. "
+             "auto: none (in-batch negatives of a large batch measured best).")] = "auto",
+    positive_grade: Annotated[int | None, typer.Option(
+        min=0, help="Judged data: items graded at least this are positives (default: min relevance - 1).")] = None,
+    low_grade: Annotated[int, typer.Option(
+        min=0, help="Judged data: items graded at most this are hard negatives; the guard keeps items graded "
+                    "above it out of the negatives.")] = 1,
     resume: Annotated[bool, Flag("--resume", help="Continue from the last checkpoint.")] = False,
     group_by_length: Annotated[bool, Flag(help="Batch texts of similar length (less padding, faster); "
                                                        "off: random no-duplicate batches.")] = True,
@@ -195,7 +205,8 @@ def finetune(
     cfg = TrainConfig(base_model=base_model, samples=samples, max_seq_length=max_seq_length,
                       batch_size=batch_size, epochs=epochs, lr=lr, warmup_ratio=warmup_ratio, seed=seed,
                       device=device, loss=loss, mini_batch_size=mini_batch_size, hard_negatives=hard_negatives,
-                      resume=resume, group_by_length=group_by_length)
+                      positive_grade=positive_grade, low_grade=low_grade, resume=resume,
+                      group_by_length=group_by_length)
     out = Output(json)
     with out.progress() as progress:
         result = run_finetune(cfg, workspace_of(home, workspace), progress)
@@ -245,6 +256,12 @@ def index(
     bm25: Annotated[Literal["bm25s", "rank-bm25"], typer.Option(help="bm25s | rank-bm25")] = "bm25s",
     add: Annotated[Path | None, typer.Option("--add", exists=True, dir_okay=False, readable=True,
                                              help="Append items (.jsonl metadata) to the index.")] = None,
+    device: Annotated[Literal["auto", "cpu", "cuda"], typer.Option(
+        help="Where a torch encoder (--model finetuned|base) encodes the catalog; FP16 on a GPU.")] = "auto",
+    engine: Annotated[Literal["local", "ray"], typer.Option(
+        help="local | ray: encode the catalog with Ray Data actors (pip install 'densesearch[ray]').")] = "local",
+    address: Annotated[str | None, typer.Option(help="Ray cluster address (default: a local Ray).")] = None,
+    workers: Annotated[int, typer.Option(min=1, max=4096, help="Ray encoder actors.")] = 2,
     threads: Threads = 0,
     home: HomeOpt = None, workspace: WorkspaceOpt = DEFAULT_WORKSPACE, json: JsonOpt = False,
 ) -> None:
@@ -255,7 +272,8 @@ def index(
     from densesearch.render import index_tables
 
     cfg = IndexConfig(model=model, kind=kind, hnsw_m=m, ef_construction=ef_construction, bm25=bm25,
-                      threads=threads, add_path=add)
+                      threads=threads, add_path=add, device=device, engine=engine,
+                      ray_address=address, ray_workers=workers)
     out = Output(json)
     with out.progress() as progress:
         ws = workspace_of(home, workspace)
@@ -286,7 +304,8 @@ def query(
     k: Annotated[int, typer.Option("-k", "--k", min=1, max=100_000, help="Items to return.")] = 10,
     mode: Annotated[Literal["dense", "bm25", "hybrid"] | None, typer.Option(
         help="dense | bm25 | hybrid (default: best on dev).")] = None,
-    rrf_k: Annotated[int, typer.Option(min=1, max=100_000, help="Reciprocal-rank-fusion constant for hybrid.")] = 60,
+    rrf_k: Annotated[int | None, typer.Option(min=1, max=100_000, help="Hybrid by RRF with this constant "
+                                              "(default: the fusion `index` chose on dev).")] = None,
     collapse_variants: Annotated[bool, Flag("--collapse-variants", help="One row per variant group.")] = False,
     ef_search: Annotated[int | None, typer.Option(min=1, max=100_000, help="Override the tuned efSearch.")] = None,
     model: Annotated[str | None, typer.Option(help="Check the index was built with this encoder.")] = None,

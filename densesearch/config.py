@@ -42,20 +42,25 @@ class TrainConfig:
 
     base_model: str = DEFAULT_BASE_MODEL
     samples: int = 50000
-    max_seq_length: int = 500
-    batch_size: int = 64
+    max_seq_length: int | None = None     # None: what 99% of the data's texts need (at most 500)
+    batch_size: int | None = None         # None: 256 for judged data, 64 for review pairs (measured)
     epochs: int = 1
-    lr: float = 5e-5
+    lr: float | None = None               # None: 1e-4 for judged data, 5e-5 for review pairs
     warmup_ratio: float = 0.1
     seed: int = 13
     device: str = "auto"                  # auto | cpu | cuda
     loss: str = "mnrl"                    # mnrl | cached-mnrl
     mini_batch_size: int = 16
-    hard_negatives: str | None = None     # None | bm25
+    hard_negatives: str = "auto"          # auto (= none) | none | judged | bm25 | mixed
+    positive_grade: int | None = None     # judged data: positives from this grade (None: min relevance - 1)
+    low_grade: int = 1                    # judged data: items at or below this grade are hard negatives
+    bm25_from_rank: int = 10              # BM25 negatives come from ranks [from, to): the very top is often a
+    bm25_to_rank: int = 50                #   relevant item nobody judged
     group_by_length: bool = True          # batches of similar-length texts (far less padding), no duplicates
     save_steps: int = 50
     resume: bool = False
     eval_queries: int = 1000
+    eval_items: int = 5000                # dev metrics over every judged item plus a sample, up to this many
 
 
 @dataclass(frozen=True)
@@ -90,6 +95,10 @@ class IndexConfig:
     batch_size: int = 64
     threads: int = 0
     add_path: Path | None = None
+    device: str = "auto"                  # auto | cpu | cuda: where a torch encoder runs (FP16 on a GPU)
+    engine: str = "local"                 # local | ray (encode the catalog on a Ray cluster or a local Ray)
+    ray_address: str | None = None        # None: start a local Ray for this command
+    ray_workers: int = 2                  # encoder actors (one model load each)
 
 
 @dataclass(frozen=True)
@@ -98,7 +107,7 @@ class QueryConfig:
 
     k: int = 10
     mode: str | None = None               # dense | bm25 | hybrid; None: the index's recommended mode
-    rrf_k: int = 60
+    rrf_k: int | None = None              # None: the fusion `index` chose on dev; a number: RRF with it
     collapse_variants: bool = False
     ef_search: int | None = None
     threads: int = 0

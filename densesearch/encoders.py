@@ -171,6 +171,17 @@ class OnnxEncoder:
         return out
 
 
+def pick_device(requested: str) -> str:
+    """cuda when asked for (and present) or when auto finds a GPU; else cpu."""
+    import torch
+
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise BadInput("--device cuda asked for, but no CUDA device is available", hint="use --device cpu")
+    return requested
+
+
 def load_torch_encoder(path_or_id: str, fingerprint: str, max_seq_length: int | None = None,
                        device: str = "cpu") -> TorchEncoder:
     """A sentence-transformers model directory (or Hub id) as an Encoder."""
@@ -183,6 +194,8 @@ def load_torch_encoder(path_or_id: str, fingerprint: str, max_seq_length: int | 
                                hint="pass a local sentence-transformers directory, or connect to the Hub") from exc
     if max_seq_length:
         model.max_seq_length = max_seq_length
+    if device.startswith("cuda"):
+        model.half()  # FP16 on the GPU: catalog encoding at tensor-core speed
     return TorchEncoder(model=model, fingerprint=fingerprint, source=str(path_or_id))
 
 
@@ -232,7 +245,7 @@ class EncoderSpec:
     dim: int
     label: str
 
-    def load(self, workspace, threads: int = 0) -> Encoder:
+    def load(self, workspace, threads: int = 0, device: str = "cpu") -> Encoder:
         """The encoder, verified to be the very artifact version the index was built with."""
         path = self.path
         if self.artifact:
@@ -246,7 +259,7 @@ class EncoderSpec:
                                     hint="run `densesearch index` again")
             path = str(artifact.path)
         if self.backend == "torch":
-            return load_torch_encoder(path, self.fingerprint)
+            return load_torch_encoder(path, self.fingerprint, device=device)
         return load_onnx_encoder(Path(path), int8=self.backend == "onnx-int8", fingerprint=self.fingerprint,
                                  threads=threads)
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from densesearch.encoders import Encoder, ProgressFn
-from densesearch.metrics import collapse, mean_metrics, per_query_metrics
+from densesearch.metrics import collapse, graded_query_metrics, mean_metrics, per_query_metrics
 
 
 def exact_topk(queries: np.ndarray, items: np.ndarray, k: int, block: int = 4096) -> tuple[np.ndarray, np.ndarray]:
@@ -47,3 +47,27 @@ def evaluate_encoder(encoder: Encoder, item_ids: Sequence[str], item_texts: Sequ
     top, _ = exact_topk(query_vectors, item_vectors, 10)
     rankings = [[item_ids[i] for i in row] for row in top]
     return mean_metrics(score_rankings(rankings, positives, group_of, ks=(1, 10)))
+
+
+def eval_catalog(item_ids: Sequence[str], qrels: dict[str, dict[str, int]], limit: int,
+                 seed: int) -> np.ndarray:
+    """Catalog rows to evaluate on: all of them up to ``limit``; beyond it every item judged for the
+    evaluated queries plus a seeded sample of the rest (the numbers then hold for that subset only)."""
+    if len(item_ids) <= limit:
+        return np.arange(len(item_ids))
+    judged = {item for grades in qrels.values() for item in grades}
+    keep = np.array([i for i, item in enumerate(item_ids) if item in judged], dtype=np.int64)
+    rest = np.setdiff1d(np.arange(len(item_ids)), keep)
+    fill = max(0, limit - len(keep))
+    sample = np.random.default_rng(seed).choice(rest, size=min(fill, len(rest)), replace=False)
+    return np.sort(np.concatenate([keep, sample]))
+
+
+def evaluate_judged(encoder: Encoder, item_ids: Sequence[str], item_texts: Sequence[str], queries: Sequence[str],
+                    qrels: Sequence[dict[str, int]], min_relevance: int, batch_size: int = 64) -> dict[str, float]:
+    """Recall@1/10, MRR@10 (grade >= ``min_relevance``) and graded nDCG@10 by exact search over the items."""
+    item_vectors = encoder.encode(item_texts, batch_size=batch_size)
+    query_vectors = encoder.encode(queries, batch_size=batch_size)
+    top, _ = exact_topk(query_vectors, item_vectors, 10)
+    per_query = graded_query_metrics([[item_ids[i] for i in row] for row in top], qrels, min_relevance, ks=(1, 10))
+    return {name: float(per_query[name].mean()) for name in ("recall@1", "recall@10", "mrr@10", "ndcg@10")}

@@ -12,15 +12,15 @@ import numpy as np
 
 from densesearch.artifacts import BM25_DIR, DENSE_FILE, ITEMS_FILE, VECTORS_FILE, open_artifact
 from densesearch.config import IndexConfig
-from densesearch.encoders import Encoder, EncoderSpec, choose_encoder
+from densesearch.encoders import Encoder, EncoderSpec, choose_encoder, pick_device
 from densesearch.errors import BadInput
-from densesearch.evaluation import exact_topk, score_rankings
+from densesearch.evaluation import exact_topk
 from densesearch.itemtext import ItemFields
 from densesearch.manifest import Manifest, write_manifest
-from densesearch.metrics import ann_recall, mean_metrics
+from densesearch.metrics import ann_recall, graded_query_metrics, paired_randomization_p
 from densesearch.paths import Workspace, allocate, publish, writes_workspace
-from densesearch.prepare import load_catalog, load_data_manifest, load_pairs
-from densesearch.search import RERANK_DEPTH, read_items, reranked_search, rrf_fuse, set_search_param
+from densesearch.prepare import Judgments, load_catalog, load_data_manifest, load_judgments, load_pairs
+from densesearch.search import RERANK_DEPTH, Fusion, fuse, read_items, reranked_search, set_search_param
 from densesearch.sources import ReadStats, iter_records
 from densesearch.sparse import Bm25Index
 
@@ -29,6 +29,11 @@ EF_CANDIDATES = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 NPROBE_CANDIDATES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 ENCODE_CHUNK = 4096
 SWEEP_QUERIES = 500
+MODE_QUERIES = 2000                           # dev queries that choose the default mode and the fusion
+FUSION_DEPTH = 100                            # each side's list length before fusion (as served)
+RRF_CONSTANTS = (10, 30, 60, 100)
+BM25_WEIGHTS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+MODE_SIGNIFICANCE = 0.05
 IVFPQ_MIN_VECTORS = 39 * 256  # FAISS wants 39 training points per centroid of the 8-bit PQ codebooks
 
 
@@ -46,8 +51,7 @@ class IndexResult:
     build_seconds: float
     sweep: list[dict[str, float]]
     search_param: dict[str, int]
-    dev_recall_at_10: dict[str, float]
-    recommended_mode: str
+    mode: ModeChoice
     bytes_on_disk: int
     added: int = 0
     notes: list[str] = field(default_factory=list)
@@ -63,6 +67,21 @@ def encode_to_memmap(encoder: Encoder, texts: list[str], path: Path, batch_size:
         out[start_row + start: start_row + start + len(chunk)] = encoder.encode(chunk, batch_size=batch_size)
         if progress:
             progress("encoding catalog", start + len(chunk), len(texts))
+    out.flush()
+    return out
+
+
+def encode_catalog(cfg: IndexConfig, spec: EncoderSpec, encoder: Encoder, workspace: Workspace, texts: list[str],
+                   path: Path, progress=None) -> np.ndarray:
+    """The catalog's vectors in a .npy memmap, encoded here or (``--engine ray``) by Ray actors."""
+    if cfg.engine != "ray":
+        return encode_to_memmap(encoder, texts, path, cfg.batch_size, progress)
+    from densesearch.distributed import RayPlan, encode_with_ray
+
+    out = new_vectors_file(path, len(texts), encoder.dim)
+    directory = open_artifact(workspace, spec.artifact).path if spec.artifact else Path(spec.path)
+    encode_with_ray(spec, directory, texts, out, ENCODE_CHUNK, cfg.batch_size,
+                    RayPlan(address=cfg.ray_address, workers=cfg.ray_workers), progress)
     out.flush()
     return out
 
@@ -138,15 +157,91 @@ def sweep_search_param(index, kind: str, queries: np.ndarray, exact: np.ndarray,
     return sweep, chosen
 
 
-def dev_mode_comparison(dense_top: np.ndarray, bm25: Bm25Index, queries: list[str], positives: list[str],
-                        ids: list[str], group_of: dict[str, str], rrf_k: int) -> dict[str, float]:
-    """Dev Recall@10 of dense, BM25 and hybrid, to pick the default query mode."""
-    sparse = [list(found) for found, _ in bm25.search(queries, 100)]
-    runs = {"dense": [list(row) for row in dense_top], "bm25": sparse,
-            "hybrid": [[i for i, _ in rrf_fuse([list(d), s], rrf_k, 10)] for d, s in zip(dense_top, sparse,
-                                                                                       strict=True)]}
-    return {mode: mean_metrics(score_rankings([[ids[i] for i in r] for r in ranking], positives, group_of,
-                                              ks=(10,)))["recall@10"] for mode, ranking in runs.items()}
+@dataclass
+class ModeChoice:
+    """The default query mode and hybrid fusion, chosen on dev by nDCG@10 (graded where judgments are)."""
+
+    recommended: str
+    fusion: Fusion
+    dev_ndcg: dict[str, float]            # dense, bm25, hybrid (the chosen fusion)
+    candidates: dict[str, float]          # every fusion tried
+    p_vs_hybrid: dict[str, float]         # paired randomization test of dense and bm25 against hybrid
+    queries: int
+
+    def to_manifest(self) -> dict:
+        return {"recommended_mode": self.recommended, "fusion": asdict(self.fusion),
+                "dev_ndcg_at_10": self.dev_ndcg, "fusion_candidates": self.candidates,
+                "mode_p_vs_hybrid": self.p_vs_hybrid, "mode_queries": self.queries}
+
+    @classmethod
+    def from_manifest(cls, extra: dict) -> ModeChoice:
+        return cls(recommended=extra["recommended_mode"], fusion=Fusion.from_manifest(extra),
+                   dev_ndcg=extra.get("dev_ndcg_at_10", {}), candidates=extra.get("fusion_candidates", {}),
+                   p_vs_hybrid=extra.get("mode_p_vs_hybrid", {}), queries=int(extra.get("mode_queries", 0)))
+
+
+def fusion_candidates() -> list[Fusion]:
+    return ([Fusion("rrf", rrf_k=k) for k in RRF_CONSTANTS]
+            + [Fusion("wsum", w_bm25=w) for w in BM25_WEIGHTS])
+
+
+def choose_mode(dense: list[tuple[list[int], list[float]]], sparse: list[tuple[list[int], list[float]]],
+                qrels: list[dict[str, int]], ids: list[str], min_relevance: int) -> ModeChoice:
+    """Pick the fusion best on dev, then hybrid as the default mode unless dense or BM25 is significantly better.
+
+    Ties go to the earlier candidate (RRF first: it needs no score scale). A single mode beats hybrid only
+    when its dev nDCG@10 is higher and a paired randomization test gives p < ``MODE_SIGNIFICANCE``.
+    """
+    def ndcg(rows: list[list[int]]) -> np.ndarray:
+        return graded_query_metrics([[ids[i] for i in row] for row in rows], qrels, min_relevance,
+                                    ks=(10,))["ndcg@10"]
+
+    per_query = {"dense": ndcg([row for row, _ in dense]), "bm25": ndcg([row for row, _ in sparse])}
+    candidates: dict[str, float] = {}
+    best, best_scores = None, None
+    for fusion in fusion_candidates():
+        scores = ndcg([[i for i, _ in fuse(d, s, fusion, 10)] for d, s in zip(dense, sparse, strict=True)])
+        candidates[fusion.label] = round(float(scores.mean()), 6)
+        if best_scores is None or scores.mean() > best_scores.mean() + 1e-12:
+            best, best_scores = fusion, scores
+    per_query["hybrid"] = best_scores
+    recommended, p_values = recommended_mode(per_query)
+    return ModeChoice(recommended=recommended, fusion=best,
+                      dev_ndcg={mode: float(values.mean()) for mode, values in per_query.items()},
+                      candidates=candidates, p_vs_hybrid=p_values, queries=len(qrels))
+
+
+def recommended_mode(per_query: dict[str, np.ndarray]) -> tuple[str, dict[str, float]]:
+    """hybrid, unless dense or BM25 has a higher mean and a paired randomization p < ``MODE_SIGNIFICANCE``."""
+    means = {mode: float(values.mean()) for mode, values in per_query.items()}
+    p_values = {mode: paired_randomization_p(per_query[mode], per_query["hybrid"]) for mode in ("dense", "bm25")}
+    better = [m for m in ("dense", "bm25") if means[m] > means["hybrid"] and p_values[m] < MODE_SIGNIFICANCE]
+    return (max(better, key=lambda m: means[m]) if better else "hybrid"), p_values
+
+
+def pick_mode(workspace: Workspace, encoder: Encoder, index, bm25: Bm25Index, ids: list[str],
+              batch_size: int) -> ModeChoice:
+    """Search dev queries with the new dense index and BM25, and choose the mode and fusion from them."""
+    judgments = dev_judgments(workspace)
+    vectors = encoder.encode(judgments.queries, batch_size=batch_size)
+    scores, found = index.search(vectors, FUSION_DEPTH) if len(vectors) else (np.zeros((0, 0)), np.zeros((0, 0)))
+    dense = [([int(i) for i in row if i >= 0], [float(v) for i, v in zip(row, vals, strict=True) if i >= 0])
+             for row, vals in zip(found, scores, strict=True)]
+    sparse = [(found_ids.tolist(), values.tolist()) for found_ids, values in bm25.search(judgments.queries,
+                                                                                         FUSION_DEPTH)]
+    return choose_mode(dense, sparse, [judgments.qrels[q] for q in judgments.query_ids], ids,
+                       judgments.min_relevance)
+
+
+def dev_judgments(workspace: Workspace) -> Judgments:
+    """Dev judgments for picking the mode (train when dev is empty), at most ``MODE_QUERIES`` queries."""
+    judgments = load_judgments(workspace, "dev")
+    if not judgments.query_ids:
+        judgments = load_judgments(workspace, "train")
+    keep = judgments.query_ids[:MODE_QUERIES]
+    return Judgments(query_ids=keep, queries=judgments.queries[:MODE_QUERIES],
+                     qrels={q: judgments.qrels[q] for q in keep}, min_relevance=judgments.min_relevance,
+                     graded=judgments.graded)
 
 
 def _write_items(path: Path, rows: list[dict]) -> None:
@@ -169,14 +264,14 @@ def run_index(cfg: IndexConfig, workspace: Workspace, progress=None) -> IndexRes
     data_manifest = load_data_manifest(workspace)
     catalog = load_catalog(workspace)
     spec = choose_encoder(cfg.model, workspace)
-    encoder = spec.load(workspace, cfg.threads)
+    device = pick_device(cfg.device) if spec.backend == "torch" else "cpu"  # ONNX Runtime runs on the CPU here
+    encoder = spec.load(workspace, cfg.threads, device)
     spec.dim = encoder.dim
     dev = load_pairs(workspace, "dev")[:SWEEP_QUERIES] or load_pairs(workspace, "train")[:SWEEP_QUERIES]
-    group_of = dict(zip(catalog.ids, catalog.groups, strict=True))
     upstream = {"data": data_manifest.fingerprint, spec.artifact or "encoder": spec.fingerprint}
     with publish(workspace, "index") as tmp:
         started = time.perf_counter()
-        vectors = encode_to_memmap(encoder, catalog.texts, tmp / VECTORS_FILE, cfg.batch_size, progress)
+        vectors = encode_catalog(cfg, spec, encoder, workspace, catalog.texts, tmp / VECTORS_FILE, progress)
         encode_seconds = time.perf_counter() - started
         started = time.perf_counter()
         index = new_faiss_index(cfg.kind, encoder.dim, len(vectors), cfg)
@@ -191,10 +286,7 @@ def run_index(cfg: IndexConfig, workspace: Workspace, progress=None) -> IndexRes
         faiss.write_index(index, str(tmp / DENSE_FILE))
         bm25 = Bm25Index.build(catalog.texts, cfg.bm25)
         bm25.save(tmp / BM25_DIR)
-        _, dense_top = index.search(queries, 100)
-        modes = dev_mode_comparison(dense_top, bm25, [p.query for p in dev], [p.item_id for p in dev],
-                                    catalog.ids, group_of, rrf_k=60)
-        recommended = max(("hybrid", "dense", "bm25"), key=lambda m: (round(modes[m], 6)))
+        choice = pick_mode(workspace, encoder, index, bm25, catalog.ids, cfg.batch_size)
         _write_items(tmp / ITEMS_FILE, catalog.rows)
         param_name = "nprobe" if cfg.kind == "ivfpq" else "efSearch"
         manifest = write_manifest(tmp, Manifest(
@@ -202,15 +294,14 @@ def run_index(cfg: IndexConfig, workspace: Workspace, progress=None) -> IndexRes
             upstream=upstream, counts={"vectors": len(vectors), "dev_queries": len(dev)},
             extra={"kind": cfg.kind, "encoder": asdict(spec), "dim": encoder.dim, "metric": "inner_product",
                    "search_param": {param_name: chosen} if chosen else {}, "sweep": sweep,
-                   "dev_recall_at_10": modes, "recommended_mode": recommended, "bm25": cfg.bm25,
-                   "encode_seconds": encode_seconds, "build_seconds": build_seconds,
+                   **choice.to_manifest(), "bm25": cfg.bm25,
+                   "encode_seconds": encode_seconds, "build_seconds": build_seconds, "device": device,
                    "query_source": data_manifest.extra.get("query_source")}))
     return IndexResult(
         path=workspace.artifact("index"), manifest=manifest, encoder=spec, kind=cfg.kind, vectors=len(vectors),
         encode_seconds=encode_seconds, items_per_second=len(vectors) / max(encode_seconds, 1e-9),
         build_seconds=build_seconds, sweep=sweep, search_param=manifest.extra["search_param"],
-        dev_recall_at_10=modes, recommended_mode=recommended,
-        bytes_on_disk=_disk_bytes(workspace.artifact("index")))
+        mode=choice, bytes_on_disk=_disk_bytes(workspace.artifact("index")))
 
 
 def read_new_items(path: Path, max_chars: int = 2000) -> list[dict]:
@@ -264,6 +355,6 @@ def run_add(cfg: IndexConfig, workspace: Workspace, progress=None) -> IndexResul
         path=directory, manifest=manifest, encoder=spec, kind=manifest.extra["kind"], vectors=len(rows),
         encode_seconds=encode_seconds, items_per_second=len(new_rows) / max(encode_seconds, 1e-9),
         build_seconds=0.0, sweep=manifest.extra["sweep"], search_param=manifest.extra["search_param"],
-        dev_recall_at_10=manifest.extra["dev_recall_at_10"], recommended_mode=manifest.extra["recommended_mode"],
+        mode=ModeChoice.from_manifest(manifest.extra),
         bytes_on_disk=_disk_bytes(directory), added=len(new_rows))
 

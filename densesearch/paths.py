@@ -99,6 +99,12 @@ class Workspace:
         return self.root / "bench"
 
     @property
+    def vector_cache(self) -> Path:
+        """Catalog vectors per (encoder, catalog) fingerprint, so `bench` encodes each catalog once (not an
+        artifact: a file that is missing or unreadable is encoded again)."""
+        return self.root / "cache" / "vectors"
+
+    @property
     def scale_runs(self) -> Path:
         """`bench --scale` reports, apart from bench runs so that `--compare latest` never picks one."""
         return self.root / "bench-scale"

@@ -188,13 +188,26 @@ def finetune_tables(result: Any) -> list[Table]:
     summary = kv_table("densesearch finetune", [
         ("base model", result.base_model), ("training pairs used", result.pairs_used),
         ("steps", result.steps), ("device", result.device), ("max sequence length", result.max_seq_length),
+        ("training data", training_data_label(result.recipe)),
         ("training speed", rate(result.pairs_per_second, "pairs/s")), ("time", seconds(result.seconds)),
         ("fingerprint", result.manifest.short), ("written to", str(result.path))])
     columns = ["recall@1", "recall@10", "mrr@10", "ndcg@10"]
-    dev = metrics_table(f"dev split ({result.manifest.counts['dev_queries']} queries, "
-                        f"{result.manifest.extra.get('query_source')} queries, exact search)",
-                        {"base": result.dev_base, "fine-tuned": result.dev_finetuned}, columns)
+    counts = result.manifest.counts
+    rows = {"base": result.dev_base}
+    if len(result.dev_epochs) > 1:
+        rows.update({f"epoch {h['epoch']}": h for h in result.dev_epochs})
+    rows["fine-tuned (kept)"] = result.dev_finetuned
+    dev = metrics_table(f"dev split ({counts['dev_queries']} queries over {counts.get('dev_items', '?'):,} items, "
+                        f"{result.manifest.extra.get('query_source')} queries, exact search)", rows, columns)
     return [summary, dev]
+
+
+def training_data_label(recipe: dict) -> str:
+    if recipe.get("source") == "judgments":
+        return (f"judged items graded >= {recipe['positive_grade']}; negatives: {recipe['negatives']}"
+                f" (judged <= {recipe['low_grade']}, BM25 ranks {recipe['bm25_ranks'][0]}-{recipe['bm25_ranks'][1]},"
+                " guarded)")
+    return f"query/item pairs; negatives: {recipe.get('negatives', 'none')}"
 
 
 def quantize_tables(result: Any) -> list[Table]:
@@ -228,9 +241,10 @@ def index_tables(result: Any) -> list[Table]:
             ("vectors", result.vectors), ("encode speed", rate(result.items_per_second, "items/s")),
             ("build time", seconds(result.build_seconds)),
             ("search parameter", ", ".join(f"{k}={v}" for k, v in result.search_param.items()) or "exact"),
-            ("dev Recall@10 dense / bm25 / hybrid",
-             " / ".join(f"{result.dev_recall_at_10[m]:.3f}" for m in ("dense", "bm25", "hybrid"))),
-            ("default query mode", result.recommended_mode),
+            ("dev nDCG@10 dense / bm25 / hybrid",
+             " / ".join(f"{result.mode.dev_ndcg.get(m, float('nan')):.3f}" for m in ("dense", "bm25", "hybrid"))),
+            ("hybrid fusion (best on dev)", result.mode.fusion.label),
+            ("default query mode", result.mode.recommended),
             ("size on disk", f"{result.bytes_on_disk / 2**20:.1f} MiB")]
     if result.added:
         rows.insert(3, ("items added", result.added))

@@ -107,7 +107,7 @@ class Searcher:
         self.workspace = workspace
         self.directory = self.artifact.path
         self.threads = threads
-        faiss.omp_set_num_threads(max(threads, 1))
+        faiss.omp_set_num_threads(max(threads, 1))  # one query at a time: a team of threads only adds wake-ups
         self.index = self.artifact.load_faiss()
         self.items = read_items(self.artifact)
         if self.index.ntotal != len(self.items):
@@ -133,6 +133,10 @@ class Searcher:
         if self._bm25 is None:
             self._bm25 = Bm25Index.load(self.artifact, BM25_DIR)
         return self._bm25
+
+    @property
+    def fusion(self) -> Fusion:
+        return Fusion.from_manifest(self.manifest.extra)
 
     @property
     def default_mode(self) -> str:
@@ -198,9 +202,8 @@ class Searcher:
         elif mode == "bm25":
             ids, scores = self.sparse(text, depth if cfg.collapse_variants else k)
         else:
-            dense_ids, _ = self.dense(vector, depth, cfg.ef_search)
-            sparse_ids, _ = self.sparse(text, depth)
-            fused = rrf_fuse([dense_ids, sparse_ids], cfg.rrf_k, depth)
+            fusion = self.fusion if cfg.rrf_k is None else Fusion("rrf", rrf_k=cfg.rrf_k)
+            fused = fuse(self.dense(vector, depth, cfg.ef_search), self.sparse(text, depth), fusion, depth)
             ids, scores = [i for i, _ in fused], [s for _, s in fused]
         if cfg.collapse_variants:
             ids, scores = self._collapse(ids, scores)
@@ -267,6 +270,59 @@ def rerank_exact(vectors: np.ndarray, query: np.ndarray, candidates: np.ndarray,
     scores = np.asarray(vectors[ids] @ query, dtype=np.float32)
     best = np.lexsort((ids, -scores))[:k]
     return ids[best], scores[best]
+
+
+@dataclass(frozen=True)
+class Fusion:
+    """How hybrid mode merges the dense and BM25 lists: RRF with constant ``rrf_k``, or a weighted sum of
+    min-max normalised scores with weight ``w_bm25`` on BM25 (``index`` picks the one best on dev)."""
+
+    method: str = "rrf"          # rrf | wsum
+    rrf_k: int = 60
+    w_bm25: float = 0.5
+
+    @classmethod
+    def from_manifest(cls, extra: dict) -> Fusion:
+        recorded = extra.get("fusion") or {}
+        try:
+            fusion = cls(method=str(recorded.get("method", "rrf")), rrf_k=int(recorded.get("rrf_k", 60)),
+                         w_bm25=float(recorded.get("w_bm25", 0.5)))
+        except (TypeError, ValueError) as exc:
+            raise ArtifactCorrupt("index", "manifest.json", "records an unreadable fusion setting") from exc
+        if fusion.method not in ("rrf", "wsum"):
+            raise ArtifactCorrupt("index", "manifest.json", f"records an unknown fusion {fusion.method!r}")
+        return fusion
+
+    @property
+    def label(self) -> str:
+        return f"RRF k={self.rrf_k}" if self.method == "rrf" else f"score fusion, BM25 weight {self.w_bm25:g}"
+
+
+def fuse(dense: tuple[list[int], list[float]], sparse: tuple[list[int], list[float]], fusion: Fusion,
+         limit: int) -> list[tuple[int, float]]:
+    """Merge a dense and a BM25 result list (item indices with scores) as ``fusion`` says."""
+    if fusion.method == "rrf":
+        return rrf_fuse([list(dense[0]), list(sparse[0])], fusion.rrf_k, limit)
+    return weighted_fuse([dense, sparse], [1.0 - fusion.w_bm25, fusion.w_bm25], limit)
+
+
+def min_max(scores: list[float]) -> list[float]:
+    """Scores scaled to [0, 1] within one list (all 1.0 when they are equal)."""
+    if not scores:
+        return []
+    low, high = min(scores), max(scores)
+    return [(s - low) / (high - low) if high > low else 1.0 for s in scores]
+
+
+def weighted_fuse(lists: list[tuple[list[int], list[float]]], weights: list[float],
+                  limit: int) -> list[tuple[int, float]]:
+    """Weighted sum of min-max normalised scores; an item missing from a list gets 0 from it; ties by index."""
+    scores: dict[int, float] = {}
+    for (ids, values), weight in zip(lists, weights, strict=True):
+        for item, value in zip(ids, min_max(list(values)), strict=True):
+            if item >= 0:
+                scores[item] = scores.get(item, 0.0) + weight * value
+    return sorted(scores.items(), key=lambda pair: (-pair[1], pair[0]))[:limit]
 
 
 def rrf_fuse(rankings: list[list[int]], k_constant: int, limit: int) -> list[tuple[int, float]]:

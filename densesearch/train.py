@@ -5,19 +5,25 @@ from __future__ import annotations
 import random
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from densesearch.batching import LengthGroupedBatchSampler
 from densesearch.config import TrainConfig
-from densesearch.encoders import TorchEncoder, resolve_base_model
+from densesearch.encoders import TorchEncoder, pick_device, resolve_base_model
 from densesearch.errors import BadInput
-from densesearch.evaluation import evaluate_encoder
+from densesearch.evaluation import eval_catalog, evaluate_judged
 from densesearch.manifest import Manifest, fingerprint_path, write_manifest
+from densesearch.negatives import Example, NegativePlan, judged_examples, mine_bm25
 from densesearch.paths import Workspace, publish, writes_workspace
-from densesearch.prepare import Catalog, Pair, load_catalog, load_data_manifest, load_pairs
+from densesearch.prepare import Catalog, Judgments, Pair, load_catalog, load_data_manifest, load_judgments, load_pairs
 
 MODEL_POSITION_LIMIT_FALLBACK = 512
+MAX_SEQ_LENGTH = 500
+# Defaults measured on Home Depot dev (docs/results.md): judged data gained most from a large batch (more
+# in-batch negatives) with a higher learning rate; review pairs keep the settings of the reference system.
+JUDGED_BATCH, JUDGED_LR = 256, 1e-4
+PAIRS_BATCH, PAIRS_LR = 64, 5e-5
 
 
 @dataclass
@@ -37,16 +43,8 @@ class TrainResult:
     dev_base: dict[str, float]
     dev_finetuned: dict[str, float]
     notes: list[str]
-
-
-def pick_device(requested: str) -> str:
-    import torch
-
-    if requested == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise BadInput("--device cuda asked for, but no CUDA device is available", hint="use --device cpu")
-    return requested
+    recipe: dict[str, object] = field(default_factory=dict)
+    dev_epochs: list[dict[str, float]] = field(default_factory=list)
 
 
 def sample_pairs(pairs: list[Pair], samples: int, seed: int) -> list[Pair]:
@@ -66,7 +64,7 @@ def capped_seq_length(model, requested: int) -> tuple[int, str | None]:
 
 
 def mine_bm25_negatives(pairs: list[Pair], catalog: Catalog, seed: int) -> list[str]:
-    """One hard negative per pair: the best BM25 hit that is neither the positive nor its variant."""
+    """One hard negative item id per pair: the best BM25 hit outside the positive's variant group."""
     from densesearch.sparse import Bm25Index
 
     bm25 = Bm25Index.build(catalog.texts, backend="bm25s")
@@ -75,17 +73,76 @@ def mine_bm25_negatives(pairs: list[Pair], catalog: Catalog, seed: int) -> list[
     negatives = []
     for pair, (ids, _) in zip(pairs, hits, strict=True):
         candidates = [i for i in ids if catalog.groups[i] != pair.group_id]
-        negatives.append(catalog.texts[candidates[0] if candidates else rng.randrange(len(catalog))])
+        negatives.append(catalog.ids[candidates[0] if candidates else rng.randrange(len(catalog))])
     return negatives
 
 
-def build_dataset(pairs: list[Pair], catalog: Catalog, negatives: list[str] | None):
+def negative_kind(requested: str, graded: bool) -> str:
+    """``auto`` is none: on Home Depot dev, in-batch negatives of a 256 batch beat one hard negative per
+    pair in a 64 batch (docs/results.md); judged, bm25 and mixed stay available for other data."""
+    return "none" if requested == "auto" else requested
+
+
+def default_positive_grade(requested: int | None, judgments: Judgments) -> int:
+    """Positives from one grade under the relevance bar (measured best on Home Depot dev), never below 1."""
+    if requested is not None:
+        return requested
+    return max(1, judgments.min_relevance - 1) if judgments.graded else 1
+
+
+def training_examples(cfg: TrainConfig, workspace: Workspace, catalog: Catalog,
+                      notes: list[str]) -> tuple[list[Example], dict[str, object]]:
+    """The training rows and how they were made: judged data by grade with guarded negatives, else pairs."""
+    judgments = load_judgments(workspace, "train")
+    kind = negative_kind(cfg.hard_negatives, judgments.graded)
+    if judgments.graded:
+        positive_grade = default_positive_grade(cfg.positive_grade, judgments)
+        plan = NegativePlan(kind=kind, low_grade=cfg.low_grade, ranks=(cfg.bm25_from_rank, cfg.bm25_to_rank))
+        mined = {}
+        if kind in ("bm25", "mixed", "judged"):
+            from densesearch.sparse import Bm25Index
+
+            bm25 = Bm25Index.build(catalog.texts, backend="bm25s")
+            mined = mine_bm25(bm25, judgments.query_ids, judgments.queries, catalog.ids, plan.ranks)
+        examples = judged_examples(judgments.query_ids, judgments.queries, judgments.qrels, positive_grade, plan,
+                                   mined, dict(zip(catalog.ids, catalog.texts, strict=True)), cfg.seed)
+        recipe = {"source": "judgments", "positive_grade": positive_grade, "negatives": kind,
+                  "low_grade": cfg.low_grade, "bm25_ranks": list(plan.ranks), "queries": len(judgments.query_ids)}
+    else:
+        all_pairs = load_pairs(workspace, "train")
+        pairs = sample_pairs(all_pairs, cfg.samples, cfg.seed)  # before mining: mining costs a search per pair
+        negatives = mine_bm25_negatives(pairs, catalog, cfg.seed) if kind != "none" else [None] * len(pairs)
+        examples = [Example(p.query, p.item_id, n) for p, n in zip(pairs, negatives, strict=True)]
+        recipe = {"source": "pairs", "negatives": "bm25" if kind != "none" else "none",
+                  "pairs_before_sampling": len(all_pairs)}
+    if not examples:
+        raise BadInput("the training split has no usable pairs", hint="prepare more data (`densesearch prepare`)")
+    available = int(recipe.get("pairs_before_sampling", len(examples)))
+    if len(examples) > cfg.samples:
+        examples = random.Random(cfg.seed).sample(examples, cfg.samples)
+    else:
+        if available < cfg.samples:
+            notes.append(f"asked for {cfg.samples:,} samples; only {available:,} training pairs exist, using all")
+        random.Random(cfg.seed).shuffle(examples)
+    return examples, {**recipe, "available": available}
+
+
+def data_seq_length(tokenizer, texts: list[str], cap: int, seed: int, sample: int = 2000) -> int:
+    """Tokens that cover 99% of the texts (items and queries), rounded up to 16, within [32, cap]."""
+    chosen = random.Random(seed).sample(texts, min(sample, len(texts)))
+    lengths = sorted(len(ids) for ids in tokenizer(chosen, add_special_tokens=True)["input_ids"])
+    p99 = lengths[min(len(lengths) - 1, int(0.99 * len(lengths)))] if lengths else cap
+    return max(32, min(cap, -(-p99 // 16) * 16))
+
+
+def build_dataset(examples: list[Example], catalog: Catalog):
+    """anchor / positive (/ negative) texts; the negative column only when every row has one."""
     from datasets import Dataset
 
     text_of = dict(zip(catalog.ids, catalog.texts, strict=True))
-    columns = {"anchor": [p.query for p in pairs], "positive": [text_of[p.item_id] for p in pairs]}
-    if negatives is not None:
-        columns["negative"] = negatives
+    columns = {"anchor": [e.query for e in examples], "positive": [text_of[e.positive] for e in examples]}
+    if all(e.negative is not None for e in examples):
+        columns["negative"] = [text_of[e.negative] for e in examples]
     return Dataset.from_dict(columns)
 
 
@@ -119,6 +176,30 @@ def _progress_callback(progress):
     return ReportProgress()
 
 
+def _epoch_evaluation(model, evaluate, progress):
+    """Evaluate on dev after every epoch and keep a copy of the best weights (graded nDCG@10)."""
+    from transformers import TrainerCallback
+
+    class EpochEvaluation(TrainerCallback):
+        def __init__(self) -> None:
+            self.history: list[dict[str, float]] = []
+            self.best_state: dict | None = None
+            self.best_epoch = 0
+
+        def on_epoch_end(self, args, state, control, **kwargs):
+            if progress:
+                progress("evaluating on dev", 0, 1)
+            metrics = evaluate(model)
+            epoch = int(round(state.epoch or len(self.history) + 1))
+            self.history.append({"epoch": epoch, **metrics})
+            best = max(self.history, key=lambda h: h.get("ndcg@10", 0.0))
+            if best["epoch"] == epoch:
+                self.best_epoch = epoch
+                self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+    return EpochEvaluation()
+
+
 def model_card_widget(dataset) -> list[dict[str, object]]:
     """The saved model card's example: the first training query against its item and another one."""
     rows = dataset[:2]
@@ -128,10 +209,6 @@ def model_card_widget(dataset) -> list[dict[str, object]]:
 def last_checkpoint(directory: Path) -> str | None:
     checkpoints = sorted(directory.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
     return str(checkpoints[-1]) if checkpoints else None
-
-
-def dev_split(workspace: Workspace, limit: int, seed: int) -> list[Pair]:
-    return sample_pairs(load_pairs(workspace, "dev"), limit, seed)
 
 
 @writes_workspace
@@ -148,33 +225,39 @@ def run_finetune(cfg: TrainConfig, workspace: Workspace, progress=None) -> Train
     started = time.perf_counter()
     data_manifest = load_data_manifest(workspace)
     catalog = load_catalog(workspace)
-    available = load_pairs(workspace, "train")
-    if not available:
-        raise BadInput("the training split is empty", hint="prepare more data (`densesearch prepare`)")
     notes: list[str] = []
-    pairs = sample_pairs(available, cfg.samples, cfg.seed)
-    if len(available) < cfg.samples:
-        notes.append(f"asked for {cfg.samples:,} samples; only {len(available):,} training pairs exist, using all")
+    examples, recipe = training_examples(cfg, workspace, catalog, notes)
     device = pick_device(cfg.device)
     base_path = resolve_base_model(cfg.base_model)
     model = SentenceTransformer(base_path, device=device)
-    max_seq_length, cap_note = capped_seq_length(model, cfg.max_seq_length)
+    dev = load_judgments(workspace, "dev")
+    requested = cfg.max_seq_length
+    if requested is None:
+        requested = data_seq_length(model.tokenizer, catalog.texts + dev.queries, MAX_SEQ_LENGTH, cfg.seed)
+        notes.append(f"max sequence length {requested} tokens, from the data (99% of texts fit)")
+    max_seq_length, cap_note = capped_seq_length(model, requested)
     model.max_seq_length = max_seq_length
     if cap_note:
         notes.append(cap_note)
-    batch_size = min(cfg.batch_size, len(pairs))
-    negatives = mine_bm25_negatives(pairs, catalog, cfg.seed) if cfg.hard_negatives == "bm25" else None
-    dataset = build_dataset(pairs, catalog, negatives)
-    dev = dev_split(workspace, cfg.eval_queries, cfg.seed)
-    group_of = dict(zip(catalog.ids, catalog.groups, strict=True))
+    judged = recipe["source"] == "judgments"
+    batch_size = min(cfg.batch_size or (JUDGED_BATCH if judged else PAIRS_BATCH), len(examples))
+    lr = cfg.lr or (JUDGED_LR if judged else PAIRS_LR)
+    dataset = build_dataset(examples, catalog)
+    eval_ids = sorted(random.Random(cfg.seed).sample(range(len(dev.query_ids)),
+                                                     min(cfg.eval_queries, len(dev.query_ids))))
+    eval_qrels = {dev.query_ids[i]: dev.qrels[dev.query_ids[i]] for i in eval_ids}
+    rows = eval_catalog(catalog.ids, eval_qrels, cfg.eval_items, cfg.seed)
+    if len(rows) < len(catalog):
+        notes.append(f"dev metrics are over {len(rows):,} of {len(catalog):,} items (every judged item and a "
+                     "sample); `bench` scores the whole catalog")
     base_fingerprint = fingerprint_path(Path(base_path)) if Path(base_path).exists() else base_path
 
     def evaluate(encoder_model) -> dict[str, float]:
-        if not dev:
+        if not eval_ids:
             return {}
         encoder = TorchEncoder(model=encoder_model, fingerprint="", source="")
-        return evaluate_encoder(encoder, catalog.ids, catalog.texts, [p.query for p in dev],
-                                [p.item_id for p in dev], group_of)
+        return evaluate_judged(encoder, [catalog.ids[r] for r in rows], [catalog.texts[r] for r in rows],
+                               [dev.queries[i] for i in eval_ids], list(eval_qrels.values()), dev.min_relevance)
 
     dev_base = evaluate(model)
     checkpoints = workspace.checkpoints
@@ -185,35 +268,43 @@ def run_finetune(cfg: TrainConfig, workspace: Workspace, progress=None) -> Train
         shutil.rmtree(checkpoints)
     args = SentenceTransformerTrainingArguments(
         output_dir=str(checkpoints), num_train_epochs=cfg.epochs, per_device_train_batch_size=batch_size,
-        learning_rate=cfg.lr, warmup_ratio=cfg.warmup_ratio, seed=cfg.seed, data_seed=cfg.seed,
+        learning_rate=lr, warmup_ratio=cfg.warmup_ratio, seed=cfg.seed, data_seed=cfg.seed,
         batch_sampler=LengthGroupedBatchSampler if cfg.group_by_length else BatchSamplers.NO_DUPLICATES,
         save_strategy="steps", save_steps=cfg.save_steps,
         save_total_limit=1, logging_steps=5, disable_tqdm=True, report_to=[], use_cpu=device == "cpu",
-        bf16=device == "cuda", dataloader_drop_last=len(pairs) > batch_size)
+        bf16=device == "cuda", dataloader_drop_last=len(examples) > batch_size)
     model.model_card_data.widget = model_card_widget(dataset)  # else the trainer samples widgets with a tqdm bar
-    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset,
-                                         loss=build_loss(model, cfg), callbacks=[_progress_callback(progress)])
+    epochs = _epoch_evaluation(model, evaluate, progress)
+    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset, loss=build_loss(model, cfg),
+                                         callbacks=[_progress_callback(progress), epochs])
     trainer.remove_callback(PrinterCallback)  # it prints raw log dicts to stdout, which would break --json
     train_started = time.perf_counter()
     trainer.train(resume_from_checkpoint=resume_from)
     train_seconds = time.perf_counter() - train_started
-    dev_finetuned = evaluate(model)
+    if epochs.best_state is not None and epochs.best_epoch != epochs.history[-1]["epoch"]:
+        model.load_state_dict(epochs.best_state)
+        notes.append(f"kept epoch {epochs.best_epoch} of {len(epochs.history)}: best dev nDCG@10")
+    best = next((h for h in epochs.history if h["epoch"] == epochs.best_epoch), None)
+    dev_finetuned = {k: v for k, v in best.items() if k != "epoch"} if best else evaluate(model)
     with publish(workspace, "model") as tmp:
         model.save(str(tmp))
         manifest = write_manifest(tmp, Manifest(
-            kind="model", settings={**asdict(cfg), "max_seq_length": max_seq_length, "batch_size": batch_size},
+            kind="model", settings={**asdict(cfg), "max_seq_length": max_seq_length, "batch_size": batch_size,
+                                    "lr": lr, "recipe": recipe},
             inputs={"base_model": f"{cfg.base_model} ({base_fingerprint[:12]})"},
             upstream={"data": data_manifest.fingerprint},
-            counts={"train_pairs": len(pairs), "train_pairs_available": len(available),
-                    "steps": trainer.state.global_step, "dev_queries": len(dev)},
+            counts={"train_pairs": len(examples), "train_pairs_available": recipe["available"],
+                    "steps": trainer.state.global_step, "dev_queries": len(eval_ids), "dev_items": len(rows)},
             extra={"base_model": cfg.base_model, "device": device, "train_seconds": round(train_seconds, 2),
-                   "dev_base": dev_base, "dev_finetuned": dev_finetuned,
+                   "dev_base": dev_base, "dev_finetuned": dev_finetuned, "dev_epochs": epochs.history,
+                   "best_epoch": epochs.best_epoch,
                    "query_source": data_manifest.extra.get("query_source"), "dim":
                    model.get_embedding_dimension()}))
     shutil.rmtree(checkpoints, ignore_errors=True)
     return TrainResult(
         path=workspace.artifact("model"), manifest=manifest, base_model=cfg.base_model,
-        pairs_available=len(available), pairs_used=len(pairs), steps=trainer.state.global_step,
+        pairs_available=recipe["available"], pairs_used=len(examples), steps=trainer.state.global_step,
         seconds=time.perf_counter() - started,
-        pairs_per_second=len(pairs) * cfg.epochs / max(train_seconds, 1e-9), device=device,
-        max_seq_length=max_seq_length, dev_base=dev_base, dev_finetuned=dev_finetuned, notes=notes)
+        pairs_per_second=len(examples) * cfg.epochs / max(train_seconds, 1e-9), device=device,
+        max_seq_length=max_seq_length, dev_base=dev_base, dev_finetuned=dev_finetuned, notes=notes,
+        recipe=recipe, dev_epochs=epochs.history)

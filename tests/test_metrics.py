@@ -3,7 +3,6 @@ import math
 import numpy as np
 import pytest
 
-from densesearch.index import rrf_fuse
 from densesearch.metrics import (
     bootstrap_ci,
     collapse,
@@ -13,6 +12,7 @@ from densesearch.metrics import (
     recall_at,
     write_trec_run,
 )
+from densesearch.search import rrf_fuse
 
 
 def test_hand_computed_cases():

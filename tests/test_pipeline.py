@@ -223,6 +223,7 @@ def test_bench_report_compare_and_trec(built, tmp_path):
     assert {s["stage"] for s in report["latency"] if s["batch_size"] == 4} == {"encode", "search", "end-to-end"}
     rows = compare_reports(to_jsonable(first), report)
     assert rows and all(r["delta"] == 0 for r in rows)
+    assert_catalog_vectors_are_cached(ws)
     trec = tmp_path / "trec"
     assert {p.name for p in trec.iterdir()} == {"qrels.txt", "bm25.trec", "base.trec", "finetuned-fp32.trec",
                                                "finetuned-int8.trec", "finetuned-int8-exact.trec", "hybrid.trec"}
@@ -257,3 +258,38 @@ def test_add_items_then_query_finds_them(built, tmp_path):
     for mode in ("dense", "bm25"):
         answer = Searcher(ws).ask("zorblax galoshes that glow", QueryConfig(k=3, mode=mode))
         assert answer.hits[0].item_id == "BNEWITEM01", mode
+
+
+def assert_catalog_vectors_are_cached(ws):
+    """bench encoded the catalog once per torch encoder; the next read is the cached file, a damaged one is redone."""
+    from densesearch.bench import cached_catalog_vectors
+    from densesearch.encoders import choose_encoder
+    from densesearch.search import Searcher
+
+    cached = sorted(ws.vector_cache.glob("*.npy"))
+    assert len(cached) == 2  # base and fine-tuned FP32 (the served encoder reuses the index's vectors)
+    spec = choose_encoder("finetuned", ws)
+    encoder = spec.load(ws, 0)
+    items = Searcher(ws).items
+    again = cached_catalog_vectors(ws, spec, encoder, items)
+    assert isinstance(again, np.memmap) and again.shape == (len(items), encoder.dim)
+    expected = np.array(again)
+    del again  # a memmap of a file about to be overwritten
+    path = next(p for p in cached if p.name.startswith(f"torch-{spec.fingerprint[:16]}"))
+    path.write_bytes(b"damaged")
+    redone = cached_catalog_vectors(ws, spec, encoder, items)
+    assert not isinstance(redone, np.memmap) and np.allclose(redone, expected, atol=1e-5)
+    assert np.load(path).shape == redone.shape
+
+
+def test_index_on_cuda_without_a_gpu_is_one_clear_line(built, capsys):
+    import torch
+
+    from densesearch.cli import run_cli
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    ws = built["ws"]
+    code = run_cli(["index", "--model", "finetuned", "--device", "cuda", "--home", str(ws.home)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and "no CUDA device" in err[0] and "--device cpu" in err[0]

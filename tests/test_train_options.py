@@ -48,9 +48,9 @@ def test_bm25_hard_negatives_exclude_the_positive_and_its_variants(prepared):
     catalog = load_catalog(prepared)
     pairs = load_pairs(prepared, "train")
     negatives = mine_bm25_negatives(pairs, catalog, seed=0)
-    group_of_text = dict(zip(catalog.texts, catalog.groups, strict=True))
+    group_of = dict(zip(catalog.ids, catalog.groups, strict=True))
     assert len(negatives) == len(pairs)
-    assert all(group_of_text[neg] != pair.group_id for neg, pair in zip(negatives, pairs, strict=True))
+    assert all(group_of[neg] != pair.group_id for neg, pair in zip(negatives, pairs, strict=True))
 
 
 def test_cached_mnrl_with_hard_negatives_trains_a_loadable_model(prepared):

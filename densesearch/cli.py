@@ -436,12 +436,19 @@ def bench(
     kinds: Annotated[str, typer.Option(help="With --scale: index kinds to build.")] = "flat,hnsw,hnsw-sq8,ivfpq",
     documents: Annotated[int | None, typer.Option(min=0, help="With --scale: BM25 documents (default N; 0 skips).")
                          ] = None,
+    m: Annotated[int, typer.Option("--m", min=2, max=256, help="With --scale: HNSW neighbours per node.")] = 32,
+    ef_construction: Annotated[int, typer.Option(min=8, max=4096, help="With --scale: HNSW build beam.")] = 200,
     home: HomeOpt = None, workspace: WorkspaceOpt = DEFAULT_WORKSPACE, json: JsonOpt = False,
 ) -> None:
     """Measure retrieval quality and latency of BM25, base, fine-tuned, INT8 and hybrid."""
     _quiet_libraries()
     if scale is not None:
-        _bench_scale(scale, kinds, documents, threads, workspace_of(home, workspace), Output(json))
+        from densesearch.config import ScaleConfig
+
+        cfg = ScaleConfig(vectors=scale, documents=scale if documents is None else documents,
+                          kinds=tuple(k.strip() for k in kinds.split(",") if k.strip()), threads=threads,
+                          hnsw_m=m, ef_construction=ef_construction)
+        _bench_scale(cfg, workspace_of(home, workspace), Output(json))
         return
     from densesearch.bench import compare_reports, load_report, run_bench, save_report
     from densesearch.config import BenchConfig
@@ -476,17 +483,14 @@ def bench(
     out.data(payload)
 
 
-def _bench_scale(vectors: int, kinds: str, documents: int | None, threads: int, ws: Workspace, out: Output) -> None:
-    if not kinds.strip():
+def _bench_scale(cfg, ws: Workspace, out: Output) -> None:
+    if not cfg.kinds:
         from densesearch.errors import BadInput
 
         raise BadInput("--kinds is empty", hint="e.g. --kinds flat,hnsw")
-    from densesearch.config import ScaleConfig
     from densesearch.render import scale_markdown, scale_tables
     from densesearch.scale import run_scale, save_scale_report
 
-    cfg = ScaleConfig(vectors=vectors, documents=vectors if documents is None else documents,
-                      kinds=tuple(k.strip() for k in kinds.split(",") if k.strip()), threads=threads)
     with out.progress() as progress:
         report = run_scale(cfg, ws, progress)
     saved = save_scale_report(report, ws, scale_markdown(report))

@@ -211,8 +211,16 @@ class Searcher:
         hits = [self._hit(rank, i, s) for rank, (i, s) in enumerate(zip(ids[:k], scores[:k], strict=True), 1)]
         return Answer(query=text, mode=mode, k=k, hits=hits, encode_ms=(encoded - started) * 1000,
                       search_ms=(searched - encoded) * 1000, total_ms=(searched - started) * 1000,
-                      answered_by=f"{self.spec.label if mode != 'bm25' else 'BM25'} + {self.manifest.extra['kind']}"
-                      if mode != "bm25" else "BM25", notes=notes)
+                      answered_by=self._answered_by(mode, cfg), notes=notes)
+
+    def _answered_by(self, mode: str, cfg: QueryConfig) -> str:
+        dense = f"{self.spec.label} + {self.manifest.extra['kind']}"
+        if mode == "bm25":
+            return "BM25"
+        if mode == "dense":
+            return dense
+        fusion = self.fusion if cfg.rrf_k is None else Fusion("rrf", rrf_k=cfg.rrf_k)
+        return f"{dense} and BM25, {fusion.label}"
 
     def load_for(self, mode: str) -> None:
         """Load what ``mode`` needs before the clock starts, so timings show query work, not start-up."""

@@ -252,7 +252,8 @@ def index(
     kind: Annotated[Literal["hnsw", "flat", "hnsw-sq8", "ivfpq"], typer.Option(
         help="hnsw | flat | hnsw-sq8 | ivfpq")] = "hnsw",
     m: Annotated[int, typer.Option("--m", min=2, max=256, help="HNSW neighbours per node.")] = 32,
-    ef_construction: Annotated[int, typer.Option(min=8, max=4096, help="HNSW build beam width.")] = 200,
+    ef_construction: Annotated[int | None, typer.Option(
+        min=8, max=4096, help="HNSW build beam width (default: 200; 48 above 200,000 items).")] = None,
     bm25: Annotated[Literal["bm25s", "rank-bm25"], typer.Option(help="bm25s | rank-bm25")] = "bm25s",
     add: Annotated[Path | None, typer.Option("--add", exists=True, dir_okay=False, readable=True,
                                              help="Append items (.jsonl metadata) to the index.")] = None,
@@ -437,7 +438,8 @@ def bench(
     documents: Annotated[int | None, typer.Option(min=0, help="With --scale: BM25 documents (default N; 0 skips).")
                          ] = None,
     m: Annotated[int, typer.Option("--m", min=2, max=256, help="With --scale: HNSW neighbours per node.")] = 32,
-    ef_construction: Annotated[int, typer.Option(min=8, max=4096, help="With --scale: HNSW build beam.")] = 200,
+    ef_construction: Annotated[int | None, typer.Option(
+        min=8, max=4096, help="With --scale: HNSW build beam (default: as `index` picks).")] = None,
     home: HomeOpt = None, workspace: WorkspaceOpt = DEFAULT_WORKSPACE, json: JsonOpt = False,
 ) -> None:
     """Measure retrieval quality and latency of BM25, base, fine-tuned, INT8 and hybrid."""

@@ -89,7 +89,7 @@ class IndexConfig:
     model: str | None = None              # None: best available; int8 | onnx | finetuned | base | PATH
     kind: str = "hnsw"                    # hnsw | flat | hnsw-sq8 | ivfpq
     hnsw_m: int = 32
-    ef_construction: int = 200
+    ef_construction: int | None = None    # None: 200 up to 200,000 items, 48 above (measured)
     target_recall: float = 0.99
     bm25: str = "bm25s"                   # bm25s | rank-bm25
     batch_size: int = 64
@@ -145,6 +145,6 @@ class ScaleConfig:
     bm25_queries: int = 50
     target_recall: float = 0.99
     hnsw_m: int = 32
-    ef_construction: int = 200
+    ef_construction: int | None = None    # None: 200 up to 200,000 items, 48 above (measured)
     threads: int = 0
     seed: int = 7

@@ -242,7 +242,8 @@ def index_tables(result: Any) -> list[Table]:
             ("build time", seconds(result.build_seconds)),
             ("search parameter", ", ".join(f"{k}={v}" for k, v in result.search_param.items()) or "exact"),
             ("dev nDCG@10 dense / bm25 / hybrid",
-             " / ".join(f"{result.mode.dev_ndcg.get(m, float('nan')):.3f}" for m in ("dense", "bm25", "hybrid"))),
+             " / ".join(f"{result.mode.dev_ndcg[m]:.3f}" if m in result.mode.dev_ndcg else "-"
+                        for m in ("dense", "bm25", "hybrid"))),
             ("hybrid fusion (best on dev)", result.mode.fusion.label),
             ("default query mode", result.mode.recommended),
             ("size on disk", f"{result.bytes_on_disk / 2**20:.1f} MiB")]

@@ -293,3 +293,10 @@ def test_index_on_cuda_without_a_gpu_is_one_clear_line(built, capsys):
     code = run_cli(["index", "--model", "finetuned", "--device", "cuda", "--home", str(ws.home)])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and len(err) == 1 and "no CUDA device" in err[0] and "--device cpu" in err[0]
+
+
+def test_index_records_its_hnsw_build_parameters(built):
+    from densesearch.index import default_ef_construction
+
+    assert built["index"].manifest.extra["hnsw"] == {"M": 32, "efConstruction": 200}
+    assert default_ef_construction(54_667) == 200 and default_ef_construction(826_402) == 48

@@ -91,13 +91,14 @@ def read_queries(path: Path, stats: BeirStats) -> dict[str, str]:
         if not isinstance(query_id, (str, int)) or not str(query_id).strip():
             stats.queries.record_bad(lineno, "no _id")
             continue
+        query_id = str(query_id).strip()
         if not text:
             stats.empty_queries += 1
             continue
-        if str(query_id) in queries:
+        if query_id in queries:
             stats.duplicate_queries += 1
             continue
-        queries[str(query_id).strip()] = text
+        queries[query_id] = text
     return queries
 
 

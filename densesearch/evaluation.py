@@ -1,4 +1,4 @@
-"""Evaluate an encoder on query/positive pairs with exact inner-product search over the catalog."""
+"""Evaluate encoders and rankings: exact top-k search, per-query metrics, the dev catalog subset."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from densesearch.encoders import Encoder, ProgressFn
-from densesearch.metrics import collapse, graded_query_metrics, mean_metrics, per_query_metrics
+from densesearch.encoders import Encoder
+from densesearch.metrics import collapse, graded_query_metrics, per_query_metrics
 
 
 def exact_topk(queries: np.ndarray, items: np.ndarray, k: int, block: int = 4096) -> tuple[np.ndarray, np.ndarray]:
@@ -34,19 +34,6 @@ def score_rankings(rankings: Sequence[Sequence[str]], positives: Sequence[str], 
     else:
         relevant = [{p} for p in positives]
     return per_query_metrics(rankings, relevant, ks)
-
-
-def evaluate_encoder(encoder: Encoder, item_ids: Sequence[str], item_texts: Sequence[str],
-                     queries: Sequence[str], positives: Sequence[str], group_of: dict[str, str],
-                     batch_size: int = 64, item_vectors: np.ndarray | None = None,
-                     progress: ProgressFn | None = None) -> dict[str, float]:
-    """Recall@1/10, MRR@10, nDCG@10 of ``encoder`` by exact search (strict scoring)."""
-    if item_vectors is None:
-        item_vectors = encoder.encode(item_texts, batch_size=batch_size, progress=progress)
-    query_vectors = encoder.encode(queries, batch_size=batch_size)
-    top, _ = exact_topk(query_vectors, item_vectors, 10)
-    rankings = [[item_ids[i] for i in row] for row in top]
-    return mean_metrics(score_rankings(rankings, positives, group_of, ks=(1, 10)))
 
 
 def eval_catalog(item_ids: Sequence[str], qrels: dict[str, dict[str, int]], limit: int,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -114,14 +114,15 @@ def new_faiss_index(kind: str, dim: int, n: int, cfg: IndexConfig):
         return index
     else:
         raise BadInput(f"unknown index kind {kind!r}", hint=f"use one of {', '.join(KINDS)}")
-    index.hnsw.efConstruction = cfg.ef_construction or default_ef_construction(n)
+    index.hnsw.efConstruction = ef_construction(cfg, n)
     return index
 
 
-def default_ef_construction(n: int) -> int:
-    """200 up to ``LARGE_CATALOG`` vectors (seconds to build); 48 above it. Measured at 826,402 vectors on 2
-    cores (M=32): 3.6 min instead of 23 min, with recall@10 vs exact 0.957 at efSearch 768 (docs/results.md)."""
-    return 200 if n <= LARGE_CATALOG else 48
+def ef_construction(cfg: IndexConfig, n: int) -> int:
+    """``--ef-construction``, else 200 up to ``LARGE_CATALOG`` vectors (seconds to build) and 48 above it.
+    Measured at 826,402 vectors on 2 cores (M=32): 3.6 min instead of 14.4 min, with recall@10 vs exact
+    0.957 at efSearch 768 (docs/results.md)."""
+    return cfg.ef_construction or (200 if n <= LARGE_CATALOG else 48)
 
 
 def add_in_chunks(index, vectors: np.ndarray, start: int = 0) -> None:
@@ -249,9 +250,8 @@ def dev_judgments(workspace: Workspace) -> Judgments:
     if not judgments.query_ids:
         judgments = load_judgments(workspace, "train")
     keep = judgments.query_ids[:MODE_QUERIES]
-    return Judgments(query_ids=keep, queries=judgments.queries[:MODE_QUERIES],
-                     qrels={q: judgments.qrels[q] for q in keep}, min_relevance=judgments.min_relevance,
-                     graded=judgments.graded)
+    return replace(judgments, query_ids=keep, queries=judgments.queries[:MODE_QUERIES],
+                   qrels={q: judgments.qrels[q] for q in keep})
 
 
 def _write_items(path: Path, rows: list[dict]) -> None:
@@ -306,8 +306,8 @@ def run_index(cfg: IndexConfig, workspace: Workspace, progress=None) -> IndexRes
                    "search_param": {param_name: chosen} if chosen else {}, "sweep": sweep,
                    **choice.to_manifest(), "bm25": cfg.bm25,
                    "encode_seconds": encode_seconds, "build_seconds": build_seconds, "device": device,
-                   "hnsw": {"M": cfg.hnsw_m, "efConstruction": cfg.ef_construction
-                            or default_ef_construction(len(vectors))} if cfg.kind.startswith("hnsw") else {},
+                   "hnsw": {"M": cfg.hnsw_m, "efConstruction": ef_construction(cfg, len(vectors))}
+                   if cfg.kind.startswith("hnsw") else {},
                    "query_source": data_manifest.extra.get("query_source")}))
     return IndexResult(
         path=workspace.artifact("index"), manifest=manifest, encoder=spec, kind=cfg.kind, vectors=len(vectors),

@@ -13,8 +13,6 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-NEGATIVE_KINDS = ("none", "judged", "bm25", "mixed")
-
 
 @dataclass(frozen=True)
 class NegativePlan:

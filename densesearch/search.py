@@ -110,6 +110,7 @@ class Searcher:
         faiss.omp_set_num_threads(max(threads, 1))  # one query at a time: a team of threads only adds wake-ups
         self.index = self.artifact.load_faiss()
         self.items = read_items(self.artifact)
+        self.fusion = Fusion.from_manifest(self.manifest.extra)  # read once: every hybrid query uses it
         if self.index.ntotal != len(self.items):
             raise ArtifactCorrupt("index", ITEMS_FILE, f"has {len(self.items):,} rows for {self.index.ntotal:,} "
                                                        "vectors")
@@ -133,10 +134,6 @@ class Searcher:
         if self._bm25 is None:
             self._bm25 = Bm25Index.load(self.artifact, BM25_DIR)
         return self._bm25
-
-    @property
-    def fusion(self) -> Fusion:
-        return Fusion.from_manifest(self.manifest.extra)
 
     @property
     def default_mode(self) -> str:
@@ -202,8 +199,8 @@ class Searcher:
         elif mode == "bm25":
             ids, scores = self.sparse(text, depth if cfg.collapse_variants else k)
         else:
-            fusion = self.fusion if cfg.rrf_k is None else Fusion("rrf", rrf_k=cfg.rrf_k)
-            fused = fuse(self.dense(vector, depth, cfg.ef_search), self.sparse(text, depth), fusion, depth)
+            fused = fuse(self.dense(vector, depth, cfg.ef_search), self.sparse(text, depth), self._fusion_for(cfg),
+                         depth)
             ids, scores = [i for i, _ in fused], [s for _, s in fused]
         if cfg.collapse_variants:
             ids, scores = self._collapse(ids, scores)
@@ -219,8 +216,11 @@ class Searcher:
             return "BM25"
         if mode == "dense":
             return dense
-        fusion = self.fusion if cfg.rrf_k is None else Fusion("rrf", rrf_k=cfg.rrf_k)
-        return f"{dense} and BM25, {fusion.label}"
+        return f"{dense} and BM25, {self._fusion_for(cfg).label}"
+
+    def _fusion_for(self, cfg: QueryConfig) -> Fusion:
+        """The index's fusion, or RRF with the query's own ``--rrf-k``."""
+        return self.fusion if cfg.rrf_k is None else Fusion("rrf", rrf_k=cfg.rrf_k)
 
     def load_for(self, mode: str) -> None:
         """Load what ``mode`` needs before the clock starts, so timings show query work, not start-up."""

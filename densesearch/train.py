@@ -99,7 +99,7 @@ def training_examples(cfg: TrainConfig, workspace: Workspace, catalog: Catalog,
         positive_grade = default_positive_grade(cfg.positive_grade, judgments)
         plan = NegativePlan(kind=kind, low_grade=cfg.low_grade, ranks=(cfg.bm25_from_rank, cfg.bm25_to_rank))
         mined = {}
-        if kind in ("bm25", "mixed", "judged"):
+        if kind != "none":  # judged falls back to mined negatives where a query has no low grade
             from densesearch.sparse import Bm25Index
 
             bm25 = Bm25Index.build(catalog.texts, backend="bm25s")
@@ -183,18 +183,16 @@ def _epoch_evaluation(model, evaluate, progress):
     class EpochEvaluation(TrainerCallback):
         def __init__(self) -> None:
             self.history: list[dict[str, float]] = []
+            self.best: dict[str, float] | None = None  # the best epoch's entry of ``history``
             self.best_state: dict | None = None
-            self.best_epoch = 0
 
         def on_epoch_end(self, args, state, control, **kwargs):
             if progress:
                 progress("evaluating on dev", 0, 1)
-            metrics = evaluate(model)
-            epoch = int(round(state.epoch or len(self.history) + 1))
-            self.history.append({"epoch": epoch, **metrics})
-            best = max(self.history, key=lambda h: h.get("ndcg@10", 0.0))
-            if best["epoch"] == epoch:
-                self.best_epoch = epoch
+            entry = {"epoch": int(round(state.epoch or len(self.history) + 1)), **evaluate(model)}
+            self.history.append(entry)
+            if self.best is None or entry.get("ndcg@10", 0.0) > self.best.get("ndcg@10", 0.0):
+                self.best = entry
                 self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
     return EpochEvaluation()
@@ -281,10 +279,10 @@ def run_finetune(cfg: TrainConfig, workspace: Workspace, progress=None) -> Train
     train_started = time.perf_counter()
     trainer.train(resume_from_checkpoint=resume_from)
     train_seconds = time.perf_counter() - train_started
-    if epochs.best_state is not None and epochs.best_epoch != epochs.history[-1]["epoch"]:
+    best = epochs.best
+    if best is not None and best is not epochs.history[-1]:
         model.load_state_dict(epochs.best_state)
-        notes.append(f"kept epoch {epochs.best_epoch} of {len(epochs.history)}: best dev nDCG@10")
-    best = next((h for h in epochs.history if h["epoch"] == epochs.best_epoch), None)
+        notes.append(f"kept epoch {best['epoch']} of {len(epochs.history)}: best dev nDCG@10")
     dev_finetuned = {k: v for k, v in best.items() if k != "epoch"} if best else evaluate(model)
     with publish(workspace, "model") as tmp:
         model.save(str(tmp))
@@ -297,7 +295,7 @@ def run_finetune(cfg: TrainConfig, workspace: Workspace, progress=None) -> Train
                     "steps": trainer.state.global_step, "dev_queries": len(eval_ids), "dev_items": len(rows)},
             extra={"base_model": cfg.base_model, "device": device, "train_seconds": round(train_seconds, 2),
                    "dev_base": dev_base, "dev_finetuned": dev_finetuned, "dev_epochs": epochs.history,
-                   "best_epoch": epochs.best_epoch,
+                   "best_epoch": best["epoch"] if best else 0,
                    "query_source": data_manifest.extra.get("query_source"), "dim":
                    model.get_embedding_dimension()}))
     shutil.rmtree(checkpoints, ignore_errors=True)

@@ -296,7 +296,9 @@ def test_index_on_cuda_without_a_gpu_is_one_clear_line(built, capsys):
 
 
 def test_index_records_its_hnsw_build_parameters(built):
-    from densesearch.index import default_ef_construction
+    from densesearch.config import IndexConfig
+    from densesearch.index import ef_construction
 
     assert built["index"].manifest.extra["hnsw"] == {"M": 32, "efConstruction": 200}
-    assert default_ef_construction(54_667) == 200 and default_ef_construction(826_402) == 48
+    assert ef_construction(IndexConfig(), 54_667) == 200 and ef_construction(IndexConfig(), 826_402) == 48
+    assert ef_construction(IndexConfig(ef_construction=100), 826_402) == 100

@@ -226,6 +226,9 @@ def quantize(
     force: Annotated[bool, Flag("--force", help="Publish INT8 even if the parity gate fails.")] = False,
     fallback_fp32: Annotated[bool, Flag("--fallback-fp32",
                                                 help="When no INT8 recipe passes, serve FP32 ONNX.")] = False,
+    runtime: Annotated[Literal["auto", "onnxruntime", "openvino"], typer.Option(
+        help="INT8 runtime (auto: race ONNX Runtime and OpenVINO on this CPU, serve the faster that passes).")
+    ] = "auto",
     threads: Threads = 0,
     home: HomeOpt = None, workspace: WorkspaceOpt = DEFAULT_WORKSPACE, json: JsonOpt = False,
 ) -> None:
@@ -238,7 +241,7 @@ def quantize(
     out = Output(json)
     with out.progress() as progress:
         result = run_quantize(QuantizeConfig(model=model, isa=isa, force=force, fallback_fp32=fallback_fp32,
-                                             threads=threads),
+                                             threads=threads, runtime=runtime),
                               workspace_of(home, workspace), progress)
     for table in quantize_tables(result):
         out.table(table)

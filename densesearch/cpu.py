@@ -8,6 +8,7 @@ kernels accumulate in 32 bits and take full-range weights.
 
 from __future__ import annotations
 
+import os
 import platform
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ class CpuInfo:
     isa: str
     model: str
     flags: tuple[str, ...]
+    mhz: float = 0.0
 
     @property
     def saturates_u8s8(self) -> bool:
@@ -33,7 +35,7 @@ class CpuInfo:
         return self.isa in ("avx512", "avx2", "x86")
 
     def as_dict(self) -> dict[str, object]:
-        return {"isa": self.isa, "model": self.model, "flags": list(self.flags)}
+        return {"isa": self.isa, "model": self.model, "flags": list(self.flags), "mhz": self.mhz}
 
 
 def isa_from_flags(flags: set[str], machine: str) -> str:
@@ -61,6 +63,7 @@ def read_cpu(cpuinfo: Path = CPUINFO, machine: str | None = None) -> CpuInfo:
         text = ""
     flags: set[str] = set()
     models = []
+    mhz = 0.0
     for line in text.splitlines():
         key, _, value = line.partition(":")
         key = key.strip().lower()
@@ -68,7 +71,38 @@ def read_cpu(cpuinfo: Path = CPUINFO, machine: str | None = None) -> CpuInfo:
             flags.update(value.split())
         elif key == "model name":
             models.append(value.strip())
+        elif key == "cpu mhz" and not mhz:
+            mhz = _number(value)
     model = models[0] if models else platform.processor()
     machine = machine or platform.machine()
     return CpuInfo(isa=isa_from_flags(flags, machine), model=model,
-                   flags=tuple(sorted(f for f in flags if f in INT8_FLAGS)))
+                   flags=tuple(sorted(f for f in flags if f in INT8_FLAGS)), mhz=mhz)
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text.strip())
+    except ValueError:
+        return 0.0
+
+
+# INT8 multiply-adds counted as 2 ops, per core per cycle, for each ISA's widest integer dot-product path:
+# AMX tiles 1024 MACs; AVX-512 VNNI 2 ports x 64; AVX-VNNI 2 x 32; AVX-512BW/AVX2 pairs into 16 bits and
+# needs a second instruction (half the VNNI rate); ARM SDOT 2 x 16. A rough ceiling, not a datasheet figure.
+INT8_OPS_PER_CYCLE = {"amx": 2048, "avx512_vnni": 256, "avx_vnni": 128, "avx512": 128, "avx2": 64,
+                      "x86": 32, "arm64": 64}
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (a container's CPU set, not the host's)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def int8_peak_ops(cpu: CpuInfo, cores: int) -> float | None:
+    """A rough INT8 peak in ops/s for ``cores`` cores of ``cpu``; None when the clock is unknown."""
+    if cpu.mhz <= 0:
+        return None
+    return cores * cpu.mhz * 1e6 * INT8_OPS_PER_CYCLE.get(cpu.isa, 32)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,10 +102,14 @@ class TorchEncoder:
 
 
 class OnnxEncoder:
-    """onnxruntime + tokenizers: tokenise, infer, pool and normalise in numpy."""
+    """onnxruntime + tokenizers: tokenise, infer, pool and normalise in numpy.
+
+    ``tokens_encoded`` counts the real (unpadded) tokens this encoder has run, for tokens/s reports.
+    """
+
+    runtime = "onnxruntime"
 
     def __init__(self, directory: Path, int8: bool, fingerprint: str, threads: int = 0) -> None:
-        import onnxruntime as ort
         from tokenizers import Tokenizer
 
         config = _read_encoder_config(directory)
@@ -114,6 +119,7 @@ class OnnxEncoder:
         self.dim = int(config["dim"])
         self.pooling = config.get("pooling", "mean")
         self.max_seq_length = int(config["max_seq_length"])
+        self.tokens_encoded = 0
         name = config.get("int8_file") if int8 else FP32_FILE
         if not name:
             raise ArtifactMismatch("this ONNX artifact has no INT8 model (quantize fell back to FP32)",
@@ -121,22 +127,31 @@ class OnnxEncoder:
         model_file = directory / name
         if not model_file.is_file():
             raise ArtifactCorrupt("onnx", name, "is missing")
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = threads if threads > 0 else (os.cpu_count() or 1)
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3  # errors only: no optimizer chatter on the user's terminal
-        try:
-            self.session = ort.InferenceSession(str(model_file), options, providers=["CPUExecutionProvider"])
-        except _ort_load_errors() as exc:
-            raise ArtifactCorrupt("onnx", name, "cannot be loaded by ONNX Runtime") from exc
-        self.input_names = {i.name for i in self.session.get_inputs()}
+        self._load(model_file, threads if threads > 0 else (os.cpu_count() or 1))
         try:
             self.tokenizer = Tokenizer.from_file(str(directory / "tokenizer.json"))
         except Exception as exc:  # noqa: BLE001 (the tokenizers library raises a bare Exception for bad files)
             raise ArtifactCorrupt("onnx", "tokenizer.json", "is missing or not a tokenizer") from exc
         self.tokenizer.enable_truncation(max_length=self.max_seq_length)
         self.tokenizer.no_padding()
+
+    def _load(self, model_file: Path, threads: int) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3  # errors only: no optimizer chatter on the user's terminal
+        try:
+            self.session = ort.InferenceSession(str(model_file), options, providers=["CPUExecutionProvider"])
+        except _ort_load_errors() as exc:
+            raise ArtifactCorrupt("onnx", model_file.name, "cannot be loaded by ONNX Runtime") from exc
+        self.input_names = {i.name for i in self.session.get_inputs()}
+
+    def _forward(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """Token embeddings (batch, tokens, dim) for one padded batch."""
+        return self.session.run(None, feeds)[0]
 
     def _infer(self, ids: list[list[int]]) -> np.ndarray:
         width = max(len(row) for row in ids)
@@ -148,7 +163,8 @@ class OnnxEncoder:
         feeds = {"input_ids": input_ids, "attention_mask": mask}
         if "token_type_ids" in self.input_names:
             feeds["token_type_ids"] = np.zeros_like(input_ids)
-        hidden = self.session.run(None, feeds)[0]
+        hidden = self._forward(feeds)
+        self.tokens_encoded += int(mask.sum())
         if self.pooling == "cls":
             pooled = hidden[:, 0]
         else:
@@ -169,6 +185,46 @@ class OnnxEncoder:
             out[chosen] = self._infer([ids[i] for i in chosen])
             _report(progress, min(start + batch_size, len(texts)), len(texts))
         return out
+
+
+class OpenVinoEncoder(OnnxEncoder):
+    """The same tokeniser and pooling over an OpenVINO INT8 model (static scales, so a vector never depends on
+    its batch-mates); one infer request per calling thread, so concurrent callers are safe."""
+
+    runtime = "openvino"
+
+    def _load(self, model_file: Path, threads: int) -> None:
+        try:
+            import openvino as ov
+        except ImportError as exc:
+            raise ArtifactMismatch("this INT8 encoder runs on OpenVINO, which is not installed",
+                                   hint="pip install 'openvino==2026.4.*', or run `densesearch quantize "
+                                        "--runtime onnxruntime`") from exc
+        try:
+            self.compiled = ov.Core().compile_model(str(model_file), "CPU", {
+                "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads})
+        except RuntimeError as exc:
+            raise ArtifactCorrupt("onnx", model_file.name, "cannot be loaded by OpenVINO") from exc
+        self.input_names = {name for port in self.compiled.inputs for name in port.get_names()}
+        self._requests = threading.local()
+
+    def _forward(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        request = getattr(self._requests, "request", None)
+        if request is None:
+            request = self._requests.request = self.compiled.create_infer_request()
+        request.infer(feeds)
+        return request.get_output_tensor(0).data.copy()
+
+
+def ops_per_token(directory: Path, mean_tokens: float) -> float | None:
+    """Multiply-add ops (x2) one token costs a BERT-style encoder: the dense layers plus attention over
+    ``mean_tokens``; None when the model's config.json does not say its shape."""
+    try:
+        config = json.loads((Path(directory) / "config.json").read_text(encoding="utf-8"))
+        hidden, inner, layers = (int(config[k]) for k in ("hidden_size", "intermediate_size", "num_hidden_layers"))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return 2.0 * layers * (4 * hidden * hidden + 2 * hidden * inner + 2 * hidden * mean_tokens)
 
 
 def pick_device(requested: str) -> str:
@@ -220,7 +276,10 @@ def _read_encoder_config(directory: Path) -> dict:
 
 
 def load_onnx_encoder(directory: Path, int8: bool, fingerprint: str, threads: int = 0) -> OnnxEncoder:
-    """An ONNX artifact directory (from `quantize`) as an Encoder."""
+    """An ONNX artifact directory (from `quantize`) as an Encoder; its INT8 model runs on the runtime
+    `quantize` chose for the CPU (ONNX Runtime or OpenVINO)."""
+    if int8 and _read_encoder_config(directory).get("int8_runtime") == "openvino":
+        return OpenVinoEncoder(directory, int8=True, fingerprint=fingerprint, threads=threads)
     return OnnxEncoder(directory, int8=int8, fingerprint=fingerprint, threads=threads)
 
 

@@ -11,6 +11,7 @@ bootstrap (it fails only when the drop is both over the tolerance and significan
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import statistics
 import tempfile
@@ -40,6 +41,8 @@ from densesearch.prepare import Catalog, Pair, load_catalog, load_data_manifest,
 
 LATENCY_QUERY = "comfy summer dress for beach"
 EXPORT_MIN_COSINE = 0.999  # FP32 ONNX must reproduce the torch model
+OPENVINO_FILE = "openvino_int8.xml"
+SPEED_ROUNDS = 3  # interleaved timing rounds per runtime; the best of each counts
 
 
 @dataclass(frozen=True)
@@ -97,6 +100,7 @@ class QuantizeResult:
     source_model: str
     isa: str
     recipe: str | None
+    runtime: str | None
     fp32_bytes: int
     int8_bytes: int
     size_ratio: float
@@ -106,6 +110,7 @@ class QuantizeResult:
     recall_at_10: dict[str, float]
     latency_ms_p50: dict[str, float]
     attempts: list[ParityReport]
+    trials: list[RuntimeTrial]
     passed: bool
     forced: bool
     fell_back_to_fp32: bool
@@ -231,10 +236,12 @@ def write_encoder_files(model_dir: str, out_dir: Path, int8_file: str | None, to
         "max_seq_length": int(torch_encoder.model.max_seq_length), "source_model": label}, indent=2))
 
 
-def set_int8_file(out_dir: Path, int8_file: str | None) -> None:
+def set_int8_file(out_dir: Path, int8_file: str | None, runtime: str | None) -> None:
+    """Point encoder.json at the INT8 model to serve and the runtime that runs it."""
     path = out_dir / ENCODER_CONFIG
     config = json.loads(path.read_text())
     config["int8_file"] = int8_file
+    config["int8_runtime"] = runtime
     path.write_text(json.dumps(config, indent=2))
 
 
@@ -264,10 +271,153 @@ def gate_failure(attempts: list[ParityReport]) -> DensesearchError:
                             hint="`quantize --fallback-fp32` serves FP32 ONNX instead; --force publishes INT8 anyway")
 
 
+@dataclass
+class RuntimeTrial:
+    """One INT8 runtime measured on this CPU: catalog encode speed, batch-1 latency and batch independence."""
+
+    runtime: str
+    recipe: str
+    file: str
+    items_per_second: float
+    tokens_per_second: float
+    batch1_ms: float
+    batch_cosine_min: float        # one text encoded alone vs the same text in a catalog batch
+    batch_recall_delta: float      # dev Recall@10 with a batched catalog minus one-at-a-time encoding
+
+
+def encode_speeds(encoders: list[Encoder], texts: list[str], batch_size: int,
+                  rounds: int = SPEED_ROUNDS) -> list[tuple[float, float]]:
+    """(items/s, real tokens/s) of each encoder over ``texts``: the best of ``rounds`` interleaved runs, so a
+    noisy neighbour on a shared machine slows every contestant alike rather than one of them."""
+    best = [(0.0, 0.0)] * len(encoders)
+    for encoder in encoders:
+        encoder.encode(texts[:batch_size], batch_size=batch_size)  # warm-up
+    for _ in range(rounds):
+        for n, encoder in enumerate(encoders):
+            tokens_before = getattr(encoder, "tokens_encoded", 0)
+            started = time.perf_counter()
+            encoder.encode(texts, batch_size=batch_size)
+            elapsed = max(time.perf_counter() - started, 1e-9)
+            speed = (len(texts) / elapsed, (getattr(encoder, "tokens_encoded", 0) - tokens_before) / elapsed)
+            best[n] = max(best[n], speed)
+    return best
+
+
+def batch_independence(encoder: Encoder, sample: ParitySample, batch_size: int) -> tuple[float, float]:
+    """(min cosine, dev Recall@10 change) between the catalog encoded in batches and one text at a time."""
+    batched = encoder.encode(sample.corpus, batch_size=batch_size)
+    alone = encode_queries_one_by_one(encoder, sample.corpus, batched.shape[1])
+    queries = encode_queries_one_by_one(encoder, sample.queries, batched.shape[1])
+    k = min(10, len(sample.corpus))
+    recall = [float(np.mean([p in row for p, row in zip(sample.positives, neighbours(queries, items, k),
+                                                         strict=True)])) if len(sample.queries) else 0.0
+              for items in (batched, alone)]
+    return float(np.min(np.sum(batched * alone, axis=1))), recall[0] - recall[1]
+
+
+@dataclass
+class Contestant:
+    """An INT8 model that passed the parity gate, loaded and waiting for the speed race."""
+
+    runtime: str
+    recipe: str
+    file: str
+    encoder: Encoder
+
+
+def race_runtimes(contestants: list[Contestant], sample: ParitySample, cfg: QuantizeConfig) -> list[RuntimeTrial]:
+    """Catalog speed (interleaved rounds), batch-1 latency and batch independence of every contestant."""
+    speeds = encode_speeds([c.encoder for c in contestants], sample.corpus[:cfg.speed_items], cfg.encode_batch)
+    trials = []
+    for contestant, (items_per_second, tokens_per_second) in zip(contestants, speeds, strict=True):
+        cosine_min, recall_delta = batch_independence(contestant.encoder, sample, cfg.encode_batch)
+        trials.append(RuntimeTrial(
+            runtime=contestant.runtime, recipe=contestant.recipe, file=contestant.file,
+            items_per_second=items_per_second, tokens_per_second=tokens_per_second,
+            batch1_ms=median_latency_ms(contestant.encoder, LATENCY_QUERY), batch_cosine_min=cosine_min,
+            batch_recall_delta=recall_delta))
+    return trials
+
+
+def openvino_available() -> bool:
+    try:
+        import nncf  # noqa: F401
+        import openvino  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def runtimes_to_try(cfg: QuantizeConfig) -> tuple[str, ...]:
+    """INT8 runtimes to build and race: ONNX Runtime always (the portable default), OpenVINO where installed.
+
+    A quantization for another CPU (``--isa``) cannot be raced here, so it stays on ONNX Runtime unless
+    OpenVINO is asked for by name.
+    """
+    if cfg.runtime not in ("auto", "onnxruntime", "openvino"):
+        raise BadInput(f"unknown runtime {cfg.runtime!r}", hint="use auto, onnxruntime or openvino")
+    if cfg.runtime == "openvino" and not openvino_available():
+        raise BadInput("--runtime openvino needs the openvino and nncf packages",
+                       hint="pip install 'openvino==2026.4.*' 'nncf==3.4.*' (or use --runtime onnxruntime)")
+    if cfg.runtime == "auto":
+        return ("onnxruntime", "openvino") if cfg.isa == "auto" and openvino_available() else ("onnxruntime",)
+    return (cfg.runtime,)
+
+
+def calibration_texts(catalog: Catalog, workspace: Workspace, count: int, seed: int) -> list[str]:
+    """Catalog texts and training queries (never dev ones: the gate judges on dev) for static INT8 scales."""
+    rng = np.random.default_rng(seed + 1)
+    items = [catalog.texts[i] for i in rng.permutation(len(catalog))[: count * 2 // 3]]
+    train = load_pairs(workspace, "train")
+    queries = [train[i].query for i in rng.permutation(len(train))[: count - len(items)]]
+    return items + queries
+
+
+def quantize_openvino(out_dir: Path, texts: list[str], max_seq_length: int) -> str:
+    """Static INT8 with NNCF (transformer preset: scales calibrated on ``texts``); returns the model file name."""
+    import logging
+
+    os.environ.setdefault("NNCF_CI", "1")  # NNCF's switch for its usage telemetry: none from a user's machine
+    import nncf
+    import openvino as ov
+    from tokenizers import Tokenizer
+
+    nncf.set_log_level(logging.ERROR)
+    tokenizer = Tokenizer.from_file(str(out_dir / "tokenizer.json"))
+    tokenizer.enable_truncation(max_length=max_seq_length)
+    tokenizer.no_padding()
+    model = ov.Core().read_model(str(out_dir / FP32_FILE))
+    names = {name for port in model.inputs for name in port.get_names()}
+
+    def feeds(text: str) -> dict[str, np.ndarray]:
+        ids = np.asarray([tokenizer.encode(text).ids], dtype=np.int64)
+        batch = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+        return {k: v for k, v in batch.items() if k in names}
+
+    quantized = nncf.quantize(model, nncf.Dataset([feeds(t) for t in texts]), subset_size=len(texts),
+                              model_type=nncf.ModelType.TRANSFORMER)
+    ov.save_model(quantized, str(out_dir / OPENVINO_FILE), compress_to_fp16=False)
+    return OPENVINO_FILE
+
+
+def model_bytes(out_dir: Path, name: str) -> int:
+    """On-disk size of a model file (an OpenVINO .xml counts its .bin weights too)."""
+    path = out_dir / name
+    weights = path.with_suffix(".bin") if path.suffix == ".xml" else None
+    return path.stat().st_size + (weights.stat().st_size if weights and weights.is_file() else 0)
+
+
+def fastest(trials: list[RuntimeTrial]) -> RuntimeTrial | None:
+    """The trial with the highest catalog throughput (all of them passed the parity gate)."""
+    return max(trials, key=lambda t: t.items_per_second, default=None)
+
+
 @writes_workspace
 def run_quantize(cfg: QuantizeConfig, workspace: Workspace, progress=None) -> QuantizeResult:
-    """Export, quantize with the recipes for this CPU until one passes the gate, publish (or fall back)."""
+    """Export; quantize for this CPU with ONNX Runtime (recipes until one passes the gate) and OpenVINO (static,
+    where installed); serve the fastest that passes (or fall back)."""
     cpu = target_cpu(cfg.isa)
+    runtimes = runtimes_to_try(cfg)
     model_dir, label, model_fingerprint, upstream = resolve_source_model(cfg.model, workspace)
     data_manifest = load_data_manifest(workspace)
     catalog = load_catalog(workspace)
@@ -285,49 +435,71 @@ def run_quantize(cfg: QuantizeConfig, workspace: Workspace, progress=None) -> Qu
         if export_cosine < EXPORT_MIN_COSINE:
             raise DensesearchError(f"the ONNX export does not reproduce the model (min cosine {export_cosine:.4f})",
                                    hint="check the model directory loads with sentence-transformers")
-        attempts, chosen, int8_file = [], None, None
-        ladder = recipe_ladder(cpu)
+        attempts: list[ParityReport] = []
+        contestants: list[Contestant] = []
+        reports: dict[str, ParityReport] = {}
+        ladder = recipe_ladder(cpu) if "onnxruntime" in runtimes else []
         for step, recipe in enumerate(ladder):
             if progress:
-                progress(f"quantizing ({recipe.name}) and checking parity", step, len(ladder))
+                progress(f"quantizing ({recipe.name}) and checking parity", step, len(ladder) + 1)
             int8_file = quantize_int8(tmp, recipe, cfg.per_channel)
-            set_int8_file(tmp, int8_file)
-            report = parity_check(fp32, load_onnx_encoder(tmp, int8=True, fingerprint="", threads=cfg.threads),
-                                  sample, cfg, recipe.name)
+            set_int8_file(tmp, int8_file, "onnxruntime")
+            encoder = load_onnx_encoder(tmp, int8=True, fingerprint="", threads=cfg.threads)
+            report = parity_check(fp32, encoder, sample, cfg, recipe.name)
             attempts.append(report)
-            if report.passed or (cfg.force and step == len(ladder) - 1):
-                chosen = recipe
+            if report.passed or (cfg.force and step == len(ladder) - 1 and "openvino" not in runtimes):
+                reports[int8_file] = report
+                contestants.append(Contestant("onnxruntime", recipe.name, int8_file, encoder))
                 break
             (tmp / int8_file).unlink()
-            int8_file = None
+        if "openvino" in runtimes:
+            if progress:
+                progress("quantizing (OpenVINO static INT8) and checking parity", len(ladder), len(ladder) + 1)
+            int8_file = quantize_openvino(tmp, calibration_texts(catalog, workspace, cfg.calibration_texts, cfg.seed),
+                                          int(torch_encoder.model.max_seq_length))
+            set_int8_file(tmp, int8_file, "openvino")
+            encoder = load_onnx_encoder(tmp, int8=True, fingerprint="", threads=cfg.threads)
+            report = parity_check(fp32, encoder, sample, cfg, "openvino-static")
+            attempts.append(report)
+            if report.passed or (cfg.force and not contestants):
+                reports[int8_file] = report
+                contestants.append(Contestant("openvino", "static", int8_file, encoder))
+            else:
+                for name in (int8_file, Path(int8_file).with_suffix(".bin").name):
+                    (tmp / name).unlink(missing_ok=True)
+        if progress:
+            progress("racing the INT8 runtimes on this CPU", len(ladder) + 1, len(ladder) + 1)
+        trials = race_runtimes(contestants, sample, cfg)
+        chosen = fastest(trials)
         if chosen is None and not cfg.fallback_fp32:
             raise gate_failure(attempts)
-        set_int8_file(tmp, int8_file)
-        final = attempts[-1]
-        served = load_onnx_encoder(tmp, int8=int8_file is not None, fingerprint="", threads=cfg.threads)
+        set_int8_file(tmp, chosen.file if chosen else None, chosen.runtime if chosen else None)
+        final = reports[chosen.file] if chosen else attempts[-1]
         latency = {"torch": median_latency_ms(torch_encoder, LATENCY_QUERY),
                    "onnx": median_latency_ms(fp32, LATENCY_QUERY)}
-        if int8_file:
-            latency["onnx-int8"] = median_latency_ms(served, LATENCY_QUERY)
+        latency.update({f"int8 {t.runtime}": t.batch1_ms for t in trials})
         fp32_bytes = (tmp / FP32_FILE).stat().st_size
-        int8_bytes = (tmp / int8_file).stat().st_size if int8_file else fp32_bytes
-        passed = final.passed and int8_file is not None
+        int8_bytes = model_bytes(tmp, chosen.file) if chosen else fp32_bytes
+        passed = final.passed and chosen is not None
+        recipe_name = (chosen.recipe if chosen.runtime == "onnxruntime" else "openvino-static") if chosen else None
         manifest = write_manifest(tmp, Manifest(
             kind="onnx", settings={**asdict(cfg), "isa": cpu.isa}, inputs={"model": label},
             upstream={**upstream, "data": data_manifest.fingerprint},
             counts={"parity_items": len(sample.corpus), "parity_queries": len(sample.queries)},
-            extra={"isa": cpu.isa, "cpu": cpu.as_dict(), "recipe": chosen.name if int8_file else None,
-                   "int8_file": int8_file, "source_model": label, "source_fingerprint": model_fingerprint,
+            extra={"isa": cpu.isa, "cpu": cpu.as_dict(), "recipe": recipe_name,
+                   "int8_file": chosen.file if chosen else None, "int8_runtime": chosen.runtime if chosen else None,
+                   "runtimes": [asdict(t) for t in trials], "source_model": label,
+                   "source_fingerprint": model_fingerprint,
                    "fp32_bytes": fp32_bytes, "int8_bytes": int8_bytes, "size_ratio": int8_bytes / fp32_bytes,
                    "cosine_mean": final.cosine_mean, "cosine_min": final.cosine_min,
                    "top10_overlap": final.top10_overlap, "torch_onnx_cosine_min": export_cosine,
                    "parity": [asdict(a) for a in attempts], "latency_ms_p50": latency, "parity_passed": passed,
-                   "fell_back_to_fp32": int8_file is None, "dim": torch_encoder.dim}))
+                   "fell_back_to_fp32": chosen is None, "dim": torch_encoder.dim}))
     return QuantizeResult(
         path=workspace.artifact("onnx"), manifest=manifest, source_model=label, isa=cpu.isa,
-        recipe=chosen.name if int8_file else None, fp32_bytes=fp32_bytes, int8_bytes=int8_bytes,
-        size_ratio=int8_bytes / fp32_bytes, cosine_mean=final.cosine_mean, cosine_min=final.cosine_min,
-        top10_overlap=final.top10_overlap,
-        recall_at_10={"onnx": final.recall_fp32, **({"onnx-int8": final.recall_int8} if int8_file else {})},
-        latency_ms_p50=latency, attempts=attempts, passed=passed, forced=cfg.force and not final.passed,
-        fell_back_to_fp32=int8_file is None)
+        recipe=recipe_name, runtime=chosen.runtime if chosen else None, fp32_bytes=fp32_bytes,
+        int8_bytes=int8_bytes, size_ratio=int8_bytes / fp32_bytes, cosine_mean=final.cosine_mean,
+        cosine_min=final.cosine_min, top10_overlap=final.top10_overlap,
+        recall_at_10={"onnx": final.recall_fp32, **({"onnx-int8": final.recall_int8} if chosen else {})},
+        latency_ms_p50=latency, attempts=attempts, trials=trials, passed=passed,
+        forced=cfg.force and not final.passed, fell_back_to_fp32=chosen is None)

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from densesearch.artifacts import BM25_DIR, DENSE_FILE, ITEMS_FILE, VECTORS_FILE, open_artifact
-from densesearch.config import IndexConfig
+from densesearch.config import ENCODE_BATCH, GPU_ENCODE_BATCH, IndexConfig
 from densesearch.encoders import Encoder, EncoderSpec, choose_encoder, pick_device
 from densesearch.errors import BadInput
 from densesearch.evaluation import exact_topk
@@ -56,6 +56,41 @@ class IndexResult:
     bytes_on_disk: int
     added: int = 0
     notes: list[str] = field(default_factory=list)
+    throughput: EncodeThroughput | None = None
+
+
+@dataclass
+class EncodeThroughput:
+    """How fast the catalog was encoded, in real (unpadded) tokens and against the CPU's rough INT8 peak."""
+
+    items_per_second: float
+    tokens_per_second: float | None
+    runtime: str
+    peak_share: float | None      # achieved ops/s over the rough INT8 peak (INT8 encoders only)
+
+
+def measure_throughput(encoder: Encoder, spec: EncoderSpec, workspace: Workspace, items: int,
+                       tokens_before: int, seconds: float) -> EncodeThroughput:
+    """Items/s, tokens/s and the INT8 peak share of one catalog encode by ``encoder`` (tokens: local ONNX only)."""
+    from densesearch.cpu import int8_peak_ops, read_cpu, usable_cores
+    from densesearch.encoders import ops_per_token
+
+    seconds = max(seconds, 1e-9)
+    tokens = getattr(encoder, "tokens_encoded", tokens_before) - tokens_before
+    runtime = getattr(encoder, "runtime", "torch")
+    if tokens <= 0:
+        return EncodeThroughput(items / seconds, None, runtime, None)
+    share = None
+    if spec.backend == "onnx-int8":
+        ops = ops_per_token(open_artifact(workspace, spec.artifact).path, tokens / max(items, 1))
+        peak = int8_peak_ops(read_cpu(), usable_cores())
+        share = ops * tokens / seconds / peak if ops and peak else None
+    return EncodeThroughput(items / seconds, tokens / seconds, runtime, share)
+
+
+def encode_batch_size(device: str) -> int:
+    """Texts per encoder batch: small on a CPU (less padding, warm caches: measured fastest), large on a GPU."""
+    return GPU_ENCODE_BATCH if device.startswith("cuda") else ENCODE_BATCH
 
 
 def encode_to_memmap(encoder: Encoder, texts: list[str], path: Path, batch_size: int,
@@ -279,10 +314,12 @@ def run_index(cfg: IndexConfig, workspace: Workspace, progress=None) -> IndexRes
     spec.dim = encoder.dim
     dev = load_pairs(workspace, "dev")[:SWEEP_QUERIES] or load_pairs(workspace, "train")[:SWEEP_QUERIES]
     upstream = {"data": data_manifest.fingerprint, spec.artifact or "encoder": spec.fingerprint}
+    cfg = replace(cfg, batch_size=cfg.batch_size or encode_batch_size(device))
     with publish(workspace, "index") as tmp:
-        started = time.perf_counter()
+        started, tokens_before = time.perf_counter(), getattr(encoder, "tokens_encoded", 0)
         vectors = encode_catalog(cfg, spec, encoder, workspace, catalog.texts, tmp / VECTORS_FILE, progress)
         encode_seconds = time.perf_counter() - started
+        throughput = measure_throughput(encoder, spec, workspace, len(vectors), tokens_before, encode_seconds)
         started = time.perf_counter()
         index = new_faiss_index(cfg.kind, encoder.dim, len(vectors), cfg)
         train_if_needed(index, vectors)
@@ -306,6 +343,7 @@ def run_index(cfg: IndexConfig, workspace: Workspace, progress=None) -> IndexRes
                    "search_param": {param_name: chosen} if chosen else {}, "sweep": sweep,
                    **choice.to_manifest(), "bm25": cfg.bm25,
                    "encode_seconds": encode_seconds, "build_seconds": build_seconds, "device": device,
+                   "throughput": asdict(throughput), "encode_batch": cfg.batch_size,
                    "hnsw": {"M": cfg.hnsw_m, "efConstruction": ef_construction(cfg, len(vectors))}
                    if cfg.kind.startswith("hnsw") else {},
                    "query_source": data_manifest.extra.get("query_source")}))
@@ -313,7 +351,7 @@ def run_index(cfg: IndexConfig, workspace: Workspace, progress=None) -> IndexRes
         path=workspace.artifact("index"), manifest=manifest, encoder=spec, kind=cfg.kind, vectors=len(vectors),
         encode_seconds=encode_seconds, items_per_second=len(vectors) / max(encode_seconds, 1e-9),
         build_seconds=build_seconds, sweep=sweep, search_param=manifest.extra["search_param"],
-        mode=choice, bytes_on_disk=_disk_bytes(workspace.artifact("index")))
+        mode=choice, bytes_on_disk=_disk_bytes(workspace.artifact("index")), throughput=throughput)
 
 
 def read_new_items(path: Path, max_chars: int = 2000) -> list[dict]:
@@ -344,12 +382,13 @@ def run_add(cfg: IndexConfig, workspace: Workspace, progress=None) -> IndexResul
     if not new_rows:
         raise BadInput("no new items to add (all already indexed)", str(cfg.add_path))
     encoder = spec.load(workspace, cfg.threads)
+    batch_size = cfg.batch_size or manifest.extra.get("encode_batch") or encode_batch_size("cpu")
     with publish(workspace, "index") as tmp:
         old = artifact.load_npy(VECTORS_FILE)
         vectors = new_vectors_file(tmp / VECTORS_FILE, len(old) + len(new_rows), old.shape[1])
         vectors[: len(old)] = old
         started = time.perf_counter()
-        encode_to_memmap(encoder, [r["text"] for r in new_rows], tmp / VECTORS_FILE, cfg.batch_size,
+        encode_to_memmap(encoder, [r["text"] for r in new_rows], tmp / VECTORS_FILE, batch_size,
                          progress, start_row=len(old), out=vectors)
         encode_seconds = time.perf_counter() - started
         index = artifact.load_faiss()

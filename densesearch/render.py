@@ -217,8 +217,8 @@ def quantize_tables(result: Any) -> list[Table]:
             else "failed: fell back to FP32 ONNX")
     sizes = kv_table("densesearch quantize", [
         ("source model", result.source_model), ("CPU instruction set", result.isa),
-        ("INT8 recipe", result.recipe or "-"),
-        ("FP32 ONNX size", f"{result.fp32_bytes / 2**20:.1f} MiB"), ("INT8 ONNX size", int8),
+        ("INT8 runtime and recipe", f"{result.runtime} {result.recipe}" if result.runtime else "-"),
+        ("FP32 ONNX size", f"{result.fp32_bytes / 2**20:.1f} MiB"), ("INT8 model size", int8),
         ("parity gate", gate), ("fingerprint", result.manifest.short)])
     gate_table = Table(title="parity gate: INT8 vs FP32 ONNX (cosine, top-10 neighbour overlap, dev Recall@10)",
                        title_justify="left")
@@ -233,12 +233,36 @@ def quantize_tables(result: Any) -> list[Table]:
         latency.add_column(column, justify="right" if column != "backend" else "left")
     for name, value in result.latency_ms_p50.items():
         latency.add_row(name, f"{value:.2f}")
-    return [sizes, gate_table, latency]
+    tables = [sizes, gate_table, latency]
+    if result.trials:
+        race = Table(title="INT8 runtimes on this CPU (catalog encode; the fastest that passed the gate is served)",
+                     title_justify="left")
+        for column in ("runtime", "items/s", "tokens/s", "batch-1 ms", "alone vs batched: cos min / dev R@10 change",
+                       "served"):
+            race.add_column(column, justify="left" if column in ("runtime", "served") else "right")
+        for t in result.trials:
+            race.add_row(f"{t.runtime} ({t.recipe})", f"{t.items_per_second:,.0f}", f"{t.tokens_per_second:,.0f}",
+                         f"{t.batch1_ms:.2f}", f"{t.batch_cosine_min:.4f} / {t.batch_recall_delta:+.3f}",
+                         "yes" if t.runtime == result.runtime else "")
+        tables.append(race)
+    return tables
+
+
+def encode_speed(result: Any) -> str:
+    """Items/s, with real tokens/s and the share of the CPU's rough INT8 peak where known."""
+    text = rate(result.items_per_second, "items/s")
+    throughput = result.throughput
+    if throughput is None or throughput.tokens_per_second is None:
+        return text
+    text += f", {rate(throughput.tokens_per_second, 'tokens/s')} ({throughput.runtime}"
+    if throughput.peak_share is not None:
+        text += f", {throughput.peak_share:.0%} of a rough INT8 peak"
+    return text + ")"
 
 
 def index_tables(result: Any) -> list[Table]:
     rows = [("encoder", f"{result.encoder.label} ({result.encoder.backend})"), ("index kind", result.kind),
-            ("vectors", result.vectors), ("encode speed", rate(result.items_per_second, "items/s")),
+            ("vectors", result.vectors), ("encode speed", encode_speed(result)),
             ("build time", seconds(result.build_seconds)),
             ("search parameter", ", ".join(f"{k}={v}" for k, v in result.search_param.items()) or "exact"),
             ("dev nDCG@10 dense / bm25 / hybrid",

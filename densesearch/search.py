@@ -82,10 +82,12 @@ def read_items(artifact: Artifact) -> list[dict]:
 
 
 def cpu_note(spec: EncoderSpec, onnx_manifest_extra: dict) -> str | None:
-    """A note when an INT8 model quantized for one CPU is served on another (it still runs correctly)."""
+    """A note when an ONNX Runtime INT8 model quantized for one CPU is served on another (it still runs correctly;
+    OpenVINO picks its kernels for the CPU it runs on, so its models need no note)."""
     built = onnx_manifest_extra.get("cpu", {}).get("isa")
     here = read_cpu().isa
-    if spec.backend != "onnx-int8" or not built or built == here:
+    runtime = onnx_manifest_extra.get("int8_runtime") or "onnxruntime"
+    if spec.backend != "onnx-int8" or runtime != "onnxruntime" or not built or built == here:
         return None
     return (f"the INT8 encoder was quantized for {built} CPUs and this one is {here}: serving it anyway; "
             "`densesearch quantize` makes one matched to this CPU")

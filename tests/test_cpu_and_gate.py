@@ -8,7 +8,7 @@ import pytest
 from densesearch.config import QuantizeConfig
 from densesearch.cpu import read_cpu
 from densesearch.encoders import load_onnx_encoder
-from densesearch.export import parity_check, parity_sample, recipe_ladder
+from densesearch.export import parity_check, parity_sample, recipe_ladder, set_int8_file
 from densesearch.prepare import load_catalog, load_pairs
 
 CPUS = {
@@ -71,13 +71,16 @@ def test_gate_passes_the_real_int8_model_and_refuses_a_damaged_one(built, tmp_pa
     ws = built["ws"]
     onnx_dir = tmp_path / "onnx"
     shutil.copytree(ws.artifact("onnx"), onnx_dir)
+    ort = [t for t in built["quant"].trials if t.runtime == "onnxruntime"]
+    assert ort, "the ONNX Runtime recipe passed the gate and stays in the artifact even when OpenVINO is served"
+    set_int8_file(onnx_dir, ort[0].file, "onnxruntime")  # the ONNX graph this test knows how to damage
     cfg = QuantizeConfig(parity_queries=64, bootstrap=500)
     sample = parity_sample(load_catalog(ws), load_pairs(ws, "dev"), cfg.parity_items, cfg.parity_queries, cfg.seed)
     fp32 = load_onnx_encoder(onnx_dir, int8=False, fingerprint="")
     good = parity_check(fp32, load_onnx_encoder(onnx_dir, int8=True, fingerprint=""), sample, cfg, "as built")
     assert good.passed, good.reasons
     assert good.overlap_probes >= len(sample.corpus) and good.cosine_mean > 0.98
-    int8_file = built["quant"].manifest.extra["int8_file"]
+    int8_file = ort[0].file
     assert _zero_one_layer(onnx_dir / int8_file, onnx_dir / int8_file) == 6
     damaged = parity_check(fp32, load_onnx_encoder(onnx_dir, int8=True, fingerprint=""), sample, cfg, "damaged")
     assert not damaged.passed
@@ -95,12 +98,16 @@ def test_serving_on_another_cpu_says_so_once_and_serves(built):
     backup = path.read_text()
     raw = json.loads(backup)
     raw["extra"]["cpu"]["isa"] = "some-other-cpu"  # manifest.json is outside the fingerprint: still the same model
-    path.write_text(json.dumps(raw))
     try:
+        raw["extra"]["int8_runtime"] = "onnxruntime"  # its kernels were chosen for the CPU it was quantized on
+        path.write_text(json.dumps(raw))
         searcher = Searcher(ws)
         assert len(searcher.notes) == 1 and "some-other-cpu" in searcher.notes[0]
         assert "densesearch quantize" in searcher.notes[0]
         assert searcher.ask("hat", QueryConfig(k=3, mode="dense")).hits
+        raw["extra"]["int8_runtime"] = "openvino"  # OpenVINO picks its kernels where it runs: nothing to say
+        path.write_text(json.dumps(raw))
+        assert Searcher(ws).notes == []
     finally:
         path.write_text(backup)
     assert Searcher(ws).notes == []

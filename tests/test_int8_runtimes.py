@@ -1,0 +1,125 @@
+"""INT8 runtimes: OpenVINO's static INT8 next to ONNX Runtime's dynamic INT8, the race between them, and the
+throughput accounting `index` prints (real models, real runtimes)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from densesearch.config import QuantizeConfig
+from densesearch.cpu import INT8_OPS_PER_CYCLE, CpuInfo, int8_peak_ops, read_cpu
+from densesearch.encoders import OpenVinoEncoder, load_onnx_encoder, ops_per_token
+from densesearch.errors import BadInput
+from densesearch.export import (
+    OPENVINO_FILE,
+    RuntimeTrial,
+    calibration_texts,
+    fastest,
+    quantize_openvino,
+    runtimes_to_try,
+    set_int8_file,
+)
+from densesearch.prepare import load_catalog
+
+
+@pytest.fixture(scope="module")
+def openvino_dir(built, tmp_path_factory):
+    """The built workspace's ONNX artifact, copied, with an OpenVINO static INT8 model as its served INT8."""
+    ws = built["ws"]
+    directory = tmp_path_factory.mktemp("openvino") / "onnx"
+    shutil.copytree(ws.artifact("onnx"), directory)
+    if not (directory / OPENVINO_FILE).is_file():  # quantize served ONNX Runtime here: build the other one
+        quantize_openvino(directory, calibration_texts(load_catalog(ws), ws, 60, 13), 64)
+    set_int8_file(directory, OPENVINO_FILE, "openvino")
+    return directory
+
+
+def test_openvino_int8_follows_fp32_and_ignores_batch_mates(built, openvino_dir):
+    texts = load_catalog(built["ws"]).texts[:48]
+    encoder = load_onnx_encoder(openvino_dir, int8=True, fingerprint="")
+    assert isinstance(encoder, OpenVinoEncoder) and encoder.runtime == "openvino"
+    batched = encoder.encode(texts, batch_size=16)
+    alone = np.stack([encoder.encode([t])[0] for t in texts])
+    # static scales: a text's vector is the same whatever shares its batch (ONNX Runtime's dynamic INT8: ~0.988)
+    assert float(np.min(np.sum(batched * alone, axis=1))) > 0.999
+    fp32 = load_onnx_encoder(openvino_dir, int8=False, fingerprint="").encode(texts, batch_size=16)
+    cosines = np.sum(batched * fp32, axis=1)
+    assert cosines.mean() > 0.99 and cosines.min() > 0.97
+    assert encoder.tokens_encoded == sum(len(encoder.tokenizer.encode(t).ids) for t in texts) * 2
+
+
+def test_openvino_encoder_answers_many_threads_at_once(openvino_dir):
+    encoder = load_onnx_encoder(openvino_dir, int8=True, fingerprint="", threads=1)
+    queries = ["red summer dress", "leather wallet for men", "running shoes", "silver hoop earrings"] * 4
+    expected = np.stack([encoder.encode([q])[0] for q in queries])
+    with ThreadPoolExecutor(4) as pool:  # one infer request per thread, as the server calls it
+        got = np.stack(list(pool.map(lambda q: encoder.encode([q])[0], queries)))
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_openvino_model_that_cannot_load_is_named(openvino_dir, tmp_path):
+    from densesearch.errors import ArtifactCorrupt
+
+    broken = tmp_path / "onnx"
+    shutil.copytree(openvino_dir, broken)
+    (broken / OPENVINO_FILE).write_text("<net>not a model")
+    with pytest.raises(ArtifactCorrupt, match=OPENVINO_FILE):
+        load_onnx_encoder(broken, int8=True, fingerprint="")
+
+
+def test_quantize_served_the_fastest_runtime_that_passed(built):
+    quant = built["quant"]
+    assert quant.passed and quant.trials
+    assert {t.runtime for t in quant.trials} <= {"onnxruntime", "openvino"}
+    served = max(quant.trials, key=lambda t: t.items_per_second)
+    assert quant.runtime == served.runtime and quant.manifest.extra["int8_file"] == served.file
+    config = json.loads((built["ws"].artifact("onnx") / "encoder.json").read_text())
+    assert config["int8_runtime"] == served.runtime and config["int8_file"] == served.file
+    for trial in quant.trials:
+        assert trial.items_per_second > 0 and trial.tokens_per_second > trial.items_per_second
+        assert -1 <= trial.batch_recall_delta <= 1 and 0.9 < trial.batch_cosine_min <= 1.0001
+
+
+def _trial(runtime: str, speed: float) -> RuntimeTrial:
+    return RuntimeTrial(runtime, "r", f"{runtime}.onnx", speed, speed * 60, 1.0, 1.0, 0.0)
+
+
+def test_fastest_trial_wins_and_none_when_nothing_passed():
+    assert fastest([_trial("onnxruntime", 250), _trial("openvino", 330)]).runtime == "openvino"
+    assert fastest([_trial("onnxruntime", 250), _trial("openvino", 200)]).runtime == "onnxruntime"
+    assert fastest([]) is None
+
+
+def test_runtimes_raced_per_cpu(monkeypatch):
+    import densesearch.export as export
+
+    monkeypatch.setattr(export, "openvino_available", lambda: True)
+    assert runtimes_to_try(QuantizeConfig()) == ("onnxruntime", "openvino")
+    assert runtimes_to_try(QuantizeConfig(isa="avx2")) == ("onnxruntime",)  # another CPU: no race here
+    assert runtimes_to_try(QuantizeConfig(runtime="openvino")) == ("openvino",)
+    monkeypatch.setattr(export, "openvino_available", lambda: False)
+    assert runtimes_to_try(QuantizeConfig()) == ("onnxruntime",)
+    with pytest.raises(BadInput, match="openvino"):
+        runtimes_to_try(QuantizeConfig(runtime="openvino"))
+
+
+def test_int8_peak_and_model_cost(built):
+    cpu = CpuInfo(isa="avx512_vnni", model="x", flags=(), mhz=2600.0)
+    assert int8_peak_ops(cpu, 2) == pytest.approx(1.3312e12)  # the issue's rough 2-core figure
+    assert int8_peak_ops(CpuInfo(isa="avx2", model="x", flags=()), 2) is None  # clock unknown
+    assert set(INT8_OPS_PER_CYCLE) >= {"amx", "avx512_vnni", "avx2", "arm64"}
+    ops = ops_per_token(built["ws"].artifact("onnx"), 0)
+    assert ops == pytest.approx(2 * 6 * (4 * 384**2 + 2 * 384 * 1536))  # all-MiniLM-L6-v2: ~21 MFLOP per token
+    assert read_cpu().mhz >= 0
+
+
+def test_index_reports_tokens_per_second_and_peak_share(built):
+    throughput = built["index"].throughput
+    assert throughput.runtime == built["quant"].runtime
+    assert throughput.tokens_per_second > throughput.items_per_second > 0
+    assert throughput.peak_share is None or 0 < throughput.peak_share < 1
+    assert built["index"].manifest.extra["throughput"]["tokens_per_second"] == throughput.tokens_per_second

@@ -256,7 +256,7 @@ def run_bench(cfg: BenchConfig, workspace: Workspace, progress=None) -> BenchRep
         encoders[spec.backend if spec is not searcher.spec else "served"] = encoder
         served = spec.fingerprint == searcher.spec.fingerprint and spec.backend == searcher.spec.backend
         item_vectors = vectors if served else cached_catalog_vectors(workspace, spec, encoder, items)
-        query_vectors = encoder.encode(queries, batch_size=64)
+        query_vectors = encoder.encode_queries(queries)  # one at a time, as served
         exact, exact_scores = exact_topk(query_vectors, np.asarray(item_vectors), depth)
         trec_name = ("base" if name == "base" else "finetuned-fp32" if spec.backend == "torch"
                      else f"{served_name}-exact")
@@ -319,10 +319,10 @@ def measure_latency(searcher: Searcher, encoders: dict[str, Encoder], cfg: Bench
         backend = searcher.spec.backend if name == "served" else name
         for batch in cfg.batch_sizes:
             batches = cyclic_batches(texts, batch)
-            samples = time_calls(lambda b, e=encoder, bs=batch: e.encode(b, batch_size=bs), batches,
+            samples = time_calls(lambda b, e=encoder, bs=batch: e.encode_queries(b, bs), batches,
                                  cfg.latency_runs, cfg.warmup_runs)
             stats.append(latency_stats(backend, "encode", batch, samples))
-    vectors = searcher.encoder.encode(texts, batch_size=len(texts))
+    vectors = searcher.encoder.encode_queries(texts)
     kind = searcher.manifest.extra["kind"]
     for batch in cfg.batch_sizes:
         blocks = [np.stack(block) for block in cyclic_batches(list(vectors), batch)]
@@ -337,7 +337,7 @@ def measure_latency(searcher: Searcher, encoders: dict[str, Encoder], cfg: Bench
         batches = cyclic_batches(texts, batch)
         stats.append(latency_stats(f"{searcher.spec.backend} dense", "end-to-end", batch,
                                    time_calls(lambda b, bs=batch: searcher.dense_many(
-                                       searcher.encoder.encode(b, batch_size=bs), 10), batches,
+                                       searcher.encoder.encode_queries(b, bs), 10), batches,
                                        cfg.latency_runs, cfg.warmup_runs)))
     return stats
 

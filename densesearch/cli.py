@@ -252,8 +252,8 @@ def quantize(
 @handles_errors
 def index(
     model: Annotated[str | None, typer.Option(help="int8 | onnx | finetuned | base | PATH (default: best)")] = None,
-    kind: Annotated[Literal["hnsw", "flat", "hnsw-sq8", "ivfpq"], typer.Option(
-        help="hnsw | flat | hnsw-sq8 | ivfpq")] = "hnsw",
+    kind: Annotated[Literal["hnsw", "flat", "hnsw-sq8", "ivfpq", "ivf-hnsw"], typer.Option(
+        help="hnsw | flat | hnsw-sq8 | ivfpq | ivf-hnsw (IVF lists, HNSW over the centroids)")] = "hnsw",
     m: Annotated[int, typer.Option("--m", min=2, max=256, help="HNSW neighbours per node.")] = 32,
     ef_construction: Annotated[int | None, typer.Option(
         min=8, max=4096, help="HNSW build beam width (default: 200; 48 above 200,000 items).")] = None,
@@ -266,6 +266,10 @@ def index(
         help="local | ray: encode the catalog with Ray Data actors (pip install 'densesearch[ray]').")] = "local",
     address: Annotated[str | None, typer.Option(help="Ray cluster address (default: a local Ray).")] = None,
     workers: Annotated[int, typer.Option(min=1, max=4096, help="Ray encoder actors.")] = 2,
+    batch_size: Annotated[int | None, typer.Option(
+        min=1, max=4096, help="Catalog texts per encoder batch (default: 16 on a CPU, 256 on a GPU).")] = None,
+    reencode: Annotated[bool, Flag("--reencode", help="Encode the catalog even when the published index's "
+                                                      "vectors could be copied.")] = False,
     threads: Threads = 0,
     home: HomeOpt = None, workspace: WorkspaceOpt = DEFAULT_WORKSPACE, json: JsonOpt = False,
 ) -> None:
@@ -276,13 +280,16 @@ def index(
     from densesearch.render import index_tables
 
     cfg = IndexConfig(model=model, kind=kind, hnsw_m=m, ef_construction=ef_construction, bm25=bm25,
-                      threads=threads, add_path=add, device=device, engine=engine,
+                      threads=threads, add_path=add, device=device, engine=engine, batch_size=batch_size,
+                      reencode=reencode,
                       ray_address=address, ray_workers=workers)
     out = Output(json)
     with out.progress() as progress:
         ws = workspace_of(home, workspace)
         result = run_add(cfg, ws, progress) if add else run_index(cfg, ws, progress)
     out.note(f"encoder: {result.encoder.label} ({result.encoder.backend})")
+    for note in result.notes:
+        out.note(note)
     for table in index_tables(result):
         out.table(table)
     out.data(result)
@@ -437,7 +444,8 @@ def bench(
     scale: Annotated[int | None, typer.Option(min=1000, max=1_000_000_000,
                                               help="Instead: serving cost at N synthetic vectors and documents "
                                                    "(e.g. 826402, the full Fashion catalog).")] = None,
-    kinds: Annotated[str, typer.Option(help="With --scale: index kinds to build.")] = "flat,hnsw,hnsw-sq8,ivfpq",
+    kinds: Annotated[str, typer.Option(help="With --scale: index kinds to build.")
+                     ] = "flat,hnsw,hnsw-sq8,ivfpq,ivf-hnsw",
     documents: Annotated[int | None, typer.Option(min=0, help="With --scale: BM25 documents (default N; 0 skips).")
                          ] = None,
     m: Annotated[int, typer.Option("--m", min=2, max=256, help="With --scale: HNSW neighbours per node.")] = 32,

@@ -95,7 +95,7 @@ class IndexConfig:
     """Dense (FAISS) and sparse (BM25) index settings."""
 
     model: str | None = None              # None: best available; int8 | onnx | finetuned | base | PATH
-    kind: str = "hnsw"                    # hnsw | flat | hnsw-sq8 | ivfpq
+    kind: str = "hnsw"                    # hnsw | flat | hnsw-sq8 | ivfpq | ivf-hnsw
     hnsw_m: int = 32
     ef_construction: int | None = None    # None: 200 up to 200,000 items, 48 above (measured)
     target_recall: float = 0.99
@@ -104,6 +104,7 @@ class IndexConfig:
     threads: int = 0
     add_path: Path | None = None
     device: str = "auto"                  # auto | cpu | cuda: where a torch encoder runs (FP16 on a GPU)
+    reencode: bool = False                # encode even when the published index's vectors could be copied
     engine: str = "local"                 # local | ray (encode the catalog on a Ray cluster or a local Ray)
     ray_address: str | None = None        # None: start a local Ray for this command
     ray_workers: int = 2                  # encoder actors (one model load each)
@@ -146,7 +147,7 @@ class ScaleConfig:
 
     vectors: int = 826_402
     documents: int = 826_402              # 0: skip the BM25 part
-    kinds: tuple[str, ...] = ("flat", "hnsw", "hnsw-sq8", "ivfpq")
+    kinds: tuple[str, ...] = ("flat", "hnsw", "hnsw-sq8", "ivfpq", "ivf-hnsw")
     queries: int = 1000                   # real prepared queries used for recall and latency
     sweep_queries: int = 300
     latency_queries: int = 300

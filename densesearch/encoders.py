@@ -35,6 +35,10 @@ class Encoder(Protocol):
     def encode(self, texts: Sequence[str], batch_size: int = 32,
                progress: ProgressFn | None = None) -> np.ndarray: ...
 
+    def encode_queries(self, texts: Sequence[str], batch_size: int = 1) -> np.ndarray:
+        """Queries as they are served: ``batch_size`` 1 is one request per query."""
+        ...
+
 
 MODEL_MARKERS = ("modules.json", "config.json")
 
@@ -100,6 +104,10 @@ class TorchEncoder:
             _report(progress, min(start + chunk, len(texts)), len(texts))
         return out
 
+    def encode_queries(self, texts: Sequence[str], batch_size: int = 1) -> np.ndarray:
+        """FP32 vectors do not depend on their batch-mates: batched, whatever the serving batch."""
+        return self.encode(texts, batch_size=max(batch_size, 64))
+
 
 class OnnxEncoder:
     """onnxruntime + tokenizers: tokenise, infer, pool and normalise in numpy.
@@ -109,7 +117,8 @@ class OnnxEncoder:
 
     runtime = "onnxruntime"
 
-    def __init__(self, directory: Path, int8: bool, fingerprint: str, threads: int = 0) -> None:
+    def __init__(self, directory: Path, int8: bool, fingerprint: str, threads: int = 0,
+                 model_file: str | None = None) -> None:
         from tokenizers import Tokenizer
 
         config = _read_encoder_config(directory)
@@ -120,7 +129,7 @@ class OnnxEncoder:
         self.pooling = config.get("pooling", "mean")
         self.max_seq_length = int(config["max_seq_length"])
         self.tokens_encoded = 0
-        name = config.get("int8_file") if int8 else FP32_FILE
+        name = model_file or (config.get("int8_file") if int8 else FP32_FILE)
         if not name:
             raise ArtifactMismatch("this ONNX artifact has no INT8 model (quantize fell back to FP32)",
                                    hint="serve it with --model onnx, or run `densesearch quantize` again")
@@ -186,6 +195,13 @@ class OnnxEncoder:
             _report(progress, min(start + batch_size, len(texts)), len(texts))
         return out
 
+    def encode_queries(self, texts: Sequence[str], batch_size: int = 1) -> np.ndarray:
+        if batch_size > 1:
+            return self.encode(texts, batch_size=batch_size)
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return np.concatenate([self._infer([self.tokenizer.encode(text).ids]) for text in texts])
+
 
 class OpenVinoEncoder(OnnxEncoder):
     """The same tokeniser and pooling over an OpenVINO INT8 model (static scales, so a vector never depends on
@@ -214,6 +230,30 @@ class OpenVinoEncoder(OnnxEncoder):
             request = self._requests.request = self.compiled.create_infer_request()
         request.infer(feeds)
         return request.get_output_tensor(0).data.copy()
+
+
+class DualEncoder:
+    """One INT8 model for catalog texts (the runtime fastest in batches) and another for queries (the runtime
+    fastest one request at a time), both quantized from the same FP32 model and gated together against it."""
+
+    backend = "onnx-int8"
+
+    def __init__(self, catalog: OnnxEncoder, queries: OnnxEncoder) -> None:
+        self.catalog, self.queries = catalog, queries
+        self.dim, self.fingerprint, self.source = catalog.dim, catalog.fingerprint, catalog.source
+        self.runtime, self.query_runtime = catalog.runtime, queries.runtime
+        self.tokenizer = catalog.tokenizer
+
+    @property
+    def tokens_encoded(self) -> int:
+        return self.catalog.tokens_encoded
+
+    def encode(self, texts: Sequence[str], batch_size: int = 32,
+               progress: ProgressFn | None = None) -> np.ndarray:
+        return self.catalog.encode(texts, batch_size, progress)
+
+    def encode_queries(self, texts: Sequence[str], batch_size: int = 1) -> np.ndarray:
+        return self.queries.encode_queries(texts, batch_size)
 
 
 def ops_per_token(directory: Path, mean_tokens: float) -> float | None:
@@ -275,12 +315,30 @@ def _read_encoder_config(directory: Path) -> dict:
         raise ArtifactCorrupt("onnx", ENCODER_CONFIG, "is not a valid encoder configuration") from exc
 
 
-def load_onnx_encoder(directory: Path, int8: bool, fingerprint: str, threads: int = 0) -> OnnxEncoder:
-    """An ONNX artifact directory (from `quantize`) as an Encoder; its INT8 model runs on the runtime
-    `quantize` chose for the CPU (ONNX Runtime or OpenVINO)."""
-    if int8 and _read_encoder_config(directory).get("int8_runtime") == "openvino":
-        return OpenVinoEncoder(directory, int8=True, fingerprint=fingerprint, threads=threads)
-    return OnnxEncoder(directory, int8=int8, fingerprint=fingerprint, threads=threads)
+RUNTIMES = {"onnxruntime": OnnxEncoder, "openvino": OpenVinoEncoder}
+
+
+def load_onnx_encoder(directory: Path, int8: bool, fingerprint: str, threads: int = 0) -> Encoder:
+    """An ONNX artifact directory (from `quantize`) as an Encoder. Its INT8 models run on the runtimes `quantize`
+    chose for the CPU (ONNX Runtime or OpenVINO): one for catalog batches and, where another runtime answers
+    single queries faster, one for queries."""
+    if not int8:
+        return OnnxEncoder(directory, int8=False, fingerprint=fingerprint, threads=threads)
+    config = _read_encoder_config(directory)
+    catalog = _int8_encoder(directory, fingerprint, threads, config.get("int8_file"), config.get("int8_runtime"))
+    query_file = config.get("query_int8_file")
+    if not query_file or query_file == config.get("int8_file"):
+        return catalog
+    return DualEncoder(catalog, _int8_encoder(directory, fingerprint, threads, query_file,
+                                              config.get("query_int8_runtime")))
+
+
+def _int8_encoder(directory: Path, fingerprint: str, threads: int, file: str | None,
+                  runtime: str | None) -> OnnxEncoder:
+    runtime = runtime or "onnxruntime"
+    if runtime not in RUNTIMES:
+        raise ArtifactCorrupt("onnx", ENCODER_CONFIG, f"names an unknown INT8 runtime {runtime!r}")
+    return RUNTIMES[runtime](directory, int8=True, fingerprint=fingerprint, threads=threads, model_file=file)
 
 
 # ---- which encoder an index was built with, recorded without absolute workspace paths ----------------

@@ -54,7 +54,7 @@ def evaluate_judged(encoder: Encoder, item_ids: Sequence[str], item_texts: Seque
                     qrels: Sequence[dict[str, int]], min_relevance: int, batch_size: int = 64) -> dict[str, float]:
     """Recall@1/10, MRR@10 (grade >= ``min_relevance``) and graded nDCG@10 by exact search over the items."""
     item_vectors = encoder.encode(item_texts, batch_size=batch_size)
-    query_vectors = encoder.encode(queries, batch_size=batch_size)
+    query_vectors = encoder.encode_queries(queries, batch_size)
     top, _ = exact_topk(query_vectors, item_vectors, 10)
     per_query = graded_query_metrics([[item_ids[i] for i in row] for row in top], qrels, min_relevance, ks=(1, 10))
     return {name: float(per_query[name].mean()) for name in ("recall@1", "recall@10", "mrr@10", "ndcg@10")}

@@ -20,13 +20,22 @@ from densesearch.manifest import Manifest, write_manifest
 from densesearch.metrics import ann_recall, graded_query_metrics, paired_randomization_p
 from densesearch.paths import Workspace, allocate, publish, writes_workspace
 from densesearch.prepare import Judgments, load_catalog, load_data_manifest, load_judgments, load_pairs
-from densesearch.search import RERANK_DEPTH, Fusion, fuse, read_items, reranked_search, set_search_param
+from densesearch.search import (
+    IVF_KINDS,
+    RERANK_DEPTH,
+    Fusion,
+    fuse,
+    read_items,
+    reranked_search,
+    search_param_name,
+    set_search_param,
+)
 from densesearch.sources import ReadStats, iter_records
 from densesearch.sparse import Bm25Index
 
-KINDS = ("hnsw", "flat", "hnsw-sq8", "ivfpq")
+KINDS = ("hnsw", "flat", "hnsw-sq8", "ivfpq", "ivf-hnsw")
 EF_CANDIDATES = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
-NPROBE_CANDIDATES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+NPROBE_CANDIDATES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 ENCODE_CHUNK = 4096
 SWEEP_QUERIES = 500
 LARGE_CATALOG = 200_000                       # above it, HNSW builds with a narrower beam (default_ef_construction)
@@ -88,6 +97,37 @@ def measure_throughput(encoder: Encoder, spec: EncoderSpec, workspace: Workspace
     return EncodeThroughput(items / seconds, tokens / seconds, runtime, share)
 
 
+def reuse_published_vectors(workspace: Workspace, spec: EncoderSpec, data_fingerprint: str, batch_size: int,
+                            device: str, path: Path, rows: int, dim: int) -> np.ndarray | None:
+    """The published index's catalog vectors copied to ``path`` when they are exactly what encoding would give
+    (same encoder version, backend and device, same catalog, same batch size, no items added) and its files still hash
+    to its fingerprint; None otherwise. Rebuilding with another index kind or HNSW setting then costs no encode."""
+    from densesearch.artifacts import has_artifact
+    from densesearch.errors import DensesearchError
+    from densesearch.manifest import fingerprint_files
+
+    if not has_artifact(workspace, "index"):
+        return None
+    try:
+        artifact = open_artifact(workspace, "index", upstream=False)
+    except DensesearchError:
+        return None
+    manifest, encoder = artifact.manifest, artifact.manifest.extra.get("encoder", {})
+    if (encoder.get("fingerprint"), encoder.get("backend")) != (spec.fingerprint, spec.backend) \
+            or manifest.upstream.get("data") != data_fingerprint or manifest.extra.get("device") != device \
+            or manifest.extra.get("encode_batch") != batch_size \
+            or manifest.counts.get("added") or fingerprint_files(artifact.path) != manifest.fingerprint:
+        return None
+    old = artifact.load_npy(VECTORS_FILE)
+    if old.shape != (rows, dim) or old.dtype != np.float32:
+        return None
+    out = new_vectors_file(path, rows, dim)
+    for start in range(0, rows, 65536):
+        out[start:start + 65536] = old[start:start + 65536]
+    out.flush()
+    return out
+
+
 def encode_batch_size(device: str) -> int:
     """Texts per encoder batch: small on a CPU (less padding, warm caches: measured fastest), large on a GPU."""
     return GPU_ENCODE_BATCH if device.startswith("cuda") else ENCODE_BATCH
@@ -142,15 +182,27 @@ def new_faiss_index(kind: str, dim: int, n: int, cfg: IndexConfig):
         if n < IVFPQ_MIN_VECTORS:
             raise BadInput(f"ivfpq needs at least {IVFPQ_MIN_VECTORS:,} items to train its codebooks "
                            f"(the catalog has {n:,})", hint="use --kind hnsw or hnsw-sq8")
-        nlist = max(1, min(int(4 * math.sqrt(n)), n // 39))
+        nlist = ivf_lists(n)
         sub = next(m for m in (dim // 8, dim // 4, dim // 2, dim) if dim % m == 0)
         index = faiss.IndexIVFPQ(faiss.IndexFlatIP(dim), dim, nlist, sub, 8, faiss.METRIC_INNER_PRODUCT)
         index.by_residual = True
+        return index
+    elif kind == "ivf-hnsw":  # the largest catalogs: an HNSW graph over the centroids, exact vectors in the lists
+        quantizer = faiss.IndexHNSWFlat(dim, cfg.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        quantizer.hnsw.efConstruction = 200  # a few thousand centroids: the best graph costs seconds
+        quantizer.hnsw.efSearch = 128
+        index = faiss.IndexIVFFlat(quantizer, dim, ivf_lists(n), faiss.METRIC_INNER_PRODUCT)
+        index.cp.spherical = True  # unit-length centroids: inner product on them is a metric HNSW can walk
         return index
     else:
         raise BadInput(f"unknown index kind {kind!r}", hint=f"use one of {', '.join(KINDS)}")
     index.hnsw.efConstruction = ef_construction(cfg, n)
     return index
+
+
+def ivf_lists(n: int) -> int:
+    """Inverted lists for ``n`` vectors: 4 sqrt(n), with at least 39 training points per centroid."""
+    return max(1, min(int(4 * math.sqrt(n)), n // 39))
 
 
 def ef_construction(cfg: IndexConfig, n: int) -> int:
@@ -166,8 +218,10 @@ def add_in_chunks(index, vectors: np.ndarray, start: int = 0) -> None:
 
 
 def train_if_needed(index, vectors: np.ndarray) -> None:
+    """Train IVF centroids (and PQ codebooks) on a sample: 100,000 vectors, or 39 per centroid if that is more."""
     if not index.is_trained:
-        sample = vectors[np.random.default_rng(0).permutation(len(vectors))[: 100_000]]
+        size = max(100_000, 39 * getattr(index, "nlist", 0))
+        sample = vectors[np.random.default_rng(0).permutation(len(vectors))[:size]]
         index.train(np.ascontiguousarray(sample))
 
 
@@ -180,7 +234,7 @@ def sweep_search_param(index, kind: str, queries: np.ndarray, exact: np.ndarray,
     if kind == "flat":
         return [], 0
     search = search or (lambda q, depth: index.search(q, depth)[1])
-    if kind == "ivfpq":
+    if kind in IVF_KINDS:
         candidates = tuple(p for p in NPROBE_CANDIDATES if p <= index.nlist)
     else:
         candidates = tuple(dict.fromkeys(max(value, k) for value in EF_CANDIDATES))
@@ -269,7 +323,7 @@ def pick_mode(workspace: Workspace, encoder: Encoder, index, bm25: Bm25Index, id
     if not judgments.query_ids:  # nothing to choose with: RRF k=60 and hybrid, the usual defaults
         return ModeChoice(recommended="hybrid", fusion=Fusion(), dev_ndcg={}, candidates={}, p_vs_hybrid={},
                           queries=0)
-    vectors = encoder.encode(judgments.queries, batch_size=batch_size)
+    vectors = encoder.encode_queries(judgments.queries)
     scores, found = index.search(vectors, FUSION_DEPTH)
     dense = [([int(i) for i in row if i >= 0], [float(v) for i, v in zip(row, vals, strict=True) if i >= 0])
              for row, vals in zip(found, scores, strict=True)]
@@ -315,17 +369,26 @@ def run_index(cfg: IndexConfig, workspace: Workspace, progress=None) -> IndexRes
     dev = load_pairs(workspace, "dev")[:SWEEP_QUERIES] or load_pairs(workspace, "train")[:SWEEP_QUERIES]
     upstream = {"data": data_manifest.fingerprint, spec.artifact or "encoder": spec.fingerprint}
     cfg = replace(cfg, batch_size=cfg.batch_size or encode_batch_size(device))
+    notes = []
     with publish(workspace, "index") as tmp:
         started, tokens_before = time.perf_counter(), getattr(encoder, "tokens_encoded", 0)
-        vectors = encode_catalog(cfg, spec, encoder, workspace, catalog.texts, tmp / VECTORS_FILE, progress)
-        encode_seconds = time.perf_counter() - started
-        throughput = measure_throughput(encoder, spec, workspace, len(vectors), tokens_before, encode_seconds)
+        vectors = None if cfg.reencode else reuse_published_vectors(
+            workspace, spec, data_manifest.fingerprint, cfg.batch_size, device, tmp / VECTORS_FILE, len(catalog),
+            encoder.dim)
+        if vectors is None:
+            vectors = encode_catalog(cfg, spec, encoder, workspace, catalog.texts, tmp / VECTORS_FILE, progress)
+            encode_seconds = time.perf_counter() - started
+            throughput = measure_throughput(encoder, spec, workspace, len(vectors), tokens_before, encode_seconds)
+        else:
+            encode_seconds, throughput = 0.0, None
+            notes.append("catalog vectors copied from the published index (same encoder, catalog and batch size); "
+                         "nothing was re-encoded")
         started = time.perf_counter()
         index = new_faiss_index(cfg.kind, encoder.dim, len(vectors), cfg)
         train_if_needed(index, vectors)
         add_in_chunks(index, vectors)
         build_seconds = time.perf_counter() - started
-        queries = encoder.encode([p.query for p in dev], batch_size=cfg.batch_size)
+        queries = encoder.encode_queries([p.query for p in dev])
         exact, _ = exact_topk(queries, vectors, 100)
         served = reranked_search(index, vectors, RERANK_DEPTH) if cfg.kind == "ivfpq" else None
         sweep, chosen = sweep_search_param(index, cfg.kind, queries, exact[:, :10], cfg.target_recall,
@@ -335,7 +398,7 @@ def run_index(cfg: IndexConfig, workspace: Workspace, progress=None) -> IndexRes
         bm25.save(tmp / BM25_DIR)
         choice = pick_mode(workspace, encoder, index, bm25, catalog.ids, cfg.batch_size)
         _write_items(tmp / ITEMS_FILE, catalog.rows)
-        param_name = "nprobe" if cfg.kind == "ivfpq" else "efSearch"
+        param_name = search_param_name(cfg.kind)
         manifest = write_manifest(tmp, Manifest(
             kind="index", settings={k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
             upstream=upstream, counts={"vectors": len(vectors), "dev_queries": len(dev)},
@@ -343,7 +406,7 @@ def run_index(cfg: IndexConfig, workspace: Workspace, progress=None) -> IndexRes
                    "search_param": {param_name: chosen} if chosen else {}, "sweep": sweep,
                    **choice.to_manifest(), "bm25": cfg.bm25,
                    "encode_seconds": encode_seconds, "build_seconds": build_seconds, "device": device,
-                   "throughput": asdict(throughput), "encode_batch": cfg.batch_size,
+                   "throughput": asdict(throughput) if throughput else None, "encode_batch": cfg.batch_size,
                    "hnsw": {"M": cfg.hnsw_m, "efConstruction": ef_construction(cfg, len(vectors))}
                    if cfg.kind.startswith("hnsw") else {},
                    "query_source": data_manifest.extra.get("query_source")}))
@@ -351,7 +414,7 @@ def run_index(cfg: IndexConfig, workspace: Workspace, progress=None) -> IndexRes
         path=workspace.artifact("index"), manifest=manifest, encoder=spec, kind=cfg.kind, vectors=len(vectors),
         encode_seconds=encode_seconds, items_per_second=len(vectors) / max(encode_seconds, 1e-9),
         build_seconds=build_seconds, sweep=sweep, search_param=manifest.extra["search_param"],
-        mode=choice, bytes_on_disk=_disk_bytes(workspace.artifact("index")), throughput=throughput)
+        mode=choice, bytes_on_disk=_disk_bytes(workspace.artifact("index")), throughput=throughput, notes=notes)
 
 
 def read_new_items(path: Path, max_chars: int = 2000) -> list[dict]:

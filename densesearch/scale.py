@@ -31,7 +31,7 @@ from densesearch.index import KINDS, add_in_chunks, new_faiss_index, sweep_searc
 from densesearch.metrics import ann_recall
 from densesearch.paths import Workspace, atomic_dir, new_run_id
 from densesearch.prepare import load_catalog, load_pairs
-from densesearch.search import RERANK_DEPTH, reranked_search
+from densesearch.search import RERANK_DEPTH, reranked_search, search_param_name
 from densesearch.sparse import Bm25Index, Tokenizer
 
 SCALE_SCHEMA = 1
@@ -231,7 +231,7 @@ def measure_kind(kind: str, vectors: np.ndarray, queries: np.ndarray, truth: np.
     for label, search in served:
         sweep, chosen = sweep_search_param(index, kind, queries[: cfg.sweep_queries],
                                            truth[: cfg.sweep_queries, :10], cfg.target_recall, search=search)
-        param = {"nprobe" if kind == "ivfpq" else "efSearch": chosen} if chosen else {}
+        param = {search_param_name(kind): chosen} if chosen else {}
         results.append(_served(label, lambda q, s=search: s(q, 10), vectors, queries, truth, cfg.latency_queries,
                                param, sweep, trained - started, built - started, ram, disk))
     return results
@@ -309,7 +309,7 @@ def real_query_vectors(workspace: Workspace, manifest, cfg: ScaleConfig) -> np.n
     if len(texts) < 10:
         raise BadInput("fewer than 10 prepared queries to measure with", hint="run `densesearch prepare` on more data")
     encoder = EncoderSpec(**manifest.extra["encoder"]).load(workspace, cfg.threads)
-    return np.ascontiguousarray(encoder.encode(texts, batch_size=64), dtype=np.float32)
+    return np.ascontiguousarray(encoder.encode_queries(texts), dtype=np.float32)
 
 
 def run_scale(cfg: ScaleConfig, workspace: Workspace, progress=None) -> ScaleReport:

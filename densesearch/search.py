@@ -46,6 +46,12 @@ class Answer:
     answered_by: str
     notes: list[str] = field(default_factory=list)
 
+    def as_json(self) -> dict:
+        """The `query --json` schema as plain JSON values, built directly (the server does this per request)."""
+        return {"query": self.query, "mode": self.mode, "k": self.k, "hits": [dict(vars(hit)) for hit in self.hits],
+                "encode_ms": self.encode_ms, "search_ms": self.search_ms, "total_ms": self.total_ms,
+                "answered_by": self.answered_by, "notes": list(self.notes)}
+
 
 def validate_query(text: str) -> str:
     """Reject empty, over-long or non-UTF-8 queries with a one-line reason."""
@@ -86,8 +92,9 @@ def cpu_note(spec: EncoderSpec, onnx_manifest_extra: dict) -> str | None:
     OpenVINO picks its kernels for the CPU it runs on, so its models need no note)."""
     built = onnx_manifest_extra.get("cpu", {}).get("isa")
     here = read_cpu().isa
-    runtime = onnx_manifest_extra.get("int8_runtime") or "onnxruntime"
-    if spec.backend != "onnx-int8" or runtime != "onnxruntime" or not built or built == here:
+    catalog_runtime = onnx_manifest_extra.get("int8_runtime") or "onnxruntime"
+    runtimes = {catalog_runtime, onnx_manifest_extra.get("query_int8_runtime") or catalog_runtime}
+    if spec.backend != "onnx-int8" or "onnxruntime" not in runtimes or not built or built == here:
         return None
     return (f"the INT8 encoder was quantized for {built} CPUs and this one is {here}: serving it anyway; "
             "`densesearch quantize` makes one matched to this CPU")
@@ -147,7 +154,7 @@ class Searcher:
         kind = self.manifest.extra["kind"]
         value = ef_search or next(iter(self.manifest.extra.get("search_param", {}).values()), 0)
         if value:
-            set_search_param(self.index, kind, value if kind == "ivfpq" else max(value, k))
+            set_search_param(self.index, kind, value if kind in IVF_KINDS else max(value, k))
         return kind
 
     def dense(self, vector: np.ndarray, k: int, ef_search: int | None = None) -> tuple[list[int], list[float]]:
@@ -194,7 +201,7 @@ class Searcher:
         depth = min(len(self.items), max(cfg.candidates, k) * (3 if cfg.collapse_variants else 1))
         self.load_for(mode)
         started = time.perf_counter()
-        vector = self.encoder.encode([text], batch_size=1) if mode != "bm25" else None
+        vector = self.encoder.encode_queries([text]) if mode != "bm25" else None
         encoded = time.perf_counter()
         if mode == "dense":
             ids, scores = self.dense(vector, depth if cfg.collapse_variants else k, cfg.ef_search)
@@ -252,11 +259,18 @@ class Searcher:
                    price=row.get("price"), rating=row.get("rating"), image=row.get("image") or "")
 
 
+IVF_KINDS = ("ivfpq", "ivf-hnsw")  # searched by nprobe (inverted lists probed), not efSearch
+
+
+def search_param_name(kind: str) -> str:
+    return "nprobe" if kind in IVF_KINDS else "efSearch"
+
+
 def set_search_param(index, kind: str, value: int) -> None:
-    """Set efSearch (HNSW kinds) or nprobe (IVF-PQ)."""
+    """Set efSearch (HNSW kinds) or nprobe (IVF kinds)."""
     if kind in ("hnsw", "hnsw-sq8"):
         index.hnsw.efSearch = value
-    elif kind == "ivfpq":
+    elif kind in IVF_KINDS:
         index.nprobe = value
 
 

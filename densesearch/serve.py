@@ -121,8 +121,6 @@ class SearchService:
             self._swap.release()
 
     def search(self, text: str, k: int, mode: str | None) -> dict[str, Any]:
-        from densesearch.render import to_jsonable
-
         loaded = self.index()
         started = time.perf_counter()
         try:
@@ -131,7 +129,7 @@ class SearchService:
             self.metrics.observe(mode or "default", "error", (time.perf_counter() - started) * 1000)
             raise
         self.metrics.observe(answer.mode, "ok", (time.perf_counter() - started) * 1000)
-        return to_jsonable(answer)
+        return answer.as_json()
 
     def health(self) -> dict[str, Any]:
         searcher = self.current.searcher

@@ -146,7 +146,7 @@ def main() -> None:
             results.append(phase(mode))
         # the republish runs as an operator would run it beside a live server: lowest CPU priority, one thread
         nice = ["nice", "-n", "19"] if shutil.which("nice") else []
-        rebuild = subprocess.Popen([*nice, sys.executable, "-m", "densesearch", "index", "--threads", "1",
+        rebuild = subprocess.Popen([*nice, sys.executable, "-m", "densesearch", "index", "--threads", "1", "--reencode",
                                     "-w", args.workspace, *home],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         during = phase("dense")

@@ -75,6 +75,6 @@ def built(tmp_path_factory):
     root = tmp_path_factory.mktemp("pipeline")
     ws = prepared_workspace(root)
     train = run_finetune(PIPELINE_TRAIN, ws)
-    quant = run_quantize(QuantizeConfig(parity_queries=64), ws)  # the real gate, as users get it
+    quant = run_quantize(QuantizeConfig(parity_queries=64, calibration_texts=100), ws)  # the real gate and race
     index = run_index(IndexConfig(), ws)
     return {"ws": ws, "train": train, "quant": quant, "index": index, "root": root}

@@ -106,8 +106,12 @@ def test_serving_on_another_cpu_says_so_once_and_serves(built):
         assert "densesearch quantize" in searcher.notes[0]
         assert searcher.ask("hat", QueryConfig(k=3, mode="dense")).hits
         raw["extra"]["int8_runtime"] = "openvino"  # OpenVINO picks its kernels where it runs: nothing to say
+        raw["extra"]["query_int8_runtime"] = "openvino"
         path.write_text(json.dumps(raw))
         assert Searcher(ws).notes == []
+        raw["extra"]["query_int8_runtime"] = "onnxruntime"  # ... unless ONNX Runtime answers the queries
+        path.write_text(json.dumps(raw))
+        assert len(Searcher(ws).notes) == 1
     finally:
         path.write_text(backup)
     assert Searcher(ws).notes == []

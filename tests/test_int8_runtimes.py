@@ -123,3 +123,25 @@ def test_index_reports_tokens_per_second_and_peak_share(built):
     assert throughput.tokens_per_second > throughput.items_per_second > 0
     assert throughput.peak_share is None or 0 < throughput.peak_share < 1
     assert built["index"].manifest.extra["throughput"]["tokens_per_second"] == throughput.tokens_per_second
+
+
+def test_rebuilding_the_index_reuses_its_vectors_unless_something_changed(built, tmp_path):
+    from densesearch.artifacts import open_artifact
+    from densesearch.config import IndexConfig
+    from densesearch.index import run_index
+    from densesearch.paths import Workspace
+
+    ws = Workspace(tmp_path / "home", "copy")
+    shutil.copytree(built["ws"].root, ws.root, ignore=shutil.ignore_patterns(".lock*"))
+    before = open_artifact(ws, "index").load_npy("vectors.npy", mmap=False)
+    flat = run_index(IndexConfig(kind="flat"), ws)  # another index kind, same encoder and catalog
+    assert flat.throughput is None and any("nothing was re-encoded" in n for n in flat.notes)
+    np.testing.assert_array_equal(open_artifact(ws, "index").load_npy("vectors.npy", mmap=False), before)
+    other_batch = run_index(IndexConfig(kind="flat", batch_size=7), ws)  # batching may move INT8 vectors
+    assert other_batch.throughput is not None and not other_batch.notes
+    vectors = open_artifact(ws, "index").load_npy("vectors.npy")
+    with open(vectors.filename, "r+b") as handle:  # damage the published vectors: never copied
+        handle.seek(-4, 2)
+        handle.write(b"\x00\x00\xc0\x7f")
+    again = run_index(IndexConfig(kind="flat", batch_size=7), ws)
+    assert again.throughput is not None and not again.notes

@@ -67,7 +67,11 @@ def test_onnx_fp32_matches_torch_and_int8_parity_is_computed(built):
     int8 = load_onnx_encoder(ws.artifact("onnx"), True, "").encode(texts)
     assert 0.9 < float(np.mean(np.sum(int8 * onnx_vectors, axis=1))) <= 1.0001
     assert quant.cosine_min <= quant.cosine_mean and set(quant.recall_at_10) == {"onnx", "onnx-int8"}
-    assert quant.passed and quant.top10_overlap >= 0.8 and quant.attempts[-1].recipe == quant.recipe
+    assert quant.passed and quant.top10_overlap >= 0.8
+    served = [a for a in quant.attempts if a.passed and a.top10_overlap == quant.top10_overlap]
+    assert served, "the reported parity is that of a passed attempt (one runtime, or the catalog/query pair)"
+    if quant.query_runtime != quant.runtime:
+        assert served[-1].recipe == f"catalog {quant.runtime}, queries {quant.query_runtime}"
     assert quant.int8_bytes < 0.3 * quant.fp32_bytes
 
 
@@ -78,7 +82,7 @@ def test_parity_gate_refuses_to_publish(built):
     ws = built["ws"]
     before = read_manifest(ws.artifact("onnx"), "onnx").fingerprint
     with pytest.raises(DensesearchError, match="parity gate failed"):
-        run_quantize(QuantizeConfig(parity_queries=16, min_mean_cosine=1.01), ws)  # unreachable bar
+        run_quantize(QuantizeConfig(parity_queries=16, min_mean_cosine=1.01, calibration_texts=30), ws)  # unreachable
     assert read_manifest(ws.artifact("onnx"), "onnx").fingerprint == before
 
 

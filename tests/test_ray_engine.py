@@ -47,7 +47,7 @@ def test_index_with_the_ray_engine_publishes_the_same_index(built, tmp_path):
     shutil.copytree(built["ws"].home, tmp_path / "home")  # a copy: the session's workspace stays as built
     ws = Workspace(tmp_path / "home", built["ws"].name)
     before = np.array(open_artifact(ws, "index").load_npy(VECTORS_FILE))
-    result = run_index(IndexConfig(engine="ray", ray_workers=2), ws)
+    result = run_index(IndexConfig(engine="ray", ray_workers=2, reencode=True), ws)  # really encode, with Ray
     after = open_artifact(ws, "index").load_npy(VECTORS_FILE)
     assert result.manifest.settings["engine"] == "ray"
     assert np.abs(np.asarray(after) - before).max() < 1e-5  # one chunk at this size: identical batching

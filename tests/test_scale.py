@@ -75,11 +75,13 @@ def test_synthetic_documents_reuse_real_tokens():
 
 
 def test_scale_run_measures_every_kind_and_bm25(built):
-    cfg = ScaleConfig(vectors=IVFPQ_MIN_VECTORS + 500, documents=3000, kinds=("flat", "hnsw", "ivfpq"), queries=60,
+    cfg = ScaleConfig(vectors=IVFPQ_MIN_VECTORS + 500, documents=3000, kinds=("flat", "hnsw", "ivfpq", "ivf-hnsw"),
+                      queries=60,
                       sweep_queries=60, latency_queries=20, bm25_queries=10)
     report = run_scale(cfg, built["ws"])
     by_kind = {r.kind: r for r in report.dense}
-    assert set(by_kind) == {"flat", "hnsw", "ivfpq", "ivfpq+rerank"}
+    assert set(by_kind) == {"flat", "hnsw", "ivfpq", "ivfpq+rerank", "ivf-hnsw"}
+    assert by_kind["ivf-hnsw"].recall_at_10 >= 0.95 and "nprobe" in by_kind["ivf-hnsw"].search_param
     assert by_kind["flat"].recall_at_10 >= 0.99  # exact; float ties at rank 10 may order differently
     assert by_kind["hnsw"].recall_at_10 >= 0.95 and by_kind["hnsw"].sweep
     assert by_kind["ivfpq+rerank"].recall_at_10 >= by_kind["ivfpq"].recall_at_10

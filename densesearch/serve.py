@@ -27,6 +27,7 @@ MAX_BATCH = 64
 RELOAD_CHECK_SECONDS = 1.0
 LATENCY_BUCKETS_MS = (1, 2, 3, 5, 7.5, 10, 15, 25, 50, 100, 250, 1000)
 PAGE_RESOURCE = "web/index.html"
+GIL_SWITCH_SECONDS = 0.0005
 
 
 @dataclass
@@ -215,8 +216,13 @@ def _version() -> str:
 
 def serve(workspace: Workspace, host: str, port: int, threads: int = 1) -> None:
     """Load the index and serve until interrupted."""
+    import sys
+
     import uvicorn
 
+    # Worker threads hand the GIL to each other between native calls (encoder, FAISS); at CPython's default 5 ms
+    # switch interval a request that needs the GIL for a few Python lines can wait that long behind another.
+    sys.setswitchinterval(GIL_SWITCH_SECONDS)
     app = create_app(SearchService(workspace, threads=threads))
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False,
                 loop="auto", http="auto")  # uvloop and httptools where installed

@@ -10,6 +10,8 @@ bootstrap (it fails only when the drop is both over the tolerance and significan
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -44,6 +46,7 @@ EXPORT_MIN_COSINE = 0.999  # FP32 ONNX must reproduce the torch model
 OPENVINO_FILE = "openvino_int8.xml"
 SPEED_ROUNDS = 3  # interleaved timing rounds per runtime; the best of each counts
 QUERY_PROBES = 32  # dev queries timed one at a time per runtime and round
+SPEED_TIE = 0.05  # speeds this close are a tie on a shared machine: the closer to FP32 wins
 
 
 @dataclass(frozen=True)
@@ -288,6 +291,7 @@ class RuntimeTrial:
     batch1_ms: float               # median per dev query, one request at a time (shapes change as they do live)
     batch_cosine_min: float        # one text encoded alone vs the same text in a catalog batch
     batch_recall_delta: float      # dev Recall@10 with a batched catalog minus one-at-a-time encoding
+    top10_overlap: float = 0.0     # the parity gate's neighbour overlap with FP32
 
 
 def encode_speeds(encoders: list[Encoder], texts: list[str], batch_size: int,
@@ -342,6 +346,7 @@ class Contestant:
     recipe: str
     file: str
     encoder: Encoder
+    report: ParityReport
 
 
 def race_runtimes(contestants: list[Contestant], sample: ParitySample, cfg: QuantizeConfig) -> list[RuntimeTrial]:
@@ -356,7 +361,7 @@ def race_runtimes(contestants: list[Contestant], sample: ParitySample, cfg: Quan
             runtime=contestant.runtime, recipe=contestant.recipe, file=contestant.file,
             items_per_second=items_per_second, tokens_per_second=tokens_per_second,
             batch1_ms=batch1_ms, batch_cosine_min=cosine_min,
-            batch_recall_delta=recall_delta))
+            batch_recall_delta=recall_delta, top10_overlap=contestant.report.top10_overlap))
     return trials
 
 
@@ -415,8 +420,11 @@ def quantize_openvino(out_dir: Path, texts: list[str], max_seq_length: int) -> s
         batch = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
         return {k: v for k, v in batch.items() if k in names}
 
-    quantized = nncf.quantize(model, nncf.Dataset([feeds(t) for t in texts]), subset_size=len(texts),
-                              model_type=nncf.ModelType.TRANSFORMER)
+    # NNCF draws its own progress bars on stdout; the command shows one progress bar (DENSESEARCH_DEBUG=1 shows them)
+    shown = os.environ.get("DENSESEARCH_DEBUG") == "1"
+    with contextlib.nullcontext() if shown else contextlib.redirect_stdout(io.StringIO()):
+        quantized = nncf.quantize(model, nncf.Dataset([feeds(t) for t in texts]), subset_size=len(texts),
+                                  model_type=nncf.ModelType.TRANSFORMER)
     ov.save_model(quantized, str(out_dir / OPENVINO_FILE), compress_to_fp16=False)
     return OPENVINO_FILE
 
@@ -429,8 +437,19 @@ def model_bytes(out_dir: Path, name: str) -> int:
 
 
 def fastest(trials: list[RuntimeTrial]) -> RuntimeTrial | None:
-    """The trial with the highest catalog throughput (all of them passed the parity gate)."""
-    return max(trials, key=lambda t: t.items_per_second, default=None)
+    """The catalog encoder: the most items/s; within ``SPEED_TIE`` of the best, the one closest to FP32."""
+    if not trials:
+        return None
+    best = max(t.items_per_second for t in trials)
+    return max((t for t in trials if t.items_per_second >= best * (1 - SPEED_TIE)), key=lambda t: t.top10_overlap)
+
+
+def quickest(trials: list[RuntimeTrial]) -> RuntimeTrial | None:
+    """The query encoder: the fewest ms per query; within ``SPEED_TIE`` of the best, the one closest to FP32."""
+    if not trials:
+        return None
+    best = min(t.batch1_ms for t in trials)
+    return max((t for t in trials if t.batch1_ms <= best * (1 + SPEED_TIE)), key=lambda t: t.top10_overlap)
 
 
 @writes_workspace
@@ -470,7 +489,7 @@ def run_quantize(cfg: QuantizeConfig, workspace: Workspace, progress=None) -> Qu
             attempts.append(report)
             if report.passed or (cfg.force and step == len(ladder) - 1 and "openvino" not in runtimes):
                 reports[int8_file] = report
-                contestants.append(Contestant("onnxruntime", recipe.name, int8_file, encoder))
+                contestants.append(Contestant("onnxruntime", recipe.name, int8_file, encoder, report))
                 break
             (tmp / int8_file).unlink()
         if "openvino" in runtimes:
@@ -484,7 +503,7 @@ def run_quantize(cfg: QuantizeConfig, workspace: Workspace, progress=None) -> Qu
             attempts.append(report)
             if report.passed or (cfg.force and not contestants):
                 reports[int8_file] = report
-                contestants.append(Contestant("openvino", "static", int8_file, encoder))
+                contestants.append(Contestant("openvino", "static", int8_file, encoder, report))
             else:
                 for name in (int8_file, Path(int8_file).with_suffix(".bin").name):
                     (tmp / name).unlink(missing_ok=True)
@@ -495,7 +514,7 @@ def run_quantize(cfg: QuantizeConfig, workspace: Workspace, progress=None) -> Qu
         if chosen is None and not cfg.fallback_fp32:
             raise gate_failure(attempts)
         final = reports[chosen.file] if chosen else attempts[-1]
-        for_queries = min(trials, key=lambda t: t.batch1_ms) if chosen else None
+        for_queries = quickest(trials)
         if chosen and for_queries.file != chosen.file:  # the pair as served must pass the gate too
             set_int8_file(tmp, chosen.file, chosen.runtime, for_queries.file, for_queries.runtime)
             pair = parity_check(fp32, load_onnx_encoder(tmp, int8=True, fingerprint="", threads=cfg.threads),

@@ -412,8 +412,9 @@ def run_index(cfg: IndexConfig, workspace: Workspace, progress=None) -> IndexRes
                    "query_source": data_manifest.extra.get("query_source")}))
     return IndexResult(
         path=workspace.artifact("index"), manifest=manifest, encoder=spec, kind=cfg.kind, vectors=len(vectors),
-        encode_seconds=encode_seconds, items_per_second=len(vectors) / max(encode_seconds, 1e-9),
-        build_seconds=build_seconds, sweep=sweep, search_param=manifest.extra["search_param"],
+        encode_seconds=encode_seconds,
+        items_per_second=len(vectors) / max(encode_seconds, 1e-9) if throughput else 0.0, build_seconds=build_seconds,
+        sweep=sweep, search_param=manifest.extra["search_param"],
         mode=choice, bytes_on_disk=_disk_bytes(workspace.artifact("index")), throughput=throughput, notes=notes)
 
 

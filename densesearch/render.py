@@ -267,6 +267,8 @@ def quantize_tables(result: Any) -> list[Table]:
 
 def encode_speed(result: Any) -> str:
     """Items/s, with real tokens/s and the share of the CPU's rough INT8 peak where known."""
+    if not result.items_per_second:
+        return "no encode: the published index's vectors were copied"
     text = rate(result.items_per_second, "items/s")
     throughput = result.throughput
     if throughput is None or throughput.tokens_per_second is None:

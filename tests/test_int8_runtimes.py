@@ -20,10 +20,12 @@ from densesearch.export import (
     calibration_texts,
     fastest,
     quantize_openvino,
+    quickest,
     runtimes_to_try,
     set_int8_file,
 )
 from densesearch.prepare import load_catalog
+from densesearch.render import encode_speed
 
 
 @pytest.fixture(scope="module")
@@ -84,14 +86,19 @@ def test_quantize_served_the_fastest_runtime_that_passed(built):
         assert -1 <= trial.batch_recall_delta <= 1 and 0.9 < trial.batch_cosine_min <= 1.0001
 
 
-def _trial(runtime: str, speed: float) -> RuntimeTrial:
-    return RuntimeTrial(runtime, "r", f"{runtime}.onnx", speed, speed * 60, 1.0, 1.0, 0.0)
+def _trial(runtime: str, speed: float, ms: float = 2.0, overlap: float = 0.9) -> RuntimeTrial:
+    return RuntimeTrial(runtime, "r", f"{runtime}.onnx", speed, speed * 60, ms, 1.0, 0.0, overlap)
 
 
-def test_fastest_trial_wins_and_none_when_nothing_passed():
+def test_fastest_trial_wins_and_a_near_tie_goes_to_the_closer_to_fp32():
     assert fastest([_trial("onnxruntime", 250), _trial("openvino", 330)]).runtime == "openvino"
     assert fastest([_trial("onnxruntime", 250), _trial("openvino", 200)]).runtime == "onnxruntime"
-    assert fastest([]) is None
+    assert fastest([_trial("onnxruntime", 250, overlap=0.89), _trial("openvino", 240, overlap=0.94)]
+                   ).runtime == "openvino"  # 4% slower is noise on a shared machine; parity is not
+    assert fastest([]) is None and quickest([]) is None
+    assert quickest([_trial("onnxruntime", 250, ms=1.6), _trial("openvino", 300, ms=3.2)]).runtime == "onnxruntime"
+    assert quickest([_trial("onnxruntime", 250, ms=1.6, overlap=0.89),
+                     _trial("openvino", 300, ms=1.62, overlap=0.94)]).runtime == "openvino"
 
 
 def test_runtimes_raced_per_cpu(monkeypatch):
@@ -136,6 +143,7 @@ def test_rebuilding_the_index_reuses_its_vectors_unless_something_changed(built,
     before = open_artifact(ws, "index").load_npy("vectors.npy", mmap=False)
     flat = run_index(IndexConfig(kind="flat"), ws)  # another index kind, same encoder and catalog
     assert flat.throughput is None and any("nothing was re-encoded" in n for n in flat.notes)
+    assert flat.items_per_second == 0 and "copied" in encode_speed(flat)
     np.testing.assert_array_equal(open_artifact(ws, "index").load_npy("vectors.npy", mmap=False), before)
     other_batch = run_index(IndexConfig(kind="flat", batch_size=7), ws)  # batching may move INT8 vectors
     assert other_batch.throughput is not None and not other_batch.notes

@@ -1,7 +1,12 @@
-"""`index --engine ray` in local mode (2 actors) against the local engine, on the real INT8 encoder."""
+"""`index --engine ray` in local mode (2 actors) against the local engine, on the real INT8 encoder.
+
+In the slow tier (about 30 s of Ray start-up and actors): `.ci/run` installs the ray extra and runs it.
+"""
 
 import numpy as np
 import pytest
+
+pytestmark = pytest.mark.slow
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'densesearch[ray]')")
 

@@ -17,8 +17,10 @@ def _summary(kind: str, counts: dict[str, Any], extra: dict[str, Any]) -> str:
     if kind == "onnx":
         if not extra.get("int8_file"):
             return "FP32 ONNX only (no INT8 recipe passed the parity gate)"
-        return (f"INT8 {extra.get('recipe', '?')} on {extra.get('int8_runtime') or 'onnxruntime'} "
-                f"for {extra.get('isa', '?')}, "
+        runtime = extra.get("int8_runtime") or "onnxruntime"
+        queries = extra.get("query_int8_runtime") or runtime
+        return (f"INT8 {extra.get('recipe', '?')} ({runtime})"
+                f"{f', queries on {queries}' if queries != runtime else ''} for {extra.get('isa', '?')}, "
                 f"{extra.get('size_ratio', 0):.2f}x of FP32")
     if kind == "index":
         encoder = extra.get("encoder", {}).get("label", "?")

@@ -253,17 +253,6 @@ def set_int8_file(out_dir: Path, int8_file: str | None, runtime: str | None, que
     path.write_text(json.dumps(config, indent=2))
 
 
-def median_latency_ms(encoder: Encoder, text: str, runs: int = 50, warmup: int = 5) -> float:
-    for _ in range(warmup):
-        encoder.encode_queries([text])
-    timings = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        encoder.encode_queries([text])
-        timings.append((time.perf_counter() - started) * 1000)
-    return statistics.median(timings)
-
-
 def target_cpu(isa: str) -> CpuInfo:
     """This CPU (``auto``) or the instruction set asked for."""
     if isa == "auto":
@@ -523,9 +512,9 @@ def run_quantize(cfg: QuantizeConfig, workspace: Workspace, progress=None) -> Qu
             final, for_queries = (pair, for_queries) if pair.passed else (final, chosen)
         set_int8_file(tmp, chosen.file if chosen else None, chosen.runtime if chosen else None,
                       for_queries.file if for_queries else None, for_queries.runtime if for_queries else None)
-        latency = {"torch": median_latency_ms(torch_encoder, LATENCY_QUERY),
-                   "onnx": median_latency_ms(fp32, LATENCY_QUERY)}
-        latency.update({f"int8 {t.runtime}": t.batch1_ms for t in trials})
+        probes = sample.queries[:QUERY_PROBES] or [LATENCY_QUERY]
+        latency = dict(zip(("torch", "onnx"), query_latencies([torch_encoder, fp32], probes), strict=True))
+        latency.update({f"int8 {t.runtime}": t.batch1_ms for t in trials})  # the same probes, in the race
         fp32_bytes = (tmp / FP32_FILE).stat().st_size
         int8_bytes = model_bytes(tmp, chosen.file) if chosen else fp32_bytes
         passed = final.passed and chosen is not None

@@ -243,7 +243,7 @@ def quantize_tables(result: Any) -> list[Table]:
         gate_table.add_row(a.recipe, f"{a.cosine_mean:.4f}", f"{a.cosine_min:.4f}", f"{a.top10_overlap:.3f}",
                            f"{a.recall_fp32:.3f}", f"{a.recall_int8:.3f}", f"{a.drop_ci[0]:+.2f}..{a.drop_ci[1]:+.2f}",
                            Text("pass", style="green") if a.passed else Text("; ".join(a.reasons), style="red"))
-    latency = Table(title="median batch-1 encode latency", title_justify="left")
+    latency = Table(title="median encode ms per dev query, one at a time", title_justify="left")
     for column in ("backend", "ms p50"):
         latency.add_column(column, justify="right" if column != "backend" else "left")
     for name, value in result.latency_ms_p50.items():

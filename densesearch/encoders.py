@@ -109,6 +109,20 @@ class TorchEncoder:
         return self.encode(texts, batch_size=max(batch_size, 64))
 
 
+def padded_feeds(ids: list[list[int]], input_names: set[str]) -> dict[str, np.ndarray]:
+    """One batch of token ids, zero-padded to its longest row, as a transformer's inputs (with its mask)."""
+    width = max(len(row) for row in ids)
+    input_ids = np.zeros((len(ids), width), dtype=np.int64)
+    mask = np.zeros((len(ids), width), dtype=np.int64)
+    for n, row in enumerate(ids):
+        input_ids[n, : len(row)] = row
+        mask[n, : len(row)] = 1
+    feeds = {"input_ids": input_ids, "attention_mask": mask}
+    if "token_type_ids" in input_names:
+        feeds["token_type_ids"] = np.zeros_like(input_ids)
+    return feeds
+
+
 class OnnxEncoder:
     """onnxruntime + tokenizers: tokenise, infer, pool and normalise in numpy.
 
@@ -163,15 +177,8 @@ class OnnxEncoder:
         return self.session.run(None, feeds)[0]
 
     def _infer(self, ids: list[list[int]]) -> np.ndarray:
-        width = max(len(row) for row in ids)
-        input_ids = np.zeros((len(ids), width), dtype=np.int64)
-        mask = np.zeros((len(ids), width), dtype=np.int64)
-        for n, row in enumerate(ids):
-            input_ids[n, : len(row)] = row
-            mask[n, : len(row)] = 1
-        feeds = {"input_ids": input_ids, "attention_mask": mask}
-        if "token_type_ids" in self.input_names:
-            feeds["token_type_ids"] = np.zeros_like(input_ids)
+        feeds = padded_feeds(ids, self.input_names)
+        mask = feeds["attention_mask"]
         hidden = self._forward(feeds)
         self.tokens_encoded += int(mask.sum())
         if self.pooling == "cls":

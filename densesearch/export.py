@@ -30,8 +30,10 @@ from densesearch.encoders import (
     ENCODER_CONFIG,
     FP32_FILE,
     Encoder,
+    OnnxEncoder,
     load_onnx_encoder,
     load_torch_encoder,
+    padded_feeds,
     resolve_base_model,
 )
 from densesearch.errors import BadInput, DensesearchError
@@ -388,31 +390,22 @@ def calibration_texts(catalog: Catalog, workspace: Workspace, count: int, seed: 
     return items + queries
 
 
-def quantize_openvino(out_dir: Path, texts: list[str], max_seq_length: int) -> str:
-    """Static INT8 with NNCF (transformer preset: scales calibrated on ``texts``); returns the model file name."""
+def quantize_openvino(out_dir: Path, texts: list[str], fp32: OnnxEncoder) -> str:
+    """Static INT8 with NNCF (transformer preset: scales calibrated on ``texts``, tokenised and fed as ``fp32``,
+    the FP32 encoder of the same export, feeds its model); returns the model file name."""
     import logging
 
     os.environ.setdefault("NNCF_CI", "1")  # NNCF's switch for its usage telemetry: none from a user's machine
     import nncf
     import openvino as ov
-    from tokenizers import Tokenizer
 
     nncf.set_log_level(logging.ERROR)
-    tokenizer = Tokenizer.from_file(str(out_dir / "tokenizer.json"))
-    tokenizer.enable_truncation(max_length=max_seq_length)
-    tokenizer.no_padding()
     model = ov.Core().read_model(str(out_dir / FP32_FILE))
-    names = {name for port in model.inputs for name in port.get_names()}
-
-    def feeds(text: str) -> dict[str, np.ndarray]:
-        ids = np.asarray([tokenizer.encode(text).ids], dtype=np.int64)
-        batch = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
-        return {k: v for k, v in batch.items() if k in names}
-
+    calibration = [padded_feeds([fp32.tokenizer.encode(text).ids], fp32.input_names) for text in texts]
     # NNCF draws its own progress bars on stdout; the command shows one progress bar (DENSESEARCH_DEBUG=1 shows them)
     shown = os.environ.get("DENSESEARCH_DEBUG") == "1"
     with contextlib.nullcontext() if shown else contextlib.redirect_stdout(io.StringIO()):
-        quantized = nncf.quantize(model, nncf.Dataset([feeds(t) for t in texts]), subset_size=len(texts),
+        quantized = nncf.quantize(model, nncf.Dataset(calibration), subset_size=len(texts),
                                   model_type=nncf.ModelType.TRANSFORMER)
     ov.save_model(quantized, str(out_dir / OPENVINO_FILE), compress_to_fp16=False)
     return OPENVINO_FILE
@@ -466,7 +459,6 @@ def run_quantize(cfg: QuantizeConfig, workspace: Workspace, progress=None) -> Qu
                                    hint="check the model directory loads with sentence-transformers")
         attempts: list[ParityReport] = []
         contestants: list[Contestant] = []
-        reports: dict[str, ParityReport] = {}
         ladder = recipe_ladder(cpu) if "onnxruntime" in runtimes else []
         for step, recipe in enumerate(ladder):
             if progress:
@@ -477,7 +469,6 @@ def run_quantize(cfg: QuantizeConfig, workspace: Workspace, progress=None) -> Qu
             report = parity_check(fp32, encoder, sample, cfg, recipe.name)
             attempts.append(report)
             if report.passed or (cfg.force and step == len(ladder) - 1 and "openvino" not in runtimes):
-                reports[int8_file] = report
                 contestants.append(Contestant("onnxruntime", recipe.name, int8_file, encoder, report))
                 break
             (tmp / int8_file).unlink()
@@ -485,13 +476,12 @@ def run_quantize(cfg: QuantizeConfig, workspace: Workspace, progress=None) -> Qu
             if progress:
                 progress("quantizing (OpenVINO static INT8) and checking parity", len(ladder), len(ladder) + 1)
             int8_file = quantize_openvino(tmp, calibration_texts(catalog, workspace, cfg.calibration_texts, cfg.seed),
-                                          int(torch_encoder.model.max_seq_length))
+                                          fp32)
             set_int8_file(tmp, int8_file, "openvino")
             encoder = load_onnx_encoder(tmp, int8=True, fingerprint="", threads=cfg.threads)
             report = parity_check(fp32, encoder, sample, cfg, "openvino-static")
             attempts.append(report)
             if report.passed or (cfg.force and not contestants):
-                reports[int8_file] = report
                 contestants.append(Contestant("openvino", "static", int8_file, encoder, report))
             else:
                 for name in (int8_file, Path(int8_file).with_suffix(".bin").name):
@@ -502,7 +492,7 @@ def run_quantize(cfg: QuantizeConfig, workspace: Workspace, progress=None) -> Qu
         chosen = fastest(trials)
         if chosen is None and not cfg.fallback_fp32:
             raise gate_failure(attempts)
-        final = reports[chosen.file] if chosen else attempts[-1]
+        final = next(c.report for c in contestants if c.file == chosen.file) if chosen else attempts[-1]
         for_queries = quickest(trials)
         if chosen and for_queries.file != chosen.file:  # the pair as served must pass the gate too
             set_int8_file(tmp, chosen.file, chosen.runtime, for_queries.file, for_queries.runtime)

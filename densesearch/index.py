@@ -316,8 +316,7 @@ def recommended_mode(per_query: dict[str, np.ndarray]) -> tuple[str, dict[str, f
     return (max(better, key=lambda m: means[m]) if better else "hybrid"), p_values
 
 
-def pick_mode(workspace: Workspace, encoder: Encoder, index, bm25: Bm25Index, ids: list[str],
-              batch_size: int) -> ModeChoice:
+def pick_mode(workspace: Workspace, encoder: Encoder, index, bm25: Bm25Index, ids: list[str]) -> ModeChoice:
     """Search dev queries with the new dense index and BM25, and choose the mode and fusion from them."""
     judgments = dev_judgments(workspace)
     if not judgments.query_ids:  # nothing to choose with: RRF k=60 and hybrid, the usual defaults
@@ -396,7 +395,7 @@ def run_index(cfg: IndexConfig, workspace: Workspace, progress=None) -> IndexRes
         faiss.write_index(index, str(tmp / DENSE_FILE))
         bm25 = Bm25Index.build(catalog.texts, cfg.bm25)
         bm25.save(tmp / BM25_DIR)
-        choice = pick_mode(workspace, encoder, index, bm25, catalog.ids, cfg.batch_size)
+        choice = pick_mode(workspace, encoder, index, bm25, catalog.ids)
         _write_items(tmp / ITEMS_FILE, catalog.rows)
         param_name = search_param_name(cfg.kind)
         manifest = write_manifest(tmp, Manifest(

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -23,8 +22,9 @@ import numpy as np
 
 from densesearch.artifacts import open_artifact
 from densesearch.cpu import int8_peak_ops, read_cpu, usable_cores
-from densesearch.encoders import ENCODER_CONFIG, load_onnx_encoder, ops_per_token
+from densesearch.encoders import RUNTIMES, load_onnx_encoder, ops_per_token
 from densesearch.evaluation import exact_topk
+from densesearch.export import encode_speeds
 from densesearch.paths import Workspace, resolve_home
 from densesearch.prepare import load_catalog, load_pairs
 
@@ -44,18 +44,12 @@ class Row:
     recall_alone: float | None = None
 
 
-def encoders_in(directory: Path, scratch: Path) -> dict[str, object]:
-    """FP32 plus one encoder per INT8 model file, each from a copy whose encoder.json points at it."""
-    import shutil
-
+def encoders_in(directory: Path) -> dict[str, object]:
+    """FP32 plus one encoder per INT8 model file the artifact's runtime race kept."""
     found = {"fp32 onnxruntime": load_onnx_encoder(directory, int8=False, fingerprint="")}
-    config = json.loads((directory / ENCODER_CONFIG).read_text())
     for trial in json.loads((directory / "manifest.json").read_text())["extra"].get("runtimes", []):
-        copy = scratch / trial["runtime"]
-        shutil.copytree(directory, copy, dirs_exist_ok=True)
-        (copy / ENCODER_CONFIG).write_text(json.dumps({**config, "int8_file": trial["file"],
-                                                       "int8_runtime": trial["runtime"]}))
-        found[f"int8 {trial['runtime']} ({trial['recipe']})"] = load_onnx_encoder(copy, int8=True, fingerprint="")
+        found[f"int8 {trial['runtime']} ({trial['recipe']})"] = RUNTIMES[trial["runtime"]](
+            directory, int8=True, fingerprint="", model_file=trial["file"])
     return found
 
 
@@ -65,8 +59,6 @@ def recall_at_10(queries: np.ndarray, items: np.ndarray, positives: np.ndarray) 
 
 
 def main() -> None:
-    import tempfile
-
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--home", default=None)
     parser.add_argument("--workspace", default="default")
@@ -82,32 +74,22 @@ def main() -> None:
     positives = np.asarray([position[p.item_id] for p in dev])
     peak = int8_peak_ops(read_cpu(), usable_cores())
     rows: list[Row] = []
-    with tempfile.TemporaryDirectory() as scratch:
-        encoders = encoders_in(directory, Path(scratch))
-        best: dict[tuple[str, int], tuple[float, float]] = {}
-        for encoder in encoders.values():
-            encoder.encode(texts[:64], batch_size=16)
-        for _ in range(args.rounds):
-            for name, encoder in encoders.items():
-                for batch in BATCHES:
-                    before = encoder.tokens_encoded
-                    started = time.perf_counter()
-                    encoder.encode(texts, batch_size=batch)
-                    elapsed = time.perf_counter() - started
-                    speed = (len(texts) / elapsed, (encoder.tokens_encoded - before) / elapsed)
-                    best[name, batch] = max(best.get((name, batch), (0.0, 0.0)), speed)
-        ops = ops_per_token(directory, sum(len(e.ids) for e in next(iter(encoders.values())).tokenizer.encode_batch(
-            texts)) / len(texts))
-        for name, encoder in encoders.items():
-            queries = np.stack([encoder.encode([p.query])[0] for p in dev])
-            alone = np.stack([encoder.encode([t])[0] for t in texts])
-            for batch in BATCHES:
-                items_s, tokens_s = best[name, batch]
-                batched = encoder.encode(texts, batch_size=batch)
-                cosines = np.sum(batched * alone, axis=1)
-                share = ops * tokens_s / peak if ops and peak and name.startswith("int8") else None
-                rows.append(Row(name, batch, items_s, tokens_s, share, float(cosines.min()), float(cosines.mean()),
-                                recall_at_10(queries, batched, positives), recall_at_10(queries, alone, positives)))
+    encoders = encoders_in(directory)
+    best = {(name, batch): speed for batch in BATCHES
+            for name, speed in zip(encoders, encode_speeds(list(encoders.values()), texts, batch, args.rounds),
+                                   strict=True)}
+    ops = ops_per_token(directory, sum(len(e.ids) for e in next(iter(encoders.values())).tokenizer.encode_batch(
+        texts)) / len(texts))
+    for name, encoder in encoders.items():
+        queries = encoder.encode_queries([p.query for p in dev])  # one at a time, as served
+        alone = encoder.encode_queries(texts)  # each catalog text by itself
+        for batch in BATCHES:
+            items_s, tokens_s = best[name, batch]
+            batched = encoder.encode(texts, batch_size=batch)
+            cosines = np.sum(batched * alone, axis=1)
+            share = ops * tokens_s / peak if ops and peak and name.startswith("int8") else None
+            rows.append(Row(name, batch, items_s, tokens_s, share, float(cosines.min()), float(cosines.mean()),
+                            recall_at_10(queries, batched, positives), recall_at_10(queries, alone, positives)))
     if args.json:
         print(json.dumps({"cpu": read_cpu().as_dict(), "cores": usable_cores(), "items": len(texts),
                           "dev_queries": len(dev), "rows": [asdict(r) for r in rows]}, indent=2))

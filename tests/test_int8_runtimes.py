@@ -35,7 +35,8 @@ def openvino_dir(built, tmp_path_factory):
     directory = tmp_path_factory.mktemp("openvino") / "onnx"
     shutil.copytree(ws.artifact("onnx"), directory)
     if not (directory / OPENVINO_FILE).is_file():  # quantize served ONNX Runtime here: build the other one
-        quantize_openvino(directory, calibration_texts(load_catalog(ws), ws, 60, 13), 64)
+        quantize_openvino(directory, calibration_texts(load_catalog(ws), ws, 60, 13),
+                          load_onnx_encoder(directory, int8=False, fingerprint=""))
     set_int8_file(directory, OPENVINO_FILE, "openvino")
     return directory
 

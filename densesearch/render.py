@@ -357,7 +357,7 @@ def _quality_columns(report: Any) -> tuple[str, ...]:
 
 
 def _system_label(system: str) -> str:
-    return "hybrid (RRF)" if system.startswith("hybrid") else system.replace(" ONNX", "")
+    return "hybrid" if system.startswith("hybrid") else system.replace(" ONNX", "")
 
 
 def bench_quality_table(report: Any) -> Table:
@@ -369,7 +369,8 @@ def bench_quality_table(report: Any) -> Table:
                   box=box.SIMPLE_HEAD, pad_edge=False,
                   caption="R = recall of the exact item; MRR, nDCG at 10; CI = 95% bootstrap interval of R@10; "
                           "ANN = the index's recall@10 against exact search; "
-                          "hybrid = RRF of the served dense model and BM25; "
+                          "hybrid = the served dense model and BM25, fused as `index` chose on dev (named in "
+                          "report.md); "
                           "R@1/5/50 and variant-aware scores: report.md", caption_justify="left")
     table.add_column("system", no_wrap=True, min_width=15)
     table.add_column("search", no_wrap=True, min_width=5)

@@ -408,6 +408,9 @@ def serve(
     port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = 8000,
     threads: Annotated[int, typer.Option(min=0, max=1024, help="Encoder threads per request (1: best under "
                                                                 "concurrent load, one request per core).")] = 1,
+    workers: Annotated[int, typer.Option(min=1, max=64, help="Server processes sharing the port, each answering "
+                                                              "on its own core (more QPS under concurrent load; "
+                                                              "each loads the index; /metrics is per process).")] = 1,
     home: HomeOpt = None, workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
 ) -> None:
     """Serve search over HTTP: a search page at /, /search, /items/ID, /health, /metrics, /docs."""
@@ -415,7 +418,7 @@ def serve(
 
     ws = workspace_of(home, workspace)
     typer.echo(f"serving workspace {ws.name} on http://{host}:{port}/ (API docs at /docs; Ctrl-C stops)", err=True)
-    run_server(ws, host, port, threads)
+    run_server(ws, host, port, threads, workers)
 
 
 def _parse_batch_sizes(text: str) -> tuple[int, ...]:

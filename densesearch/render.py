@@ -204,6 +204,8 @@ def finetune_tables(result: Any) -> list[Table]:
 
 def training_data_label(recipe: dict) -> str:
     if recipe.get("source") == "judgments":
+        if recipe["negatives"] == "none":
+            return f"judged items graded >= {recipe['positive_grade']}; in-batch negatives only"
         return (f"judged items graded >= {recipe['positive_grade']}; negatives: {recipe['negatives']}"
                 f" (judged <= {recipe['low_grade']}, BM25 ranks {recipe['bm25_ranks'][0]}-{recipe['bm25_ranks'][1]},"
                 " guarded)")

@@ -1,6 +1,6 @@
 """Bounded load test of `densesearch serve` on loopback: QPS, p50/p99 and errors per mode, then during a republish.
 
-Usage: python scripts/load_test.py [--home PATH] [-w NAME] [--clients 8] [--seconds 30] [--json]
+Usage: python scripts/load_test.py [--home PATH] [-w NAME] [--clients 8] [--seconds 30] [--workers N] [--json]
 
 Starts `densesearch serve` on a free 127.0.0.1 port for an already built workspace (`densesearch
 quickstart`), drives it with N concurrent keep-alive HTTP connections for a fixed time per mode,
@@ -122,6 +122,8 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=30)
     parser.add_argument("--threads", type=int, default=1, help="server encoder threads (0: all cores)")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                        help="server processes (`serve --workers`; default: one per core)")
     parser.add_argument("--tool", choices=("auto", "wrk", "httpx"), default="auto")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
@@ -129,7 +131,7 @@ def main() -> None:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     server = subprocess.Popen([sys.executable, "-m", "densesearch", "serve", "--port", str(port), "--threads",
-                               str(args.threads), "-w", args.workspace, *home],
+                               str(args.threads), "--workers", str(args.workers), "-w", args.workspace, *home],
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
     results = []
     tool = ("wrk" if shutil.which("wrk") else "httpx") if args.tool == "auto" else args.tool
@@ -159,12 +161,13 @@ def main() -> None:
         server.terminate()
         server.wait(timeout=30)
     if args.json:
-        print(json.dumps({"tool": tool, "clients": args.clients, "seconds": args.seconds, "results": results,
+        print(json.dumps({"tool": tool, "clients": args.clients, "seconds": args.seconds, "workers": args.workers,
+                          "threads": args.threads, "results": results,
                           "health": health},
                          indent=2))
         return
-    print(f"{tool}, {args.clients} connections, {args.seconds:.0f} s per phase, loopback, server threads "
-          f"{args.threads}; served index {health['index'][:12]}")
+    print(f"{tool}, {args.clients} connections, {args.seconds:.0f} s per phase, loopback, server processes "
+          f"{args.workers}, encoder threads {args.threads}; served index {health['index'][:12]}")
     print(f"{'mode':32} {'requests':>9} {'QPS':>7} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
     for row in results:
         print(f"{row['mode']:32} {row['requests']:>9,} {row['qps']:>7.0f} {row['p50_ms']:>8.2f} {row['p99_ms']:>8.2f} "

@@ -71,6 +71,16 @@ def test_bad_requests_get_one_readable_json_error(client, request_args, status, 
     assert words in error and "\n" not in error and "Traceback" not in error
 
 
+def test_inline_app_answers_like_the_threaded_one(client, built):
+    """`serve --workers N` answers on the event loop's thread: same answers, same errors."""
+    inline = TestClient(create_app(SearchService(built["ws"]), inline=True))
+    params = {"q": "comfy summer dress for beach", "k": 10, "mode": "hybrid"}
+    ids = [[h["item_id"] for h in c.get("/search", params=params).json()["hits"]] for c in (client, inline)]
+    assert ids[0] == ids[1] and len(ids[0]) == 10
+    assert inline.get("/search", params={"q": "  "}).status_code == 400
+    assert inline.get("/health").json()["process"] == os.getpid()
+
+
 def test_unknown_item_and_bad_batch(client):
     assert client.get("/items/NOPE").status_code == 404 and "NOPE" in client.get("/items/NOPE").json()["error"]
     assert client.post("/search", json={"queries": []}).status_code == 422
@@ -200,3 +210,56 @@ def test_server_loads_without_torch(built):
         assert not heavy, heavy
     """)
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.slow
+def test_serve_with_two_worker_processes(built):
+    """`densesearch serve --workers 2`: two processes share the port; both answer as the index says."""
+    import subprocess
+    import sys
+
+    import httpx
+
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, "-m", "densesearch", "serve", "--port", str(port), "--workers", "2",
+                               "--home", str(built["ws"].home), "-w", built["ws"].name],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline, processes = time.monotonic() + 120, set()
+        while time.monotonic() < deadline and len(processes) < 2:
+            assert server.poll() is None, server.stderr.read()
+            try:  # a new connection each time: the processes take turns accepting
+                processes.add(httpx.get(f"{base}/health", timeout=2, headers={"Connection": "close"}).json()["process"])
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        assert len(processes) == 2 and server.pid not in processes
+        from densesearch.search import Searcher
+
+        expected = Searcher(built["ws"]).ask("leather wallet", QueryConfig(k=5, mode="dense"))
+        hits = httpx.get(f"{base}/search", params={"q": "leather wallet", "k": 5, "mode": "dense"}).json()["hits"]
+        assert [h["item_id"] for h in hits] == [h.item_id for h in expected.hits]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    deadline = time.monotonic() + 15  # stopping the supervisor stops its processes: none is left serving
+    while time.monotonic() < deadline and any(_alive(pid) for pid in processes):
+        time.sleep(0.2)
+    assert not any(_alive(pid) for pid in processes)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_serve_with_workers_and_no_index_says_which_command_to_run(tmp_path):
+    from typer.testing import CliRunner
+
+    from densesearch.cli import app
+
+    result = CliRunner().invoke(app, ["serve", "--workers", "2", "--home", str(tmp_path)])
+    assert result.exit_code != 0 and "densesearch index" in result.output

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 
 from densesearch import __version__
 from densesearch.errors import DensesearchError
@@ -18,7 +19,27 @@ from densesearch.render import Output
 
 DEBUG_ENV = "DENSESEARCH_DEBUG"
 
-app = typer.Typer(name="densesearch", no_args_is_help=True, add_completion=False,
+
+
+class _QuietHelp:
+    """`--help` without a `<bool>` type column entry, like every other flag here."""
+
+    def get_help_option(self, ctx):
+        option = super().get_help_option(ctx)
+        if option is not None:
+            option.metavar = ""
+        return option
+
+
+class Command(_QuietHelp, TyperCommand):
+    pass
+
+
+class Group(_QuietHelp, TyperGroup):
+    pass
+
+
+app = typer.Typer(name="densesearch", no_args_is_help=True, add_completion=False, cls=Group,
                   pretty_exceptions_enable=False,
                   help="Domain-adapted dense retrieval for e-commerce catalogs: "
                        "prepare -> finetune -> quantize -> index -> query -> bench.")
@@ -83,7 +104,7 @@ def root(version: Annotated[bool, Flag("--version", callback=_version, is_eager=
     """densesearch command line."""
 
 
-@app.command()
+@app.command(cls=Command)
 @handles_errors
 def prepare(
     meta: Annotated[Path | None, typer.Option("--meta", help="Item metadata: .jsonl, .jsonl.gz or .parquet.")] = None,
@@ -121,7 +142,7 @@ def prepare(
     out.data(result)
 
 
-@app.command()
+@app.command(cls=Command)
 @handles_errors
 def status(
     paths: Annotated[bool, Flag("--paths", help="Show where each artifact lives.")] = False,
@@ -163,7 +184,7 @@ def _quiet_libraries() -> None:
         pass
 
 
-@app.command()
+@app.command(cls=Command)
 @handles_errors
 def finetune(
     samples: Annotated[int, typer.Option(min=1, help="Training pairs to sample (seeded).")] = 50000,
@@ -217,7 +238,7 @@ def finetune(
     out.data(result)
 
 
-@app.command()
+@app.command(cls=Command)
 @handles_errors
 def quantize(
     model: Annotated[str, typer.Option(help="finetuned | base | PATH")] = "finetuned",
@@ -248,7 +269,7 @@ def quantize(
     out.data(result)
 
 
-@app.command()
+@app.command(cls=Command)
 @handles_errors
 def index(
     model: Annotated[str | None, typer.Option(help="int8 | onnx | finetuned | base | PATH (default: best)")] = None,
@@ -308,7 +329,7 @@ def _read_stdin_queries():
             yield line
 
 
-@app.command()
+@app.command(cls=Command)
 @handles_errors
 def query(
     text: Annotated[str | None, typer.Argument(help="The query; none opens a prompt (or reads piped stdin).")] = None,
@@ -401,7 +422,7 @@ def _session(answer, cfg, out: Output, lines, interactive: bool) -> None:
             out.err.print(f"error: {exc}")
 
 
-@app.command()
+@app.command(cls=Command)
 @handles_errors
 def serve(
     host: Annotated[str, typer.Option(help="Interface to bind (127.0.0.1: this machine only).")] = "127.0.0.1",
@@ -433,7 +454,7 @@ def _parse_batch_sizes(text: str) -> tuple[int, ...]:
     return sizes
 
 
-@app.command()
+@app.command(cls=Command)
 @handles_errors
 def bench(
     batch_size: Annotated[str, typer.Option("--batch-size", help="Latency batch sizes, e.g. 1,8,32.")] = "1",
@@ -516,7 +537,7 @@ def _bench_scale(cfg, ws: Workspace, out: Output) -> None:
     out.data({"report": report, "saved_to": saved})
 
 
-@app.command()
+@app.command(cls=Command)
 @handles_errors
 def quickstart(
     samples: Annotated[int, typer.Option(min=1, help="Training pairs.")] = 50000,

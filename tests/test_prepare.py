@@ -180,3 +180,12 @@ def test_home_flag_and_workspace_override_env(tmp_path):
 def test_version_and_help():
     assert runner.invoke(app, ["--version"]).stdout.startswith("densesearch ")
     assert "prepare" in runner.invoke(app, ["--help"]).stdout
+
+
+@pytest.mark.parametrize("command", [[], ["query"], ["serve"], ["index"], ["finetune"]])
+def test_help_shows_no_bool_type_noise(command):
+    """Flags, --help included, show no `<bool>` in the type column; typed options still show theirs."""
+    result = runner.invoke(app, [*command, "--help"], env={"COLUMNS": "120"})
+    assert result.exit_code == 0 and "--help" in result.stdout
+    assert "<bool>" not in result.stdout
+    assert not command or "<int" in result.stdout or "<str>" in result.stdout

@@ -316,13 +316,23 @@ def recommended_mode(per_query: dict[str, np.ndarray]) -> tuple[str, dict[str, f
     return (max(better, key=lambda m: means[m]) if better else "hybrid"), p_values
 
 
-def pick_mode(workspace: Workspace, encoder: Encoder, index, bm25: Bm25Index, ids: list[str]) -> ModeChoice:
+def encode_each_query_once(encoder: Encoder, texts: list[str], cache: dict[str, np.ndarray]) -> np.ndarray:
+    """Query vectors as served (one request each), every distinct text encoded once: ``cache`` keeps them
+    between the efSearch sweep and the mode choice, which share most of their dev queries."""
+    missing = [text for text in dict.fromkeys(texts) if text not in cache]
+    if missing:
+        cache.update(zip(missing, encoder.encode_queries(missing), strict=True))
+    return np.stack([cache[text] for text in texts]) if texts else np.zeros((0, encoder.dim), dtype=np.float32)
+
+
+def pick_mode(workspace: Workspace, encoder: Encoder, index, bm25: Bm25Index, ids: list[str],
+              encoded: dict[str, np.ndarray] | None = None) -> ModeChoice:
     """Search dev queries with the new dense index and BM25, and choose the mode and fusion from them."""
     judgments = dev_judgments(workspace)
     if not judgments.query_ids:  # nothing to choose with: RRF k=60 and hybrid, the usual defaults
         return ModeChoice(recommended="hybrid", fusion=Fusion(), dev_ndcg={}, candidates={}, p_vs_hybrid={},
                           queries=0)
-    vectors = encoder.encode_queries(judgments.queries)
+    vectors = encode_each_query_once(encoder, judgments.queries, {} if encoded is None else encoded)
     scores, found = index.search(vectors, FUSION_DEPTH)
     dense = [([int(i) for i in row if i >= 0], [float(v) for i, v in zip(row, vals, strict=True) if i >= 0])
              for row, vals in zip(found, scores, strict=True)]
@@ -387,7 +397,8 @@ def run_index(cfg: IndexConfig, workspace: Workspace, progress=None) -> IndexRes
         train_if_needed(index, vectors)
         add_in_chunks(index, vectors)
         build_seconds = time.perf_counter() - started
-        queries = encoder.encode_queries([p.query for p in dev])
+        encoded: dict[str, np.ndarray] = {}
+        queries = encode_each_query_once(encoder, [p.query for p in dev], encoded)
         exact, _ = exact_topk(queries, vectors, 100)
         served = reranked_search(index, vectors, RERANK_DEPTH) if cfg.kind == "ivfpq" else None
         sweep, chosen = sweep_search_param(index, cfg.kind, queries, exact[:, :10], cfg.target_recall,
@@ -395,7 +406,7 @@ def run_index(cfg: IndexConfig, workspace: Workspace, progress=None) -> IndexRes
         faiss.write_index(index, str(tmp / DENSE_FILE))
         bm25 = Bm25Index.build(catalog.texts, cfg.bm25)
         bm25.save(tmp / BM25_DIR)
-        choice = pick_mode(workspace, encoder, index, bm25, catalog.ids)
+        choice = pick_mode(workspace, encoder, index, bm25, catalog.ids, encoded)
         _write_items(tmp / ITEMS_FILE, catalog.rows)
         param_name = search_param_name(cfg.kind)
         manifest = write_manifest(tmp, Manifest(

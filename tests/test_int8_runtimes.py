@@ -154,3 +154,27 @@ def test_rebuilding_the_index_reuses_its_vectors_unless_something_changed(built,
         handle.write(b"\x00\x00\xc0\x7f")
     again = run_index(IndexConfig(kind="flat", batch_size=7), ws)
     assert again.throughput is not None and not again.notes
+
+
+def test_index_encodes_each_dev_query_once_for_its_sweep_and_mode_choice(built):
+    """The efSearch sweep and the mode choice share their dev queries: each distinct text is encoded once,
+    one request at a time, and gets the vector the served encoder gives it."""
+    from densesearch.index import encode_each_query_once
+
+    encoder = load_onnx_encoder(built["ws"].artifact("onnx"), int8=True, fingerprint="", threads=1)
+    asked: list[str] = []
+    real = encoder.encode_queries
+
+    def counted(texts, batch_size=1):
+        asked.extend(texts)
+        return real(texts, batch_size)
+
+    encoder.encode_queries = counted
+    cache: dict[str, np.ndarray] = {}
+    first = encode_each_query_once(encoder, ["beach hat", "leather wallet", "beach hat"], cache)
+    second = encode_each_query_once(encoder, ["leather wallet", "silver hoop earrings"], cache)
+    assert asked == ["beach hat", "leather wallet", "silver hoop earrings"]
+    np.testing.assert_array_equal(first[0], first[2])
+    np.testing.assert_array_equal(second[0], first[1])
+    np.testing.assert_allclose(second[1], real(["silver hoop earrings"])[0], atol=1e-6)
+    assert encode_each_query_once(encoder, [], cache).shape == (0, encoder.dim)

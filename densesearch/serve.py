@@ -8,7 +8,7 @@ that fails to load is reported by ``/health`` while the old one keeps serving.
 
 With ``workers`` > 1, that many processes share the port (uvicorn's supervisor) and each answers its
 requests inline, on its own core: no thread hand-off and no GIL shared between searches. On 2 cores one
-process is bound by its event-loop thread; two served 1.2-1.4x its dense QPS (docs/results.md).
+process is bound by its event-loop thread; two served 1.44x its dense QPS back to back (docs/results.md).
 """
 
 import gc

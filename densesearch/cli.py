@@ -20,7 +20,6 @@ from densesearch.render import Output
 DEBUG_ENV = "DENSESEARCH_DEBUG"
 
 
-
 class _QuietHelp:
     """`--help` without a `<bool>` type column entry, like every other flag here."""
 

@@ -146,11 +146,6 @@ def parity_sample(catalog: Catalog, dev: list[Pair], max_items: int, max_queries
                         positives=np.asarray([local[position[p.item_id]] for p in pairs], dtype=np.int64))
 
 
-def encode_queries_one_by_one(encoder: Encoder, queries: list[str], dim: int) -> np.ndarray:
-    """Queries as they are served: one at a time (INT8 activation scales depend on the batch)."""
-    return encoder.encode_queries(queries) if queries else np.zeros((0, dim), np.float32)
-
-
 def neighbours(queries: np.ndarray, items: np.ndarray, k: int, exclude_self: bool = False) -> np.ndarray:
     """Top-k item indices per query; with ``exclude_self`` query n is item n and never its own neighbour."""
     top, _ = exact_topk(queries, items, k + 1 if exclude_self else k)
@@ -168,7 +163,7 @@ def parity_check(reference: Encoder, candidate: Encoder, sample: ParitySample, c
                  recipe: str) -> ParityReport:
     """Judge ``candidate`` (INT8) against ``reference`` (FP32) on ``sample``."""
     ref_items, cand_items = (e.encode(sample.corpus, batch_size=64) for e in (reference, candidate))
-    ref_q, cand_q = (encode_queries_one_by_one(e, sample.queries, ref_items.shape[1]) for e in (reference, candidate))
+    ref_q, cand_q = (e.encode_queries(sample.queries) for e in (reference, candidate))  # one at a time, as served
     cosines = np.concatenate([np.sum(ref_items * cand_items, axis=1), np.sum(ref_q * cand_q, axis=1)])
     k = min(10, len(sample.corpus) - 1)
     ref_top, cand_top = neighbours(ref_q, ref_items, k), neighbours(cand_q, cand_items, k)
@@ -320,8 +315,8 @@ def query_latencies(encoders: list[Encoder], queries: list[str], rounds: int = S
 def batch_independence(encoder: Encoder, sample: ParitySample, batch_size: int) -> tuple[float, float]:
     """(min cosine, dev Recall@10 change) between the catalog encoded in batches and one text at a time."""
     batched = encoder.encode(sample.corpus, batch_size=batch_size)
-    alone = encode_queries_one_by_one(encoder, sample.corpus, batched.shape[1])
-    queries = encode_queries_one_by_one(encoder, sample.queries, batched.shape[1])
+    alone = encoder.encode_queries(sample.corpus)  # one text per call
+    queries = encoder.encode_queries(sample.queries)
     k = min(10, len(sample.corpus))
     recall = [float(np.mean([p in row for p, row in zip(sample.positives, neighbours(queries, items, k),
                                                          strict=True)])) if len(sample.queries) else 0.0

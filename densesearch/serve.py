@@ -14,6 +14,7 @@ process is bound by its event-loop thread; two served 1.44x its dense QPS back t
 import gc
 import json
 import os
+import sys
 import threading
 import time
 from collections import defaultdict
@@ -228,8 +229,11 @@ def _version() -> str:
 
 
 def loaded_service(workspace: Workspace, threads: int) -> SearchService:
-    """The service with its index loaded, and the loaded objects kept out of the garbage collector's scans
-    (a full collection over a large catalog's rows is a latency spike on some unlucky request)."""
+    """The service with its index loaded, in a process set up to serve it: the loaded objects kept out of the
+    garbage collector's scans (a full collection over a large catalog's rows is a latency spike on some unlucky
+    request), and a short GIL switch interval. Threads hand the GIL to each other between native calls (encoder,
+    FAISS); at CPython's default 5 ms a request that needs it for a few Python lines can wait that long."""
+    sys.setswitchinterval(GIL_SWITCH_SECONDS)
     service = SearchService(workspace, threads=threads)
     gc.collect()
     gc.freeze()
@@ -238,13 +242,8 @@ def loaded_service(workspace: Workspace, threads: int) -> SearchService:
 
 def serve(workspace: Workspace, host: str, port: int, threads: int = 1, workers: int = 1) -> None:
     """Load the index and serve until interrupted (``workers`` processes sharing the port)."""
-    import sys
-
     import uvicorn
 
-    # Worker threads hand the GIL to each other between native calls (encoder, FAISS); at CPython's default 5 ms
-    # switch interval a request that needs the GIL for a few Python lines can wait that long behind another.
-    sys.setswitchinterval(GIL_SWITCH_SECONDS)
     options = {"host": host, "port": port, "log_level": "warning", "access_log": False}  # uvloop, httptools if there
     if workers == 1:
         uvicorn.run(create_app(loaded_service(workspace, threads)), **options)
@@ -259,10 +258,7 @@ def serve(workspace: Workspace, host: str, port: int, threads: int = 1, workers:
 
 def worker_app():
     """One process of ``serve --workers N`` (uvicorn imports and calls this in each process it starts)."""
-    import sys
-
     settings = json.loads(os.environ[WORKER_SETTINGS_ENV])
-    sys.setswitchinterval(GIL_SWITCH_SECONDS)  # the hot-reload thread still shares the GIL
     workspace = Workspace(Path(settings["home"]), settings["name"])
     return create_app(loaded_service(workspace, settings["threads"]), inline=True)
 

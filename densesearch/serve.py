@@ -7,24 +7,31 @@ is swapped in atomically once loaded; requests in flight finish on the version t
 that fails to load is reported by ``/health`` while the old one keeps serving.
 
 With ``workers`` > 1, that many processes share the port (uvicorn's supervisor) and each answers its
-requests inline, on its own core: no thread hand-off and no GIL shared between searches. On 2 cores one
+requests inline, on its own core: no thread hand-off and no GIL shared between searches; keep-alive
+connections are moved between them until each holds its share (``densesearch.loadshare``). On 2 cores one
 process is bound by its event-loop thread; two served 1.44x its dense QPS back to back (docs/results.md).
 """
 
+import asyncio
 import gc
 import json
 import os
 import sys
+import tempfile
 import threading
 import time
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
+from urllib.parse import parse_qs
 
 from densesearch.config import QueryConfig
 from densesearch.errors import DensesearchError
+from densesearch.loadshare import ConnectionBalancer, LoadShare
 from densesearch.paths import Workspace
 from densesearch.search import MAX_QUERY_CHARS, Searcher
 
@@ -34,6 +41,8 @@ RELOAD_CHECK_SECONDS = 1.0
 LATENCY_BUCKETS_MS = (1, 2, 3, 5, 7.5, 10, 15, 25, 50, 100, 250, 1000)
 PAGE_RESOURCE = "web/index.html"
 GIL_SWITCH_SECONDS = 0.0005
+Mode = Literal["dense", "bm25", "hybrid"]
+SERVED_MODES = get_args(Mode)
 WORKER_SETTINGS_ENV = "DENSESEARCH_SERVE_WORKER"  # how `serve --workers N` hands its settings to each process
 
 
@@ -149,32 +158,91 @@ class SearchService:
                 "default_mode": searcher.default_mode, "notes": searcher.notes}
 
 
+class SearchFastPath:
+    """ASGI middleware that answers well-formed ``GET /search`` requests without FastAPI's per-request machinery.
+
+    The route is the hot path of a search box. FastAPI's parameter validation, dependency resolution and
+    anyio's thread hand-off cost about as much event-loop time as the search itself, and on 2 cores the event
+    loop is the bottleneck (docs/results.md: 1.5x the QPS with this path). Anything it does not recognise as
+    valid (a missing or over-long ``q``, a ``k`` out of range, an unknown mode) goes on to the FastAPI route,
+    so errors, validation messages and the OpenAPI schema stay FastAPI's.
+    """
+
+    def __init__(self, app, service: "SearchService", inline: bool, executor: ThreadPoolExecutor | None) -> None:
+        self.app = app
+        self.service = service
+        self.inline = inline
+        self.executor = executor
+
+    async def __call__(self, scope, receive, send) -> None:
+        params = search_params(scope) if scope["type"] == "http" else None
+        if params is None:
+            await self.app(scope, receive, send)
+            return
+        status, body = (self.answer(*params) if self.inline else
+                        await asyncio.get_running_loop().run_in_executor(self.executor, self.answer, *params))
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+    def answer(self, text: str, k: int, mode: str | None) -> tuple[int, bytes]:
+        """Status and JSON body, serialised off the event loop when a worker thread runs this."""
+        try:
+            return 200, json.dumps(self.service.search(text, k, mode), ensure_ascii=False).encode()
+        except DensesearchError as exc:
+            return 400, json.dumps({"error": str(exc)}, ensure_ascii=False).encode()
+
+
+def search_params(scope) -> tuple[str, int, str | None] | None:
+    """``(q, k, mode)`` of a valid ``GET /search``, or None for anything the FastAPI route should handle."""
+    if scope["method"] != "GET" or scope["path"] != "/search":
+        return None
+    try:
+        query = parse_qs(scope["query_string"].decode("utf-8"), keep_blank_values=True, strict_parsing=False,
+                         errors="strict", max_num_fields=16)
+    except (UnicodeDecodeError, ValueError):
+        return None
+    texts, ks, modes = query.get("q", []), query.get("k", ["10"]), query.get("mode", [None])
+    if len(texts) != 1 or len(ks) != 1 or len(modes) != 1 or len(texts[0]) > MAX_QUERY_CHARS:
+        return None
+    k, mode = ks[0], modes[0]
+    if not (k.isascii() and k.isdigit() and 1 <= int(k) <= MAX_K) or mode not in (None, *SERVED_MODES):
+        return None
+    return texts[0], int(k), mode
+
+
 def search_page() -> str:
     return (resources.files("densesearch") / PAGE_RESOURCE).read_text(encoding="utf-8")
 
 
-def create_app(service: SearchService, inline: bool = False):
+def create_app(service: SearchService, inline: bool = False, share: LoadShare | None = None):
     """The FastAPI application over one SearchService.
 
     ``inline`` answers each search on the event loop's own thread: right for a process that owns one core
-    (``serve --workers N``), where handing work to a thread only adds cost.
+    (``serve --workers N``), where handing work to a thread only adds cost. ``share`` moves keep-alive
+    connections away from a process that holds more than its share of them (``densesearch.loadshare``).
     """
-    import anyio
     from fastapi import Body, FastAPI, Query, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 
-    app = FastAPI(title="densesearch", version=_version(),
-                  description="Dense, BM25 and hybrid search over one densesearch workspace.")
     # Searches run in worker threads, one per core: ONNX Runtime, FAISS and numpy release the GIL, so two
     # requests encode in parallel while the event loop keeps parsing and answering.
-    workers = anyio.CapacityLimiter(service.workers)
+    executor = None if inline else ThreadPoolExecutor(service.workers, thread_name_prefix="densesearch-search")
+
+    @asynccontextmanager
+    async def lifespan(_app):
+        yield
+        if executor is not None:
+            executor.shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPI(title="densesearch", version=_version(), lifespan=lifespan,
+                  description="Dense, BM25 and hybrid search over one densesearch workspace.")
 
     async def answer(q: str, k: int, mode: str | None) -> dict[str, Any]:
         if inline:
             return service.search(q, k, mode)
-        return await anyio.to_thread.run_sync(service.search, q, k, mode, limiter=workers)
-    Mode = Literal["dense", "bm25", "hybrid"]
+        return await asyncio.get_running_loop().run_in_executor(executor, service.search, q, k, mode)
 
     @app.exception_handler(DensesearchError)
     async def refused(request: Request, exc: DensesearchError) -> JSONResponse:
@@ -219,6 +287,9 @@ def create_app(service: SearchService, inline: bool = False):
     async def metrics() -> str:
         return service.metrics.text(len(service.current.searcher.items))
 
+    app.add_middleware(SearchFastPath, service=service, inline=inline, executor=executor)
+    if share is not None:
+        app.add_middleware(ConnectionBalancer, share=share)  # added last: the outermost layer
     return app
 
 
@@ -251,16 +322,18 @@ def serve(workspace: Workspace, host: str, port: int, threads: int = 1, workers:
     from densesearch.artifacts import open_artifact
 
     open_artifact(workspace, "index")  # a missing or damaged index: one clear line here, not one per process
-    os.environ[WORKER_SETTINGS_ENV] = json.dumps({"home": str(workspace.home), "name": workspace.name,
-                                                  "threads": threads})
-    uvicorn.run("densesearch.serve:worker_app", factory=True, workers=workers, **options)
+    with tempfile.TemporaryDirectory(prefix="densesearch-serve-") as shares:
+        os.environ[WORKER_SETTINGS_ENV] = json.dumps({"home": str(workspace.home), "name": workspace.name,
+                                                      "threads": threads, "workers": workers, "shares": shares})
+        uvicorn.run("densesearch.serve:worker_app", factory=True, workers=workers, **options)
 
 
 def worker_app():
     """One process of ``serve --workers N`` (uvicorn imports and calls this in each process it starts)."""
     settings = json.loads(os.environ[WORKER_SETTINGS_ENV])
     workspace = Workspace(Path(settings["home"]), settings["name"])
-    return create_app(loaded_service(workspace, settings["threads"]), inline=True)
+    share = LoadShare(Path(settings["shares"]), settings["workers"])
+    return create_app(loaded_service(workspace, settings["threads"]), inline=True, share=share)
 
 
 __all__ = ["SearchService", "create_app", "serve", "worker_app"]

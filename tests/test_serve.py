@@ -16,7 +16,7 @@ from densesearch.config import IndexConfig, QueryConfig
 from densesearch.index import run_add
 from densesearch.paths import Workspace
 from densesearch.render import answer_table
-from densesearch.serve import SearchService, create_app
+from densesearch.serve import MAX_K, SearchFastPath, SearchService, create_app, search_params
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 
@@ -79,6 +79,57 @@ def test_inline_app_answers_like_the_threaded_one(client, built):
     assert ids[0] == ids[1] and len(ids[0]) == 10
     assert inline.get("/search", params={"q": "  "}).status_code == 400
     assert inline.get("/health").json()["process"] == os.getpid()
+
+
+def _get(path: str, query: str = "", method: str = "GET") -> dict:
+    return {"type": "http", "method": method, "path": path, "query_string": query.encode()}
+
+
+@pytest.mark.parametrize("scope, expected", [
+    (_get("/search", "q=red+dress&k=5&mode=dense"), ("red dress", 5, "dense")),
+    (_get("/search", "q=red%20dress"), ("red dress", 10, None)),
+    (_get("/search", "q=&k=3"), ("", 3, None)),  # the searcher refuses it with its own one-line message
+    (_get("/search", f"q=hat&k={MAX_K}&other=1"), ("hat", MAX_K, None)),
+    (_get("/search", "q=hat&k=0"), None), (_get("/search", f"q=hat&k={MAX_K + 1}"), None),
+    (_get("/search", "q=hat&k=ten"), None), (_get("/search", "q=hat&k=-1"), None),
+    (_get("/search", "q=hat&k=%D9%A3"), None),  # a non-ASCII digit
+    (_get("/search", "q=hat&mode=fuzzy"), None), (_get("/search", "k=3"), None),
+    (_get("/search", "q=a&q=b"), None), (_get("/search", "q=" + "x" * 10_001), None),
+    (_get("/search", "q=%FF"), None), (_get("/search", "q=hat", method="POST"), None), (_get("/items/3"), None),
+])
+def test_fast_path_takes_only_valid_searches(scope, expected):
+    assert search_params(scope) == expected
+
+
+def test_fast_path_answers_without_the_framework(built):
+    """Valid searches never reach the wrapped app; anything else does, untouched."""
+    import asyncio
+
+    reached = []
+
+    async def framework(scope, receive, send) -> None:
+        reached.append(scope["path"])
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def call(app, scope) -> tuple[int, bytes]:
+        sent = []
+
+        async def send(message) -> None:
+            sent.append(message)
+
+        await app(scope, None, send)
+        return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:])
+
+    service = SearchService(built["ws"])
+    app = SearchFastPath(framework, service=service, inline=True, executor=None)
+    status, body = asyncio.run(call(app, _get("/search", "q=leather+wallet&k=4&mode=bm25")))
+    expected = service.search("leather wallet", 4, "bm25")
+    assert status == 200 and [h["item_id"] for h in json.loads(body)["hits"]] == [h["item_id"] for h in expected["hits"]]
+    status, body = asyncio.run(call(app, _get("/search", "q=++")))
+    assert status == 400 and json.loads(body) == {"error": "query is empty (give some words to search for)"}
+    assert reached == []
+    assert asyncio.run(call(app, _get("/search", "q=hat&k=0")))[0] == 204 and reached == ["/search"]
 
 
 def test_unknown_item_and_bad_batch(client):
@@ -203,7 +254,7 @@ def test_server_loads_without_torch(built):
         from pathlib import Path
         from fastapi.testclient import TestClient
         from densesearch.paths import Workspace
-        from densesearch.serve import SearchService, create_app
+        from densesearch.serve import MAX_K, SearchFastPath, SearchService, create_app, search_params
         client = TestClient(create_app(SearchService(Workspace(Path({str(built['ws'].home)!r})))))
         assert client.get("/search", params={{"q": "summer dress", "mode": "hybrid"}}).json()["hits"]
         heavy = [m for m in ("torch", "sentence_transformers", "transformers", "bm25s", "scipy") if m in sys.modules]

@@ -8,8 +8,9 @@ that fails to load is reported by ``/health`` while the old one keeps serving.
 
 With ``workers`` > 1, that many processes share the port (uvicorn's supervisor) and each answers its
 requests inline, on its own core: no thread hand-off and no GIL shared between searches; keep-alive
-connections are moved between them until each holds its share (``densesearch.loadshare``). On 2 cores one
-process is bound by its event-loop thread; two served 1.44x its dense QPS back to back (docs/results.md).
+connections are moved between them until each holds its share (``densesearch.loadshare``). Well-formed
+``GET /search`` requests skip FastAPI's per-request machinery (``SearchFastPath``). Measured throughput
+and tail latency: docs/results.md, "Serving over HTTP".
 """
 
 import asyncio

@@ -36,6 +36,7 @@ class LoadShare:
     active: dict[tuple, float] = field(default_factory=dict)
     peers: int = 0
     refreshed: float = -math.inf
+    published: bool = True
 
     def should_close(self, client: tuple, now: float) -> bool:
         """Note a request from ``client``; True when this process holds more than its share of connections."""
@@ -43,7 +44,7 @@ class LoadShare:
         if now - self.refreshed >= self.refresh_s:
             self.refresh(now)
         mine = len(self.active)
-        if mine > math.ceil((mine + self.peers) / self.workers):
+        if self.published and mine > math.ceil((mine + self.peers) / self.workers):
             del self.active[client]  # it is about to close; its replacement counts wherever it lands
             return True
         return False
@@ -52,12 +53,15 @@ class LoadShare:
         """Forget idle connections, publish this process's count, read the peers' recent counts."""
         self.refreshed = now
         self.active = {client: seen for client, seen in self.active.items() if now - seen < self.idle_s}
-        own = self.directory / self.name
         scratch = self.directory / f".{self.name}.tmp"
-        scratch.write_text(str(len(self.active)))
-        os.replace(scratch, own)
-        self.peers = sum(self._recent_count(path, time.time()) for path in self.directory.iterdir()
-                         if path.name != self.name and not path.name.startswith("."))
+        try:
+            scratch.write_text(str(len(self.active)))
+            os.replace(scratch, self.directory / self.name)
+            self.peers = sum(self._recent_count(path, time.time()) for path in self.directory.iterdir()
+                             if path.name != self.name and not path.name.startswith("."))
+            self.published = True
+        except OSError:  # the directory is gone (a /tmp cleaner) or full: serve on, just without balancing
+            self.published = False
 
     def _recent_count(self, path: Path, wall_now: float) -> int:
         try:

@@ -50,6 +50,12 @@ def test_idle_connections_and_stale_peers_stop_counting(tmp_path):
     assert a.peers == 0 and len(a.active) == 1
 
 
+def test_a_lost_share_directory_only_stops_the_balancing(tmp_path):
+    a = LoadShare(tmp_path / "gone", 2, name="a")
+    assert not any(a.should_close(client, now=0.0) for client in _clients(5))  # never created: no error, no close
+    assert not a.published
+
+
 def test_balancer_adds_connection_close_only_when_told(tmp_path):
     async def app(scope, receive, send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})

@@ -57,7 +57,8 @@ class LoadShare:
         try:
             scratch.write_text(str(len(self.active)))
             os.replace(scratch, self.directory / self.name)
-            self.peers = sum(self._recent_count(path, time.time()) for path in self.directory.iterdir()
+            wall_now = time.time()
+            self.peers = sum(self._recent_count(path, wall_now) for path in self.directory.iterdir()
                              if path.name != self.name and not path.name.startswith("."))
             self.published = True
         except OSError:  # the directory is gone (a /tmp cleaner) or full: serve on, just without balancing

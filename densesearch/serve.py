@@ -27,14 +27,14 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal
 from urllib.parse import parse_qs
 
 from densesearch.config import QueryConfig
 from densesearch.errors import DensesearchError
 from densesearch.loadshare import ConnectionBalancer, LoadShare
 from densesearch.paths import Workspace
-from densesearch.search import MAX_QUERY_CHARS, Searcher
+from densesearch.search import MAX_QUERY_CHARS, MODES, Searcher
 
 MAX_K = 1000
 MAX_BATCH = 64
@@ -42,8 +42,6 @@ RELOAD_CHECK_SECONDS = 1.0
 LATENCY_BUCKETS_MS = (1, 2, 3, 5, 7.5, 10, 15, 25, 50, 100, 250, 1000)
 PAGE_RESOURCE = "web/index.html"
 GIL_SWITCH_SECONDS = 0.0005
-Mode = Literal["dense", "bm25", "hybrid"]
-SERVED_MODES = get_args(Mode)
 WORKER_SETTINGS_ENV = "DENSESEARCH_SERVE_WORKER"  # how `serve --workers N` hands its settings to each process
 
 
@@ -169,19 +167,17 @@ class SearchFastPath:
     so errors, validation messages and the OpenAPI schema stay FastAPI's.
     """
 
-    def __init__(self, app, service: "SearchService", inline: bool, executor: ThreadPoolExecutor | None) -> None:
+    def __init__(self, app, service: "SearchService", executor: ThreadPoolExecutor | None) -> None:
         self.app = app
         self.service = service
-        self.inline = inline
-        self.executor = executor
+        self.executor = executor  # None: answer inline, on the event loop's thread
 
     async def __call__(self, scope, receive, send) -> None:
         params = search_params(scope) if scope["type"] == "http" else None
         if params is None:
             await self.app(scope, receive, send)
             return
-        status, body = (self.answer(*params) if self.inline else
-                        await asyncio.get_running_loop().run_in_executor(self.executor, self.answer, *params))
+        status, body = await run_on(self.executor, self.answer, *params)
         await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
@@ -192,6 +188,13 @@ class SearchFastPath:
             return 200, json.dumps(self.service.search(text, k, mode), ensure_ascii=False).encode()
         except DensesearchError as exc:
             return 400, json.dumps({"error": str(exc)}, ensure_ascii=False).encode()
+
+
+async def run_on(executor: ThreadPoolExecutor | None, function, *args):
+    """``function(*args)`` on one of the executor's threads, or right here when there is no executor."""
+    if executor is None:
+        return function(*args)
+    return await asyncio.get_running_loop().run_in_executor(executor, function, *args)
 
 
 def search_params(scope) -> tuple[str, int, str | None] | None:
@@ -207,7 +210,7 @@ def search_params(scope) -> tuple[str, int, str | None] | None:
     if len(texts) != 1 or len(ks) != 1 or len(modes) != 1 or len(texts[0]) > MAX_QUERY_CHARS:
         return None
     k, mode = ks[0], modes[0]
-    if not (k.isascii() and k.isdigit() and 1 <= int(k) <= MAX_K) or mode not in (None, *SERVED_MODES):
+    if not (k.isascii() and k.isdigit() and 1 <= int(k) <= MAX_K) or mode not in (None, *MODES):
         return None
     return texts[0], int(k), mode
 
@@ -241,9 +244,8 @@ def create_app(service: SearchService, inline: bool = False, share: LoadShare | 
                   description="Dense, BM25 and hybrid search over one densesearch workspace.")
 
     async def answer(q: str, k: int, mode: str | None) -> dict[str, Any]:
-        if inline:
-            return service.search(q, k, mode)
-        return await asyncio.get_running_loop().run_in_executor(executor, service.search, q, k, mode)
+        return await run_on(executor, service.search, q, k, mode)
+    Mode = Literal["dense", "bm25", "hybrid"]
 
     @app.exception_handler(DensesearchError)
     async def refused(request: Request, exc: DensesearchError) -> JSONResponse:
@@ -288,7 +290,7 @@ def create_app(service: SearchService, inline: bool = False, share: LoadShare | 
     async def metrics() -> str:
         return service.metrics.text(len(service.current.searcher.items))
 
-    app.add_middleware(SearchFastPath, service=service, inline=inline, executor=executor)
+    app.add_middleware(SearchFastPath, service=service, executor=executor)
     if share is not None:
         app.add_middleware(ConnectionBalancer, share=share)  # added last: the outermost layer
     return app

@@ -122,7 +122,7 @@ def test_fast_path_answers_without_the_framework(built):
         return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:])
 
     service = SearchService(built["ws"])
-    app = SearchFastPath(framework, service=service, inline=True, executor=None)
+    app = SearchFastPath(framework, service=service, executor=None)
     status, body = asyncio.run(call(app, _get("/search", "q=leather+wallet&k=4&mode=bm25")))
     expected = service.search("leather wallet", 4, "bm25")
     got = [hit["item_id"] for hit in json.loads(body)["hits"]]

@@ -16,6 +16,7 @@ import numpy as np
 
 from densesearch.artifacts import BM25_DIR, DENSE_FILE, VECTORS_FILE, Artifact, has_artifact, open_artifact
 from densesearch.config import BenchConfig, QueryConfig
+from densesearch.cpu import usable_cores
 from densesearch.encoders import Encoder, EncoderSpec, base_spec, choose_encoder
 from densesearch.errors import BadInput, MissingArtifact
 from densesearch.evaluation import exact_topk, score_rankings
@@ -109,8 +110,8 @@ def machine_info(threads: int) -> dict[str, Any]:
         pass
     model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                   if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
-    return {"platform": platform.platform(), "cpu": model, "cores": os.cpu_count(), "cpu_flags": sorted(flags),
-            "threads": threads or os.cpu_count(), "versions": package_versions()}
+    return {"platform": platform.platform(), "cpu": model, "cores": usable_cores(), "cpu_flags": sorted(flags),
+            "threads": threads or usable_cores(), "versions": package_versions()}
 
 
 @dataclass
@@ -157,7 +158,7 @@ def encode_on_every_core(encoder: Encoder, texts: list[str]) -> np.ndarray:
     import faiss
 
     before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(os.cpu_count() or 1)
+    faiss.omp_set_num_threads(usable_cores())
     try:
         return encoder.encode(texts, batch_size=64)
     finally:

@@ -9,6 +9,7 @@ the local engine. Vectors stream back to the driver and land in the memory-mappe
 from __future__ import annotations
 
 import logging
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -53,16 +54,19 @@ class EncoderActor:
 
         if isinstance(payload, ray.ObjectRef):  # the files, put once in the object store
             payload = ray.get(payload)
-        self.directory = Path(tempfile.mkdtemp(prefix="densesearch-encoder-"))
-        for name, data in payload.items():
-            target = self.directory / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(data)
-        if backend == "torch":
-            self.encoder = load_torch_encoder(str(self.directory), fingerprint)
-        else:
-            self.encoder = load_onnx_encoder(self.directory, int8=backend == "onnx-int8", fingerprint=fingerprint,
-                                             threads=threads)
+        directory = Path(tempfile.mkdtemp(prefix="densesearch-encoder-"))
+        try:  # an actor is killed, not closed, at shutdown: its files go as soon as the model is loaded
+            for name, data in payload.items():
+                target = directory / name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(data)
+            if backend == "torch":
+                self.encoder = load_torch_encoder(str(directory), fingerprint)
+            else:
+                self.encoder = load_onnx_encoder(directory, int8=backend == "onnx-int8", fingerprint=fingerprint,
+                                                 threads=threads)
+        finally:  # the runtimes hold the model in memory (or a mapping, which outlives the file on POSIX)
+            shutil.rmtree(directory, ignore_errors=True)
         self.batch_size = batch_size
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

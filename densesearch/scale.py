@@ -25,6 +25,7 @@ import numpy as np
 
 from densesearch.artifacts import VECTORS_FILE, open_artifact
 from densesearch.config import IndexConfig, ScaleConfig
+from densesearch.cpu import usable_cores
 from densesearch.encoders import EncoderSpec
 from densesearch.errors import BadInput
 from densesearch.index import KINDS, add_in_chunks, new_faiss_index, sweep_search_param, train_if_needed
@@ -211,7 +212,7 @@ def measure_kind(kind: str, vectors: np.ndarray, queries: np.ndarray, truth: np.
 
     if progress:
         progress(f"building {kind}", 0, None)
-    faiss.omp_set_num_threads(cfg.threads or _cores())
+    faiss.omp_set_num_threads(cfg.threads or usable_cores())
     started = time.perf_counter()
     index = new_faiss_index(kind, vectors.shape[1], len(vectors),
                             IndexConfig(hnsw_m=cfg.hnsw_m, ef_construction=cfg.ef_construction))
@@ -252,12 +253,6 @@ def _served(kind: str, search, vectors: np.ndarray, queries: np.ndarray, truth: 
         search_param=param, recall_at_10=ann_recall(found, truth[:, :10], 10),
         p50_ms=float(np.percentile(samples, 50)), p99_ms=float(np.percentile(samples, 99)),
         qps_one_thread=1000 / float(np.mean(samples)), sweep=sweep)
-
-
-def _cores() -> int:
-    import os
-
-    return os.cpu_count() or 1
 
 
 def synthetic_documents(texts: Sequence[str], n: int, seed: int) -> list[list[str]]:

@@ -31,6 +31,7 @@ from typing import Annotated, Any, Literal
 from urllib.parse import parse_qs
 
 from densesearch.config import QueryConfig
+from densesearch.cpu import usable_cores
 from densesearch.errors import DensesearchError
 from densesearch.loadshare import ConnectionBalancer, LoadShare
 from densesearch.paths import Workspace
@@ -100,7 +101,7 @@ class SearchService:
                  workers: int = 0) -> None:
         self.workspace = workspace
         self.threads = threads
-        self.workers = workers or os.cpu_count() or 1
+        self.workers = workers or usable_cores()
         self.check_seconds = check_seconds
         self.metrics = Metrics()
         self.reload_error: str | None = None

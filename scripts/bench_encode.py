@@ -1,6 +1,6 @@
 """Catalog encode speed and batch dependence of every encoder in a workspace's ONNX artifact, in one run.
 
-Usage: python scripts/bench_encode.py [--home PATH] [--workspace default] [--rounds 3] [--json]
+Usage: python scripts/bench_encode.py [--home PATH] [--workspace default] [--rounds 3] [--int8-only] [--json]
 
 For the FP32 ONNX model and each INT8 model `quantize` left in the artifact (ONNX Runtime's dynamic
 INT8 and, where it passed, OpenVINO's static INT8), at catalog batch sizes 16 and 64 (64 was the
@@ -44,9 +44,9 @@ class Row:
     recall_alone: float | None = None
 
 
-def encoders_in(directory: Path) -> dict[str, object]:
-    """FP32 plus one encoder per INT8 model file the artifact's runtime race kept."""
-    found = {"fp32 onnxruntime": load_onnx_encoder(directory, int8=False, fingerprint="")}
+def encoders_in(directory: Path, fp32: bool = True) -> dict[str, object]:
+    """FP32 (unless told not to) plus one encoder per INT8 model file the artifact's runtime race kept."""
+    found = {"fp32 onnxruntime": load_onnx_encoder(directory, int8=False, fingerprint="")} if fp32 else {}
     for trial in json.loads((directory / "manifest.json").read_text())["extra"].get("runtimes", []):
         found[f"int8 {trial['runtime']} ({trial['recipe']})"] = RUNTIMES[trial["runtime"]](
             directory, int8=True, fingerprint="", model_file=trial["file"])
@@ -63,6 +63,8 @@ def main() -> None:
     parser.add_argument("--home", default=None)
     parser.add_argument("--workspace", default="default")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--int8-only", action="store_true",
+                        help="skip the FP32 rows (e.g. on a machine where only the INT8 files were copied)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     ws = Workspace(resolve_home(args.home), args.workspace)
@@ -74,7 +76,7 @@ def main() -> None:
     positives = np.asarray([position[p.item_id] for p in dev])
     peak = int8_peak_ops(read_cpu(), usable_cores())
     rows: list[Row] = []
-    encoders = encoders_in(directory)
+    encoders = encoders_in(directory, fp32=not args.int8_only)
     best = {(name, batch): speed for batch in BATCHES
             for name, speed in zip(encoders, encode_speeds(list(encoders.values()), texts, batch, args.rounds),
                                    strict=True)}

@@ -24,6 +24,8 @@ import sys
 import tempfile
 import time
 
+from densesearch.cpu import usable_cores
+
 QUERIES = ("comfy summer dress for beach", "waterproof hiking boots for men", "silver hoop earrings",
            "kids halloween costume dinosaur", "high waisted yoga shorts with pockets", "polarized sunglasses",
            "warm winter coat for women", "leather wallet with coin pocket", "running shoes wide feet",
@@ -122,7 +124,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=30)
     parser.add_argument("--threads", type=int, default=1, help="server encoder threads (0: all cores)")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+    parser.add_argument("--workers", type=int, default=usable_cores(),
                         help="server processes (`serve --workers`; default: one per core)")
     parser.add_argument("--tool", choices=("auto", "wrk", "httpx"), default="auto")
     parser.add_argument("--json", action="store_true")

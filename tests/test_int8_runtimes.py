@@ -4,6 +4,7 @@ throughput accounting `index` prints (real models, real runtimes)."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 
@@ -62,6 +63,20 @@ def test_openvino_encoder_answers_many_threads_at_once(openvino_dir):
     with ThreadPoolExecutor(4) as pool:  # one infer request per thread, as the server calls it
         got = np.stack(list(pool.map(lambda q: encoder.encode([q])[0], queries)))
     np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no CPU affinity on this platform")
+def test_encoders_default_to_the_cores_this_process_may_use(openvino_dir):
+    """A container's CPU set, not the host's core count: 16 threads on 2 allowed cores thrash."""
+    allowed = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(allowed)})
+    try:
+        onnx = load_onnx_encoder(openvino_dir, int8=False, fingerprint="")
+        openvino = load_onnx_encoder(openvino_dir, int8=True, fingerprint="")
+    finally:
+        os.sched_setaffinity(0, allowed)
+    assert onnx.session.get_session_options().intra_op_num_threads == 1
+    assert openvino.compiled.get_property("INFERENCE_NUM_THREADS") == 1
 
 
 def test_openvino_model_that_cannot_load_is_named(openvino_dir, tmp_path):

@@ -3,6 +3,9 @@
 In the slow tier (about 30 s of Ray start-up and actors): `.ci/run` installs the ray extra and runs it.
 """
 
+import tempfile
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -30,7 +33,9 @@ def test_ray_actors_encode_what_the_local_engine_encodes(built, tmp_path):
     # chunks of 40 rows: four tasks over two actors, each chunk batched as the local engine batches it
     chunk = 40
     expected = np.concatenate([encoder.encode(texts[s:s + chunk], batch_size=64) for s in range(0, len(texts), chunk)])
+    scratch = set(Path(tempfile.gettempdir()).glob("densesearch-encoder-*"))
     report = encode_with_ray(spec, directory, texts, out, chunk=chunk, batch_size=64, plan=RayPlan(workers=2))
+    assert set(Path(tempfile.gettempdir()).glob("densesearch-encoder-*")) == scratch  # actors leave no copies
     assert report["workers"] == 2 and not ray.is_initialized()  # 4 chunks, 2 actors; its local Ray is shut down
     assert np.abs(out - expected).max() < 1e-5  # same batch-mates, same vectors
     queries = encoder.encode([p.query for p in load_pairs(ws, "dev")], batch_size=64)

@@ -14,7 +14,15 @@ from typing import Any
 
 import numpy as np
 
-from densesearch.artifacts import BM25_DIR, DENSE_FILE, VECTORS_FILE, Artifact, has_artifact, open_artifact
+from densesearch.artifacts import (
+    BM25_DIR,
+    DENSE_FILE,
+    NGRAM_DIR,
+    VECTORS_FILE,
+    Artifact,
+    has_artifact,
+    open_artifact,
+)
 from densesearch.config import BenchConfig, QueryConfig
 from densesearch.cpu import usable_cores
 from densesearch.encoders import Encoder, EncoderSpec, base_spec, choose_encoder
@@ -247,6 +255,10 @@ def run_bench(cfg: BenchConfig, workspace: Workspace, progress=None) -> BenchRep
     sparse = searcher.bm25.search(queries, depth)
     runs = [SystemRun("BM25", "inverted index", "bm25", [[ids[i] for i in found] for found, _ in sparse],
                       [s.tolist() for _, s in sparse])]
+    if searcher.has_ngrams:
+        grams = searcher.ngrams.search(queries, depth)
+        runs.append(SystemRun("BM25, character 3-grams", "inverted index", "bm25-ngrams",
+                              [[ids[i] for i in found] for found, _ in grams], [s.tolist() for _, s in grams]))
     vectors = searcher.artifact.load_npy(VECTORS_FILE)
     encoders: dict[str, Encoder] = {}
     served_name = "finetuned-int8" if searcher.spec.backend == "onnx-int8" else "served"
@@ -270,9 +282,12 @@ def run_bench(cfg: BenchConfig, workspace: Workspace, progress=None) -> BenchRep
                                   [[ids[i] for i in found] for found, _ in scored],
                                   [s.tolist() for _, s in scored], ann=ann_recall(approx, exact, 10)))
             fusion = searcher.fusion
-            fused = [fuse((found.tolist(), values.tolist()), (s.tolist(), v.tolist()), fusion, depth)
-                     for (found, values), (s, v) in zip(scored, sparse, strict=True)]
-            runs.append(SystemRun(f"hybrid ({fusion.label}: {name} + BM25)", searcher.manifest.extra["kind"],
+            grams = ([(f.tolist(), v.tolist()) for f, v in searcher.ngrams.search(queries, depth)]
+                     if fusion.uses_ngrams else [None] * len(queries))
+            fused = [fuse((found.tolist(), values.tolist()), (s.tolist(), v.tolist()), fusion, depth, g)
+                     for (found, values), (s, v), g in zip(scored, sparse, grams, strict=True)]
+            lexical = "BM25 + 3-gram BM25" if fusion.uses_ngrams else "BM25"
+            runs.append(SystemRun(f"hybrid ({fusion.label}: {name} + {lexical})", searcher.manifest.extra["kind"],
                                   "hybrid",
                                   [[ids[i] for i, _ in row] for row in fused], [[s for _, s in row] for row in fused]))
     quality, baseline = [], None
@@ -370,6 +385,7 @@ def artifact_sizes(workspace: Workspace, index: Artifact) -> dict[str, int]:
         if name in files:
             sizes[f"index_{name.replace('.', '_')}_bytes"] = files[name]
     sizes["index_bm25_bytes"] = sum(size for name, size in files.items() if name.startswith(f"{BM25_DIR}/"))
+    sizes["index_bm25_ngrams_bytes"] = sum(size for name, size in files.items() if name.startswith(f"{NGRAM_DIR}/"))
     sizes["index_dense_loaded_ram_bytes"] = loaded_index_ram(index.file(DENSE_FILE))
     return sizes
 

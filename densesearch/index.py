@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from densesearch.artifacts import BM25_DIR, DENSE_FILE, ITEMS_FILE, VECTORS_FILE, open_artifact
+from densesearch.artifacts import BM25_DIR, DENSE_FILE, ITEMS_FILE, NGRAM_DIR, VECTORS_FILE, open_artifact
 from densesearch.config import ENCODE_BATCH, GPU_ENCODE_BATCH, IndexConfig
 from densesearch.encoders import Encoder, EncoderSpec, choose_encoder, pick_device
 from densesearch.errors import BadInput
@@ -43,6 +43,8 @@ MODE_QUERIES = 2000                           # dev queries that choose the defa
 FUSION_DEPTH = 100                            # each side's list length before fusion (as served)
 RRF_CONSTANTS = (10, 30, 60, 100)
 BM25_WEIGHTS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+# three-list score fusion (dense, BM25, 3-gram BM25): (w_bm25, w_ngram), dense keeps at least 0.2
+THREE_WAY_WEIGHTS = tuple((b / 10, n / 10) for n in range(1, 7) for b in range(0, 6) if b + n <= 8)
 MODE_SIGNIFICANCE = 0.05
 IVFPQ_MIN_VECTORS = 39 * 256  # FAISS wants 39 training points per centroid of the 8-bit PQ codebooks
 
@@ -279,11 +281,15 @@ class ModeChoice:
 
 def fusion_candidates() -> list[Fusion]:
     return ([Fusion("rrf", rrf_k=k) for k in RRF_CONSTANTS]
-            + [Fusion("wsum", w_bm25=w) for w in BM25_WEIGHTS])
+            + [Fusion("wsum", w_bm25=w) for w in BM25_WEIGHTS]
+            + [Fusion("wsum", w_bm25=b, w_ngram=n) for b, n in THREE_WAY_WEIGHTS])
 
 
-def choose_mode(dense: list[tuple[list[int], list[float]]], sparse: list[tuple[list[int], list[float]]],
-                qrels: list[dict[str, int]], ids: list[str], min_relevance: int) -> ModeChoice:
+Ranked = list[tuple[list[int], list[float]]]
+
+
+def choose_mode(dense: Ranked, sparse: Ranked, qrels: list[dict[str, int]], ids: list[str], min_relevance: int,
+                ngrams: Ranked | None = None) -> ModeChoice:
     """Pick the fusion best on dev, then hybrid as the default mode unless dense or BM25 is significantly better.
 
     Ties go to the earlier candidate (RRF first: it needs no score scale). A single mode beats hybrid only
@@ -297,7 +303,11 @@ def choose_mode(dense: list[tuple[list[int], list[float]]], sparse: list[tuple[l
     candidates: dict[str, float] = {}
     best, best_scores = None, None
     for fusion in fusion_candidates():
-        scores = ndcg([[i for i, _ in fuse(d, s, fusion, 10)] for d, s in zip(dense, sparse, strict=True)])
+        if fusion.uses_ngrams and ngrams is None:
+            continue
+        lists = ngrams if fusion.uses_ngrams else [None] * len(dense)
+        scores = ndcg([[i for i, _ in fuse(d, s, fusion, 10, n)]
+                       for d, s, n in zip(dense, sparse, lists, strict=True)])
         candidates[fusion.label] = round(float(scores.mean()), 6)
         if best_scores is None or scores.mean() > best_scores.mean() + 1e-12:
             best, best_scores = fusion, scores
@@ -326,7 +336,7 @@ def encode_each_query_once(encoder: Encoder, texts: list[str], cache: dict[str, 
 
 
 def pick_mode(workspace: Workspace, encoder: Encoder, index, bm25: Bm25Index, ids: list[str],
-              encoded: dict[str, np.ndarray] | None = None) -> ModeChoice:
+              encoded: dict[str, np.ndarray] | None = None, ngrams: Bm25Index | None = None) -> ModeChoice:
     """Search dev queries with the new dense index and BM25, and choose the mode and fusion from them."""
     judgments = dev_judgments(workspace)
     if not judgments.query_ids:  # nothing to choose with: RRF k=60 and hybrid, the usual defaults
@@ -336,10 +346,11 @@ def pick_mode(workspace: Workspace, encoder: Encoder, index, bm25: Bm25Index, id
     scores, found = index.search(vectors, FUSION_DEPTH)
     dense = [([int(i) for i in row if i >= 0], [float(v) for i, v in zip(row, vals, strict=True) if i >= 0])
              for row, vals in zip(found, scores, strict=True)]
-    sparse = [(found_ids.tolist(), values.tolist()) for found_ids, values in bm25.search(judgments.queries,
-                                                                                         FUSION_DEPTH)]
+    sparse, gram_lists = ([(found_ids.tolist(), values.tolist()) for found_ids, values
+                           in lexical.search(judgments.queries, FUSION_DEPTH)] if lexical else None
+                          for lexical in (bm25, ngrams))
     return choose_mode(dense, sparse, [judgments.qrels[q] for q in judgments.query_ids], ids,
-                       judgments.min_relevance)
+                       judgments.min_relevance, gram_lists)
 
 
 def dev_judgments(workspace: Workspace) -> Judgments:
@@ -406,7 +417,9 @@ def run_index(cfg: IndexConfig, workspace: Workspace, progress=None) -> IndexRes
         faiss.write_index(index, str(tmp / DENSE_FILE))
         bm25 = Bm25Index.build(catalog.texts, cfg.bm25)
         bm25.save(tmp / BM25_DIR)
-        choice = pick_mode(workspace, encoder, index, bm25, catalog.ids, encoded)
+        ngrams = Bm25Index.build_ngrams(catalog.texts)
+        ngrams.save(tmp / NGRAM_DIR)
+        choice = pick_mode(workspace, encoder, index, bm25, catalog.ids, encoded, ngrams)
         _write_items(tmp / ITEMS_FILE, catalog.rows)
         param_name = search_param_name(cfg.kind)
         manifest = write_manifest(tmp, Manifest(
@@ -470,6 +483,7 @@ def run_add(cfg: IndexConfig, workspace: Workspace, progress=None) -> IndexResul
         faiss.write_index(index, str(tmp / DENSE_FILE))
         rows = existing + new_rows
         Bm25Index.build([r["text"] for r in rows], manifest.extra["bm25"]).save(tmp / BM25_DIR)
+        Bm25Index.build_ngrams([r["text"] for r in rows]).save(tmp / NGRAM_DIR)
         _write_items(tmp / ITEMS_FILE, rows)
         manifest.counts = {**manifest.counts, "vectors": len(rows), "added": manifest.counts.get("added", 0)
                            + len(new_rows)}

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from densesearch.artifacts import BM25_DIR, ITEMS_FILE, VECTORS_FILE, Artifact, open_artifact
+from densesearch.artifacts import BM25_DIR, ITEMS_FILE, NGRAM_DIR, VECTORS_FILE, Artifact, open_artifact
 from densesearch.config import QueryConfig
 from densesearch.cpu import read_cpu
 from densesearch.encoders import EncoderSpec, choose_encoder
@@ -130,6 +130,7 @@ class Searcher:
                 self.notes.append(note)
         self._encoder = None
         self._bm25: Bm25Index | None = None
+        self._ngrams: Bm25Index | None = None
         self._vectors: np.ndarray | None = None
 
     @property
@@ -143,6 +144,18 @@ class Searcher:
         if self._bm25 is None:
             self._bm25 = Bm25Index.load(self.artifact, BM25_DIR)
         return self._bm25
+
+    @property
+    def has_ngrams(self) -> bool:
+        """Indexes built before the 3-gram index existed lack it."""
+        return (self.directory / NGRAM_DIR / "bm25.json").is_file()
+
+    @property
+    def ngrams(self) -> Bm25Index:
+        """BM25 over character 3-grams, the third list of a fusion that weighs it."""
+        if self._ngrams is None:
+            self._ngrams = Bm25Index.load(self.artifact, NGRAM_DIR)
+        return self._ngrams
 
     @property
     def default_mode(self) -> str:
@@ -185,6 +198,10 @@ class Searcher:
         found, scores = self.bm25.search([text], k)[0]
         return found.tolist(), scores.tolist()
 
+    def sparse_ngrams(self, text: str, k: int) -> tuple[list[int], list[float]]:
+        found, scores = self.ngrams.search([text], k)[0]
+        return found.tolist(), scores.tolist()
+
     def ask(self, text: str, cfg: QueryConfig) -> Answer:
         """Answer one query: validate, encode, search, fuse, collapse variants, time each step."""
         text = validate_query(text)
@@ -208,8 +225,9 @@ class Searcher:
         elif mode == "bm25":
             ids, scores = self.sparse(text, depth if cfg.collapse_variants else k)
         else:
-            fused = fuse(self.dense(vector, depth, cfg.ef_search), self.sparse(text, depth), self._fusion_for(cfg),
-                         depth)
+            fusion = self._fusion_for(cfg)
+            fused = fuse(self.dense(vector, depth, cfg.ef_search), self.sparse(text, depth), fusion, depth,
+                         self.sparse_ngrams(text, depth) if fusion.uses_ngrams else None)
             ids, scores = [i for i, _ in fused], [s for _, s in fused]
         if cfg.collapse_variants:
             ids, scores = self._collapse(ids, scores)
@@ -237,6 +255,8 @@ class Searcher:
             _ = self.encoder
         if mode != "dense":
             _ = self.bm25
+        if mode == "hybrid" and self.fusion.uses_ngrams:
+            _ = self.ngrams
 
     def _collapse(self, ids: list[int], scores: list[float]) -> tuple[list[int], list[float]]:
         seen, out_ids, out_scores = set(), [], []
@@ -299,34 +319,49 @@ def rerank_exact(vectors: np.ndarray, query: np.ndarray, candidates: np.ndarray,
 @dataclass(frozen=True)
 class Fusion:
     """How hybrid mode merges the dense and BM25 lists: RRF with constant ``rrf_k``, or a weighted sum of
-    min-max normalised scores with weight ``w_bm25`` on BM25 (``index`` picks the one best on dev)."""
+    min-max normalised scores with weight ``w_bm25`` on BM25 and ``w_ngram`` on character 3-gram BM25, the
+    rest on dense (``index`` picks the one best on dev)."""
 
     method: str = "rrf"          # rrf | wsum
     rrf_k: int = 60
     w_bm25: float = 0.5
+    w_ngram: float = 0.0         # wsum only; 0: the 3-gram list is not searched
 
     @classmethod
     def from_manifest(cls, extra: dict) -> Fusion:
         recorded = extra.get("fusion") or {}
         try:
             fusion = cls(method=str(recorded.get("method", "rrf")), rrf_k=int(recorded.get("rrf_k", 60)),
-                         w_bm25=float(recorded.get("w_bm25", 0.5)))
+                         w_bm25=float(recorded.get("w_bm25", 0.5)), w_ngram=float(recorded.get("w_ngram", 0.0)))
         except (TypeError, ValueError) as exc:
             raise ArtifactCorrupt("index", "manifest.json", "records an unreadable fusion setting") from exc
-        if fusion.method not in ("rrf", "wsum"):
+        if fusion.method not in ("rrf", "wsum") or fusion.w_ngram and fusion.method != "wsum":
             raise ArtifactCorrupt("index", "manifest.json", f"records an unknown fusion {fusion.method!r}")
         return fusion
 
     @property
     def label(self) -> str:
-        return f"RRF k={self.rrf_k}" if self.method == "rrf" else f"score fusion, BM25 weight {self.w_bm25:g}"
+        if self.method == "rrf":
+            return f"RRF k={self.rrf_k}"
+        ngrams = f", 3-gram weight {self.w_ngram:g}" if self.w_ngram else ""
+        return f"score fusion, BM25 weight {self.w_bm25:g}{ngrams}"
+
+    @property
+    def uses_ngrams(self) -> bool:
+        return self.method == "wsum" and self.w_ngram > 0
 
 
 def fuse(dense: tuple[list[int], list[float]], sparse: tuple[list[int], list[float]], fusion: Fusion,
-         limit: int) -> list[tuple[int, float]]:
-    """Merge a dense and a BM25 result list (item indices with scores) as ``fusion`` says."""
+         limit: int, ngrams: tuple[list[int], list[float]] | None = None) -> list[tuple[int, float]]:
+    """Merge a dense, a BM25 and (when ``fusion`` weighs it) a 3-gram BM25 result list (item indices with
+    scores) as ``fusion`` says."""
     if fusion.method == "rrf":
         return rrf_fuse([list(dense[0]), list(sparse[0])], fusion.rrf_k, limit)
+    if fusion.uses_ngrams:
+        if ngrams is None:
+            raise ValueError("this fusion weighs the 3-gram list, and none was given")
+        return weighted_fuse([dense, sparse, ngrams], [1.0 - fusion.w_bm25 - fusion.w_ngram, fusion.w_bm25,
+                                                       fusion.w_ngram], limit)
     return weighted_fuse([dense, sparse], [1.0 - fusion.w_bm25, fusion.w_bm25], limit)
 
 

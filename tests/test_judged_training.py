@@ -85,7 +85,46 @@ def test_mode_choice_picks_the_best_fusion_and_hybrid_unless_one_side_is_signifi
     assert choice.recommended == "hybrid"
     assert choice.dev_ndcg["hybrid"] == max(choice.candidates.values()) > max(choice.dev_ndcg["dense"],
                                                                                 choice.dev_ndcg["bm25"])
+    assert set(choice.candidates) == {f.label for f in fusion_candidates() if not f.uses_ngrams}  # no 3-gram lists
+
+
+def test_a_third_list_joins_the_fusion_when_it_finds_what_the_other_two_miss():
+    rng = np.random.default_rng(2)
+    ids = [f"i{i}" for i in range(1000)]
+    queries = 60
+    qrels = [{f"i{q * 10}": 1} for q in range(queries)]
+
+    def finds(third: int) -> list[tuple[list[int], list[float]]]:
+        """Each list finds its own third of the targets (3-grams: the typos, say) at rank 1, the rest not at all."""
+        rows = []
+        for q in range(queries):
+            filler = [i for i in rng.permutation(1000).tolist() if i % 10][:50]
+            row = [q * 10] + filler[:49] if q % 3 == third else filler
+            rows.append((row, [1.0 / rank for rank in range(1, len(row) + 1)]))
+        return rows
+
+    dense, sparse, grams = finds(0), finds(1), finds(2)
+    choice = choose_mode(dense, sparse, qrels, ids, min_relevance=1, ngrams=grams)
+    assert choice.fusion.uses_ngrams and choice.fusion.method == "wsum"
+    two_lists = max(v for label, v in choice.candidates.items() if "3-gram" not in label)
+    assert choice.dev_ndcg["hybrid"] > two_lists + 0.1
     assert set(choice.candidates) == {f.label for f in fusion_candidates()}
+
+
+def test_three_list_fusion_weights_and_its_manifest_record():
+    dense, sparse, grams = ([1, 2], [0.9, 0.1]), ([2, 3], [5.0, 1.0]), ([4, 1], [3.0, 1.0])
+    fusion = Fusion("wsum", w_bm25=0.3, w_ngram=0.4)
+    fused = dict(fuse(dense, sparse, fusion, 10, grams))
+    assert fused == pytest.approx({1: 0.3, 2: 0.3, 3: 0.0, 4: 0.4})
+    assert "3-gram weight 0.4" in fusion.label and not Fusion("wsum", w_bm25=0.3).uses_ngrams
+    with pytest.raises(ValueError):
+        fuse(dense, sparse, fusion, 10)  # a fusion that weighs 3-grams needs their list
+    recorded = {"fusion": {"method": "wsum", "rrf_k": 60, "w_bm25": 0.3, "w_ngram": 0.4}}
+    assert Fusion.from_manifest(recorded) == fusion
+    from densesearch.errors import ArtifactCorrupt
+
+    with pytest.raises(ArtifactCorrupt):
+        Fusion.from_manifest({"fusion": {"method": "rrf", "w_ngram": 0.4}})
 
 
 def test_a_single_mode_replaces_hybrid_only_when_significantly_better():

@@ -229,8 +229,9 @@ def test_bench_report_compare_and_trec(built, tmp_path):
     assert rows and all(r["delta"] == 0 for r in rows)
     assert_catalog_vectors_are_cached(ws)
     trec = tmp_path / "trec"
-    assert {p.name for p in trec.iterdir()} == {"qrels.txt", "bm25.trec", "base.trec", "finetuned-fp32.trec",
-                                               "finetuned-int8.trec", "finetuned-int8-exact.trec", "hybrid.trec"}
+    assert {p.name for p in trec.iterdir()} == {"qrels.txt", "bm25.trec", "bm25-ngrams.trec", "base.trec",
+                                               "finetuned-fp32.trec", "finetuned-int8.trec",
+                                               "finetuned-int8-exact.trec", "hybrid.trec"}
     line = (trec / "hybrid.trec").read_text().splitlines()[0].split()
     assert line[1] == "Q0" and line[3] == "1" and line[5] == "hybrid"
     ranx = pytest.importorskip("ranx")

@@ -214,6 +214,9 @@ class OnnxEncoder:
 # Intel Xeon with AMX its bf16 kernels returned wrong vectors for some 31-32-token texts (cosine 0.77 to the
 # FP32 result, measured); in f32 they were right (0.9999) and faster there (404 against 273 items/s, 2 cores).
 INFERENCE_PRECISION = "f32"
+# Bumped whenever the same model files start to encode differently (2: OpenVINO in f32), so an index never
+# copies vectors that an older version encoded.
+ENCODE_NUMERICS = 2
 
 
 class OpenVinoEncoder(OnnxEncoder):

@@ -12,7 +12,7 @@ import numpy as np
 
 from densesearch.artifacts import BM25_DIR, DENSE_FILE, ITEMS_FILE, NGRAM_DIR, VECTORS_FILE, open_artifact
 from densesearch.config import ENCODE_BATCH, GPU_ENCODE_BATCH, IndexConfig
-from densesearch.encoders import Encoder, EncoderSpec, choose_encoder, pick_device
+from densesearch.encoders import ENCODE_NUMERICS, Encoder, EncoderSpec, choose_encoder, pick_device
 from densesearch.errors import BadInput
 from densesearch.evaluation import exact_topk
 from densesearch.itemtext import ItemFields
@@ -102,8 +102,9 @@ def measure_throughput(encoder: Encoder, spec: EncoderSpec, workspace: Workspace
 def reuse_published_vectors(workspace: Workspace, spec: EncoderSpec, data_fingerprint: str, batch_size: int,
                             device: str, path: Path, rows: int, dim: int) -> np.ndarray | None:
     """The published index's catalog vectors copied to ``path`` when they are exactly what encoding would give
-    (same encoder version, backend and device, same catalog, same batch size, no items added) and its files still hash
-    to its fingerprint; None otherwise. Rebuilding with another index kind or HNSW setting then costs no encode."""
+    (same encoder version, backend, device and numerics, same catalog, same batch size, no items added) and its
+    files still hash to its fingerprint; None otherwise. Rebuilding with another index kind or HNSW setting then
+    costs no encode."""
     from densesearch.artifacts import has_artifact
     from densesearch.errors import DensesearchError
     from densesearch.manifest import fingerprint_files
@@ -118,6 +119,7 @@ def reuse_published_vectors(workspace: Workspace, spec: EncoderSpec, data_finger
     if (encoder.get("fingerprint"), encoder.get("backend")) != (spec.fingerprint, spec.backend) \
             or manifest.upstream.get("data") != data_fingerprint or manifest.extra.get("device") != device \
             or manifest.extra.get("encode_batch") != batch_size \
+            or manifest.extra.get("encode_numerics") != ENCODE_NUMERICS \
             or manifest.counts.get("added") or fingerprint_files(artifact.path) != manifest.fingerprint:
         return None
     old = artifact.load_npy(VECTORS_FILE)
@@ -430,6 +432,7 @@ def run_index(cfg: IndexConfig, workspace: Workspace, progress=None) -> IndexRes
                    **choice.to_manifest(), "bm25": cfg.bm25,
                    "encode_seconds": encode_seconds, "build_seconds": build_seconds, "device": device,
                    "throughput": asdict(throughput) if throughput else None, "encode_batch": cfg.batch_size,
+                   "encode_numerics": ENCODE_NUMERICS,
                    "hnsw": {"M": cfg.hnsw_m, "efConstruction": ef_construction(cfg, len(vectors))}
                    if cfg.kind.startswith("hnsw") else {},
                    "query_source": data_manifest.extra.get("query_source")}))

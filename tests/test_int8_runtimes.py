@@ -161,6 +161,12 @@ def test_rebuilding_the_index_reuses_its_vectors_unless_something_changed(built,
     assert flat.throughput is None and any("nothing was re-encoded" in n for n in flat.notes)
     assert flat.items_per_second == 0 and "copied" in encode_speed(flat)
     np.testing.assert_array_equal(open_artifact(ws, "index").load_npy("vectors.npy", mmap=False), before)
+    manifest = open_artifact(ws, "index").path / "manifest.json"
+    raw = json.loads(manifest.read_text())
+    raw["extra"]["encode_numerics"] = 1  # an older version's vectors (OpenVINO in bf16): never copied
+    manifest.write_text(json.dumps(raw))
+    older = run_index(IndexConfig(kind="flat"), ws)
+    assert older.throughput is not None and not older.notes
     other_batch = run_index(IndexConfig(kind="flat", batch_size=7), ws)  # batching may move INT8 vectors
     assert other_batch.throughput is not None and not other_batch.notes
     vectors = open_artifact(ws, "index").load_npy("vectors.npy")

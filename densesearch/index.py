@@ -348,11 +348,14 @@ def pick_mode(workspace: Workspace, encoder: Encoder, index, bm25: Bm25Index, id
     scores, found = index.search(vectors, FUSION_DEPTH)
     dense = [([int(i) for i in row if i >= 0], [float(v) for i, v in zip(row, vals, strict=True) if i >= 0])
              for row, vals in zip(found, scores, strict=True)]
-    sparse, gram_lists = ([(found_ids.tolist(), values.tolist()) for found_ids, values
-                           in lexical.search(judgments.queries, FUSION_DEPTH)] if lexical else None
-                          for lexical in (bm25, ngrams))
-    return choose_mode(dense, sparse, [judgments.qrels[q] for q in judgments.query_ids], ids,
-                       judgments.min_relevance, gram_lists)
+    return choose_mode(dense, lexical_lists(bm25, judgments.queries),
+                       [judgments.qrels[q] for q in judgments.query_ids], ids, judgments.min_relevance,
+                       lexical_lists(ngrams, judgments.queries) if ngrams else None)
+
+
+def lexical_lists(index: Bm25Index, queries: list[str]) -> Ranked:
+    """Each query's BM25 top ``FUSION_DEPTH`` (item indices and scores), as hybrid search fuses them."""
+    return [(found.tolist(), values.tolist()) for found, values in index.search(queries, FUSION_DEPTH)]
 
 
 def dev_judgments(workspace: Workspace) -> Judgments:

@@ -335,8 +335,12 @@ class Fusion:
                          w_bm25=float(recorded.get("w_bm25", 0.5)), w_ngram=float(recorded.get("w_ngram", 0.0)))
         except (TypeError, ValueError) as exc:
             raise ArtifactCorrupt("index", "manifest.json", "records an unreadable fusion setting") from exc
-        if fusion.method not in ("rrf", "wsum") or fusion.w_ngram and fusion.method != "wsum":
+        if fusion.method not in ("rrf", "wsum"):
             raise ArtifactCorrupt("index", "manifest.json", f"records an unknown fusion {fusion.method!r}")
+        if (fusion.w_ngram and fusion.method != "wsum") or min(fusion.w_bm25, fusion.w_ngram) < 0 \
+                or fusion.w_bm25 + fusion.w_ngram > 1 + 1e-9:
+            raise ArtifactCorrupt("index", "manifest.json", f"records fusion weights it cannot use "
+                                                            f"(BM25 {fusion.w_bm25:g}, 3-grams {fusion.w_ngram:g})")
         return fusion
 
     @property

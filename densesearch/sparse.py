@@ -162,7 +162,7 @@ class Bm25Index:
         Only items sharing a term with the query are returned: a query of unknown words gets no hits.
         """
         k = min(k, self.size)
-        return [_matching(_top(np.asarray(self.engine.get_scores(self.tokenizer(q)), dtype=np.float32), k))
+        return [_best_matching(np.asarray(self.engine.get_scores(self.tokenizer(q)), dtype=np.float32), k)
                 for q in queries]
 
     def save(self, directory: Path) -> None:
@@ -202,20 +202,19 @@ class Bm25Index:
         return cls(backend=backend, engine=engine, size=size, tokenizer=tokenizer, k1=k1, b=b, method=method)
 
 
-def _top(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The k best scores, ties by lower index, in O(N) (a full sort costs ~100 ms at 800K documents)."""
-    if k < len(scores):
-        kth = np.partition(scores, len(scores) - k)[len(scores) - k]
-        above = np.flatnonzero(scores > kth)
-        candidates = np.concatenate([above, np.flatnonzero(scores == kth)[: k - len(above)]])
-    else:
-        candidates = np.arange(len(scores))
+def _best_matching(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k best positive scores (items sharing a term with the query), ties by lower index, in O(N).
+
+    Only the matching items are partitioned and sorted: most of a catalog scores 0 for a query, and sorting
+    those ties cost ~4 ms per query at 55K items.
+    """
+    candidates = np.flatnonzero(scores > 0)
+    if k <= 0:
+        candidates = candidates[:0]
+    elif len(candidates) > k:
+        values = scores[candidates]
+        kth = np.partition(values, len(values) - k)[len(values) - k]
+        above = candidates[values > kth]
+        candidates = np.concatenate([above, candidates[values == kth][: k - len(above)]])  # ascending: lowest first
     order = candidates[np.lexsort((candidates, -scores[candidates]))][:k]
     return order, scores[order]
-
-
-def _matching(top: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Drop zero-score hits (items sharing no term with the query)."""
-    ids, scores = top
-    keep = scores > 0
-    return ids[keep], scores[keep]

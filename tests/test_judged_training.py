@@ -123,8 +123,10 @@ def test_three_list_fusion_weights_and_its_manifest_record():
     assert Fusion.from_manifest(recorded) == fusion
     from densesearch.errors import ArtifactCorrupt
 
-    with pytest.raises(ArtifactCorrupt):
-        Fusion.from_manifest({"fusion": {"method": "rrf", "w_ngram": 0.4}})
+    for bad in ({"method": "rrf", "w_ngram": 0.4}, {"method": "wsum", "w_bm25": 0.7, "w_ngram": 0.4},
+                {"method": "wsum", "w_ngram": -0.1}):
+        with pytest.raises(ArtifactCorrupt, match="fusion weights"):
+            Fusion.from_manifest({"fusion": bad})
 
 
 def test_a_single_mode_replaces_hybrid_only_when_significantly_better():

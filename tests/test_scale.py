@@ -19,7 +19,7 @@ from densesearch.scale import (
     synthetic_documents,
 )
 from densesearch.search import rerank_exact
-from densesearch.sparse import _top
+from densesearch.sparse import _best_matching
 
 
 def real_vectors(built) -> np.ndarray:
@@ -46,11 +46,15 @@ def test_chunked_ground_truth_equals_exact_search(monkeypatch):
     assert np.array_equal(exact_ground_truth(items, queries, 10), exact_topk(queries, items, 10)[0])
 
 
-def test_top_k_selection_breaks_ties_by_lower_index():
-    scores = np.random.default_rng(0).integers(0, 4, 5000).astype(np.float32)  # heavy ties
-    for k in (1, 10, 4999, 5000, 6000):
-        expected = np.lexsort((np.arange(len(scores)), -scores))[:k]
-        assert np.array_equal(_top(scores, k)[0], expected)
+def test_top_k_selection_keeps_matching_items_and_breaks_ties_by_lower_index():
+    rng = np.random.default_rng(0)
+    for scores in (rng.integers(-1, 4, 5000).astype(np.float32),  # heavy ties, zeros and negatives
+                   rng.random(5000).astype(np.float32), np.zeros(50, dtype=np.float32)):
+        positive = np.flatnonzero(scores > 0)
+        for k in (0, 1, 10, 2000, 4999, 5000, 6000):
+            expected = positive[np.lexsort((positive, -scores[positive]))][:k]
+            found, values = _best_matching(scores, k)
+            assert np.array_equal(found, expected) and np.array_equal(values, scores[expected])
 
 
 def test_rerank_exact_orders_candidates_by_true_score():

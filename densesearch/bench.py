@@ -39,7 +39,7 @@ from densesearch.metrics import (
 )
 from densesearch.paths import Workspace, new_run_id
 from densesearch.prepare import Judgments, load_data_manifest, load_judgments
-from densesearch.search import Searcher, fuse, rerank_exact
+from densesearch.search import Searcher, fuse, ranked_lists, rerank_exact
 
 REPORT_SCHEMA = 1
 LATENCY_QUERIES = ("comfy summer dress for beach", "waterproof hiking boots for men",
@@ -252,13 +252,13 @@ def run_bench(cfg: BenchConfig, workspace: Workspace, progress=None) -> BenchRep
     group_of = {row["item_id"]: row["group_id"] for row in items}
     queries = judgments.queries
     depth = min(max(cfg.ks), len(items))
-    sparse = searcher.bm25.search(queries, depth)
+    sparse = ranked_lists(searcher.bm25, queries, depth)
     runs = [SystemRun("BM25", "inverted index", "bm25", [[ids[i] for i in found] for found, _ in sparse],
-                      [s.tolist() for _, s in sparse])]
-    if searcher.has_ngrams:
-        grams = searcher.ngrams.search(queries, depth)
+                      [scores for _, scores in sparse])]
+    grams = ranked_lists(searcher.ngrams, queries, depth) if searcher.has_ngrams else None
+    if grams is not None:  # searched once: its own row here, and the hybrid's third list below
         runs.append(SystemRun("BM25, character 3-grams", "inverted index", "bm25-ngrams",
-                              [[ids[i] for i in found] for found, _ in grams], [s.tolist() for _, s in grams]))
+                              [[ids[i] for i in found] for found, _ in grams], [scores for _, scores in grams]))
     vectors = searcher.artifact.load_npy(VECTORS_FILE)
     encoders: dict[str, Encoder] = {}
     served_name = "finetuned-int8" if searcher.spec.backend == "onnx-int8" else "served"
@@ -282,10 +282,9 @@ def run_bench(cfg: BenchConfig, workspace: Workspace, progress=None) -> BenchRep
                                   [[ids[i] for i in found] for found, _ in scored],
                                   [s.tolist() for _, s in scored], ann=ann_recall(approx, exact, 10)))
             fusion = searcher.fusion
-            grams = ([(f.tolist(), v.tolist()) for f, v in searcher.ngrams.search(queries, depth)]
-                     if fusion.uses_ngrams else [None] * len(queries))
-            fused = [fuse((found.tolist(), values.tolist()), (s.tolist(), v.tolist()), fusion, depth, g)
-                     for (found, values), (s, v), g in zip(scored, sparse, grams, strict=True)]
+            third = grams if fusion.uses_ngrams else [None] * len(queries)
+            fused = [fuse((found.tolist(), values.tolist()), words, fusion, depth, g)
+                     for (found, values), words, g in zip(scored, sparse, third, strict=True)]
             lexical = "BM25 + 3-gram BM25" if fusion.uses_ngrams else "BM25"
             runs.append(SystemRun(f"hybrid ({fusion.label}: {name} + {lexical})", searcher.manifest.extra["kind"],
                                   "hybrid",

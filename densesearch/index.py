@@ -24,7 +24,9 @@ from densesearch.search import (
     IVF_KINDS,
     RERANK_DEPTH,
     Fusion,
+    Ranked,
     fuse,
+    ranked_lists,
     read_items,
     reranked_search,
     search_param_name,
@@ -287,9 +289,6 @@ def fusion_candidates() -> list[Fusion]:
             + [Fusion("wsum", w_bm25=b, w_ngram=n) for b, n in THREE_WAY_WEIGHTS])
 
 
-Ranked = list[tuple[list[int], list[float]]]
-
-
 def choose_mode(dense: Ranked, sparse: Ranked, qrels: list[dict[str, int]], ids: list[str], min_relevance: int,
                 ngrams: Ranked | None = None) -> ModeChoice:
     """Pick the fusion best on dev, then hybrid as the default mode unless dense or BM25 is significantly better.
@@ -348,14 +347,9 @@ def pick_mode(workspace: Workspace, encoder: Encoder, index, bm25: Bm25Index, id
     scores, found = index.search(vectors, FUSION_DEPTH)
     dense = [([int(i) for i in row if i >= 0], [float(v) for i, v in zip(row, vals, strict=True) if i >= 0])
              for row, vals in zip(found, scores, strict=True)]
-    return choose_mode(dense, lexical_lists(bm25, judgments.queries),
+    return choose_mode(dense, ranked_lists(bm25, judgments.queries, FUSION_DEPTH),
                        [judgments.qrels[q] for q in judgments.query_ids], ids, judgments.min_relevance,
-                       lexical_lists(ngrams, judgments.queries) if ngrams else None)
-
-
-def lexical_lists(index: Bm25Index, queries: list[str]) -> Ranked:
-    """Each query's BM25 top ``FUSION_DEPTH`` (item indices and scores), as hybrid search fuses them."""
-    return [(found.tolist(), values.tolist()) for found, values in index.search(queries, FUSION_DEPTH)]
+                       ranked_lists(ngrams, judgments.queries, FUSION_DEPTH) if ngrams else None)
 
 
 def dev_judgments(workspace: Workspace) -> Judgments:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -195,12 +196,10 @@ class Searcher:
         return self._vectors
 
     def sparse(self, text: str, k: int) -> tuple[list[int], list[float]]:
-        found, scores = self.bm25.search([text], k)[0]
-        return found.tolist(), scores.tolist()
+        return ranked_lists(self.bm25, [text], k)[0]
 
     def sparse_ngrams(self, text: str, k: int) -> tuple[list[int], list[float]]:
-        found, scores = self.ngrams.search([text], k)[0]
-        return found.tolist(), scores.tolist()
+        return ranked_lists(self.ngrams, [text], k)[0]
 
     def ask(self, text: str, cfg: QueryConfig) -> Answer:
         """Answer one query: validate, encode, search, fuse, collapse variants, time each step."""
@@ -353,6 +352,14 @@ class Fusion:
     @property
     def uses_ngrams(self) -> bool:
         return self.method == "wsum" and self.w_ngram > 0
+
+
+Ranked = list[tuple[list[int], list[float]]]
+
+
+def ranked_lists(index: Bm25Index, queries: Sequence[str], k: int) -> Ranked:
+    """Each query's BM25 top ``k`` as (item indices, scores) lists, the form fusion takes."""
+    return [(found.tolist(), scores.tolist()) for found, scores in index.search(queries, k)]
 
 
 def fuse(dense: tuple[list[int], list[float]], sparse: tuple[list[int], list[float]], fusion: Fusion,

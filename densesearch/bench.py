@@ -148,6 +148,7 @@ def _quality(run: SystemRun, judgments: Judgments, group_of: dict[str, str], cfg
         variant: dict[str, np.ndarray] = {}
     else:  # one listing per query: variant-aware scoring counts any listing of the positive's variant group
         strict.pop("judged_ndcg@10")
+        strict.pop("judged@10")
         positives = [next(iter(judged)) for judged in qrels]
         variant = score_rankings(run.rankings, positives, group_of, cfg.ks, variant_aware=True)
     p_values = ({metric: paired_randomization_p(strict[metric], baseline[metric], seed=cfg.seed)

@@ -43,13 +43,16 @@ def graded_ndcg_at(ranked: Sequence[str], judged: dict[str, int], k: int) -> flo
 
 def graded_query_metrics(rankings: Sequence[Sequence[str]], qrels: Sequence[dict[str, int]], min_relevance: int,
                          ks: Sequence[int] = (1, 5, 10, 50, 100)) -> dict[str, np.ndarray]:
-    """Per-query recall@k and mrr@10 (relevant: grade >= ``min_relevance``), graded nDCG@10 and judged-only nDCG@10.
+    """Per-query recall@k and mrr@10 (relevant: grade >= ``min_relevance``), graded nDCG@10, judged-only nDCG@10
+    and judged@10.
 
     Judged-only nDCG drops unjudged items from the ranking first: pooled judgments come from one engine,
     so unjudged items are not all irrelevant, and counting them as 0 favours the engine that made the pool.
+    judged@10 is the share of the top 10 that carries a judgment (any grade): how much of a system's
+    ranking the pool can score at all.
     """
     metrics: dict[str, list[float]] = {f"recall@{k}": [] for k in ks}
-    metrics["mrr@10"], metrics["ndcg@10"], metrics["judged_ndcg@10"] = [], [], []
+    metrics["mrr@10"], metrics["ndcg@10"], metrics["judged_ndcg@10"], metrics["judged@10"] = [], [], [], []
     for ranked, judged in zip(rankings, qrels, strict=True):
         relevant = {item for item, grade in judged.items() if grade >= min_relevance}
         for k in ks:
@@ -57,7 +60,14 @@ def graded_query_metrics(rankings: Sequence[Sequence[str]], qrels: Sequence[dict
         metrics["mrr@10"].append(mrr_at(ranked, relevant, 10))
         metrics["ndcg@10"].append(graded_ndcg_at(ranked, judged, 10))
         metrics["judged_ndcg@10"].append(graded_ndcg_at([item for item in ranked if item in judged], judged, 10))
+        metrics["judged@10"].append(judged_share_at(ranked, judged, 10))
     return {name: np.asarray(values, dtype=np.float64) for name, values in metrics.items()}
+
+
+def judged_share_at(ranked: Sequence[str], judged: dict[str, int], k: int) -> float:
+    """The share of the top ``k`` (of the top ``len(ranked)`` when shorter) that has a judgment; 0 for none."""
+    head = list(ranked[:k])
+    return sum(item in judged for item in head) / len(head) if head else 0.0
 
 
 def paired_randomization_p(a: np.ndarray, b: np.ndarray, resamples: int = 10_000, seed: int = 13) -> float:
@@ -91,7 +101,7 @@ def per_query_metrics(rankings: Sequence[Sequence[str]], relevant: Sequence[set[
                       ks: Sequence[int] = (1, 5, 10, 50, 100)) -> dict[str, np.ndarray]:
     """Per-query arrays for recall@k (each k), mrr@10 and ndcg@10: binary relevance, i.e. every grade 1."""
     metrics = graded_query_metrics(rankings, [dict.fromkeys(rel, 1) for rel in relevant], 1, ks)
-    del metrics["judged_ndcg@10"]
+    del metrics["judged_ndcg@10"], metrics["judged@10"]
     return metrics
 
 

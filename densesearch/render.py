@@ -347,47 +347,60 @@ SHORT_NAMES = {"recall@1": "R@1", "recall@5": "R@5", "recall@10": "R@10", "recal
                "recall@100": "R@100", "mrr@10": "MRR@10", "ndcg@10": "nDCG@10"}
 
 
+GRADED_COLUMNS = ("judged_ndcg@10", "judged@10")
 TERMINAL_QUALITY_COLUMNS = ("recall@10", "recall@100", "mrr@10", "ndcg@10")
 TERMINAL_NAMES = {"recall@10": "R@10", "recall@100": "R@100", "mrr@10": "MRR", "ndcg@10": "nDCG",
-                  "judged_ndcg@10": "J-nDCG"}
+                  "judged_ndcg@10": "J-nDCG", "judged@10": "J@10"}
 
 
 def _quality_columns(report: Any) -> tuple[str, ...]:
-    """The terminal columns: judged-only nDCG too where judgments are graded."""
+    """The terminal columns: judged-only nDCG and judged@10 too where judgments are graded."""
     graded = all("judged_ndcg@10" in q.strict for q in report.quality)
-    return (*TERMINAL_QUALITY_COLUMNS, "judged_ndcg@10") if graded else TERMINAL_QUALITY_COLUMNS
+    return (*TERMINAL_QUALITY_COLUMNS, *GRADED_COLUMNS) if graded else TERMINAL_QUALITY_COLUMNS
 
 
 def _system_label(system: str) -> str:
-    return "hybrid" if system.startswith("hybrid") else system.replace(" ONNX", "")
+    if system.startswith("hybrid"):
+        return "hybrid"
+    return system.replace(" ONNX", "").replace(", character 3-grams", " 3-grams")
 
 
 def bench_quality_table(report: Any) -> Table:
-    """The headline metrics, narrow enough for 80 columns (every metric is in report.md and --json)."""
+    """The headline metrics, narrow enough for 80 columns (every metric is in report.md and --json).
+
+    Graded reports show judged-only nDCG and judged@10 in the room of the R@10 interval (in report.md).
+    """
     from rich import box
 
+    columns = _quality_columns(report)
+    graded = set(GRADED_COLUMNS) <= set(columns)
     table = Table(title=f"retrieval quality: {report.split} split, {report.queries:,} queries, "
                         f"{report.catalog_items:,} items, {_source_label(report)}", title_justify="left",
-                  box=box.SIMPLE_HEAD, pad_edge=False,
-                  caption="R = recall of the exact item; MRR, nDCG at 10; CI = 95% bootstrap interval of R@10; "
-                          "ANN = the index's recall@10 against exact search; "
-                          "hybrid = the served dense model and BM25, fused as `index` chose on dev (named in "
-                          "report.md); "
-                          "R@1/5/50 and variant-aware scores: report.md", caption_justify="left")
-    table.add_column("system", no_wrap=True, min_width=15)
+                  box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True, caption=_quality_caption(graded),
+                  caption_justify="left")
+    table.add_column("system", no_wrap=True, min_width=15, max_width=17)
     table.add_column("search", no_wrap=True, min_width=5)
-    columns = _quality_columns(report)
     for column in columns:
         table.add_column(TERMINAL_NAMES[column], justify="right", no_wrap=True, min_width=5)
-    table.add_column("R@10 CI", justify="right", no_wrap=True, min_width=9)
+    if not graded:
+        table.add_column("R@10 CI", justify="right", no_wrap=True, min_width=9)
     table.add_column("ANN", justify="right", no_wrap=True, min_width=5)
     best = {c: max(q.strict[c] for q in report.quality) for c in columns}
     for q in report.quality:
         cells = [Text(f"{q.strict[c]:.3f}", style=BEST if q.strict[c] == best[c] else "") for c in columns]
         lo, hi = q.strict_ci["recall@10"]
+        interval = [] if graded else [f"{lo:.2f}-{hi:.2f}"]
         table.add_row(_system_label(q.system), "index" if q.search == "inverted index" else q.search, *cells,
-                      f"{lo:.2f}-{hi:.2f}", fmt(q.ann_recall_vs_exact, 3))
+                      *interval, fmt(q.ann_recall_vs_exact, 3))
     return table
+
+
+def _quality_caption(graded: bool) -> str:
+    columns = ("J-nDCG = nDCG@10 of the judged items only; J@10 = share of the top 10 with a judgment; "
+               if graded else "CI = 95% bootstrap interval of R@10; ")
+    return ("R = recall of the exact item; MRR, nDCG at 10; " + columns
+            + "ANN = the index's recall@10 against exact search; hybrid = the served dense model and BM25, fused as "
+              "`index` chose on dev (named in report.md); R@1/5/50 and variant-aware scores: report.md")
 
 
 def bench_latency_table(report: Any) -> Table:
@@ -422,7 +435,7 @@ def bench_histograms(report: Any) -> list[Any]:
 
 
 def bench_markdown(report: Any) -> str:
-    columns = [c for c in (*QUALITY_COLUMNS, "judged_ndcg@10") if all(c in q.strict for q in report.quality)]
+    columns = [c for c in (*QUALITY_COLUMNS, *GRADED_COLUMNS) if all(c in q.strict for q in report.quality)]
     lines = [f"# densesearch bench {report.run_id}", "",
              f"Split **{report.split}**, {report.queries:,} queries over {report.catalog_items:,} items; "
              f"query source: **{_source_label(report)}**.", "",

@@ -123,6 +123,7 @@ def test_graded_metrics_agree_with_ranx():
     assert ours["recall@10"][:2].tolist() == pytest.approx(list(theirs["recall@10-l5"])[:2])
     assert ours["mrr@10"][:2].tolist() == pytest.approx(list(theirs["mrr@10-l5"])[:2])
     assert ours["judged_ndcg@10"][0] > ours["ndcg@10"][0]  # the unjudged d7 no longer costs a rank
+    assert ours["judged@10"].tolist() == pytest.approx([3 / 4, 1 / 2, 0.0])  # d9 (grade 0) is judged
 
 
 def test_bench_on_judged_queries_writes_trec_files_ranx_agrees_with(tmp_path, workspace):
@@ -140,6 +141,7 @@ def test_bench_on_judged_queries_writes_trec_files_ranx_agrees_with(tmp_path, wo
     qrels = ranx.Qrels.from_file(str(trec / "qrels.txt"), kind="trec")
     for q in report.quality:
         assert "judged_ndcg@10" in q.strict and q.strict["judged_ndcg@10"] >= q.strict["ndcg@10"] - 1e-9
+        assert 0.0 < q.strict["judged@10"] <= 1.0
         run = ranx.Run.from_file(str(trec / f"{q.run}.trec"), kind="trec")
         theirs = ranx.evaluate(qrels, run, ["ndcg@10", "recall@10-l5", "mrr@10-l5"], make_comparable=True)
         assert theirs["ndcg@10"] == pytest.approx(q.strict["ndcg@10"])

@@ -153,3 +153,11 @@ def test_max_sequence_length_comes_from_the_data():
     assert data_seq_length(tokenizer, short + long, cap=500, seed=0) == 304
     assert data_seq_length(tokenizer, short + long, cap=256, seed=0) == 256
     assert data_seq_length(tokenizer, short + long[:1], cap=500, seed=0) == 32  # under 1% long: cut them
+
+
+def test_auto_negatives_are_bm25_for_judged_data_and_none_for_pairs():
+    from densesearch.train import negative_kind
+
+    assert negative_kind("auto", graded=True) == "bm25"
+    assert negative_kind("auto", graded=False) == "none"
+    assert negative_kind("judged", graded=False) == "judged" and negative_kind("none", graded=True) == "none"

@@ -30,6 +30,7 @@ from densesearch.errors import BadInput, MissingArtifact
 from densesearch.evaluation import exact_topk, score_rankings
 from densesearch.manifest import package_versions
 from densesearch.metrics import (
+    POOL_METRICS,
     ann_recall,
     bootstrap_ci,
     graded_query_metrics,
@@ -147,8 +148,8 @@ def _quality(run: SystemRun, judgments: Judgments, group_of: dict[str, str], cfg
     if judgments.graded:
         variant: dict[str, np.ndarray] = {}
     else:  # one listing per query: variant-aware scoring counts any listing of the positive's variant group
-        strict.pop("judged_ndcg@10")
-        strict.pop("judged@10")
+        for name in POOL_METRICS:
+            strict.pop(name)
         positives = [next(iter(judged)) for judged in qrels]
         variant = score_rankings(run.rankings, positives, group_of, cfg.ks, variant_aware=True)
     p_values = ({metric: paired_randomization_p(strict[metric], baseline[metric], seed=cfg.seed)

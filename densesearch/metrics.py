@@ -41,6 +41,9 @@ def graded_ndcg_at(ranked: Sequence[str], judged: dict[str, int], k: int) -> flo
     return dcg / ideal
 
 
+POOL_METRICS = ("judged_ndcg@10", "judged@10")  # what a judgment pool says of a ranking: graded data only
+
+
 def graded_query_metrics(rankings: Sequence[Sequence[str]], qrels: Sequence[dict[str, int]], min_relevance: int,
                          ks: Sequence[int] = (1, 5, 10, 50, 100)) -> dict[str, np.ndarray]:
     """Per-query recall@k and mrr@10 (relevant: grade >= ``min_relevance``), graded nDCG@10, judged-only nDCG@10
@@ -101,7 +104,8 @@ def per_query_metrics(rankings: Sequence[Sequence[str]], relevant: Sequence[set[
                       ks: Sequence[int] = (1, 5, 10, 50, 100)) -> dict[str, np.ndarray]:
     """Per-query arrays for recall@k (each k), mrr@10 and ndcg@10: binary relevance, i.e. every grade 1."""
     metrics = graded_query_metrics(rankings, [dict.fromkeys(rel, 1) for rel in relevant], 1, ks)
-    del metrics["judged_ndcg@10"], metrics["judged@10"]
+    for name in POOL_METRICS:
+        del metrics[name]
     return metrics
 
 

@@ -347,7 +347,6 @@ SHORT_NAMES = {"recall@1": "R@1", "recall@5": "R@5", "recall@10": "R@10", "recal
                "recall@100": "R@100", "mrr@10": "MRR@10", "ndcg@10": "nDCG@10"}
 
 
-GRADED_COLUMNS = ("judged_ndcg@10", "judged@10")
 TERMINAL_QUALITY_COLUMNS = ("recall@10", "recall@100", "mrr@10", "ndcg@10")
 TERMINAL_NAMES = {"recall@10": "R@10", "recall@100": "R@100", "mrr@10": "MRR", "ndcg@10": "nDCG",
                   "judged_ndcg@10": "J-nDCG", "judged@10": "J@10"}
@@ -355,8 +354,10 @@ TERMINAL_NAMES = {"recall@10": "R@10", "recall@100": "R@100", "mrr@10": "MRR", "
 
 def _quality_columns(report: Any) -> tuple[str, ...]:
     """The terminal columns: judged-only nDCG and judged@10 too where judgments are graded."""
-    graded = all("judged_ndcg@10" in q.strict for q in report.quality)
-    return (*TERMINAL_QUALITY_COLUMNS, *GRADED_COLUMNS) if graded else TERMINAL_QUALITY_COLUMNS
+    from densesearch.metrics import POOL_METRICS  # here, not at import: numpy stays off the CLI's start-up
+
+    pool = tuple(name for name in POOL_METRICS if all(name in q.strict for q in report.quality))
+    return (*TERMINAL_QUALITY_COLUMNS, *pool)
 
 
 def _system_label(system: str) -> str:
@@ -373,7 +374,7 @@ def bench_quality_table(report: Any) -> Table:
     from rich import box
 
     columns = _quality_columns(report)
-    graded = set(GRADED_COLUMNS) <= set(columns)
+    graded = columns != TERMINAL_QUALITY_COLUMNS
     table = Table(title=f"retrieval quality: {report.split} split, {report.queries:,} queries, "
                         f"{report.catalog_items:,} items, {_source_label(report)}", title_justify="left",
                   box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True, caption=_quality_caption(graded),
@@ -435,7 +436,9 @@ def bench_histograms(report: Any) -> list[Any]:
 
 
 def bench_markdown(report: Any) -> str:
-    columns = [c for c in (*QUALITY_COLUMNS, *GRADED_COLUMNS) if all(c in q.strict for q in report.quality)]
+    from densesearch.metrics import POOL_METRICS
+
+    columns = [c for c in (*QUALITY_COLUMNS, *POOL_METRICS) if all(c in q.strict for q in report.quality)]
     lines = [f"# densesearch bench {report.run_id}", "",
              f"Split **{report.split}**, {report.queries:,} queries over {report.catalog_items:,} items; "
              f"query source: **{_source_label(report)}**.", "",

@@ -43,6 +43,7 @@ from densesearch.prepare import Judgments, load_data_manifest, load_judgments
 from densesearch.search import Searcher, fuse, ranked_lists, rerank_exact
 
 REPORT_SCHEMA = 1
+RERANK_LATENCY_RUNS = 50  # a cross-encoder pass costs ~100x a dense query: fewer timed runs
 LATENCY_QUERIES = ("comfy summer dress for beach", "waterproof hiking boots for men",
                    "silver hoop earrings for sensitive ears", "kids halloween costume dinosaur",
                    "high waisted yoga shorts with pockets", "polarized sunglasses for driving")
@@ -291,6 +292,8 @@ def run_bench(cfg: BenchConfig, workspace: Workspace, progress=None) -> BenchRep
             runs.append(SystemRun(f"hybrid ({fusion.label}: {name} + {lexical})", searcher.manifest.extra["kind"],
                                   "hybrid",
                                   [[ids[i] for i, _ in row] for row in fused], [[s for _, s in row] for row in fused]))
+            if has_artifact(workspace, "reranker"):
+                runs.append(reranked_run(searcher, queries, fused, progress))
     quality, baseline = [], None
     for run in runs:
         result, per_query = _quality(run, judgments, group_of, cfg, baseline)
@@ -312,6 +315,25 @@ def run_bench(cfg: BenchConfig, workspace: Workspace, progress=None) -> BenchRep
     if cfg.trec_path:
         write_trec_dir(cfg.trec_path, judgments, runs)
     return report
+
+
+def reranked_run(searcher: Searcher, queries: list[str], fused: list[list[tuple[int, float]]],
+                 progress=None) -> SystemRun:
+    """The hybrid run with each query's top N re-scored by the cross-encoder, as `query --mode rerank` does."""
+    from densesearch.rerank import reranked
+
+    scorer = searcher.reranker
+    chosen = scorer.interpolation
+    rankings, scores = [], []
+    for n, (query, row) in enumerate(zip(queries, fused, strict=True)):
+        found, values = [i for i, _ in row], [v for _, v in row]
+        cross = scorer.score(query, [searcher.items[i]["text"] for i in found[: chosen.depth]])
+        order, new = reranked(found, values, cross, chosen)
+        rankings.append([searcher.items[i]["item_id"] for i in order])
+        scores.append(new)
+        if progress:
+            progress("re-scoring with the cross-encoder", n + 1, len(queries))
+    return SystemRun(f"rerank ({chosen.label})", searcher.manifest.extra["kind"], "rerank", rankings, scores)
 
 
 def source_notes(query_source: str | None, judgments: Judgments) -> list[str]:
@@ -345,11 +367,14 @@ def measure_latency(searcher: Searcher, encoders: dict[str, Encoder], cfg: Bench
         blocks = [np.stack(block) for block in cyclic_batches(list(vectors), batch)]
         stats.append(latency_stats(kind, "search", batch, time_calls(lambda v: searcher.dense_many(v, 10), blocks,
                                                                      cfg.latency_runs, cfg.warmup_runs)))
-    for mode in ("dense", "hybrid", "bm25"):
+    modes = ("dense", "hybrid", "bm25", "rerank") if has_artifact(searcher.workspace, "reranker") else \
+        ("dense", "hybrid", "bm25")
+    for mode in modes:
         config = QueryConfig(k=10, mode=mode, threads=cfg.threads)
+        runs = cfg.latency_runs if mode != "rerank" else min(cfg.latency_runs, RERANK_LATENCY_RUNS)
         stats.append(latency_stats(f"{searcher.spec.backend} {mode}" if mode != "bm25" else "bm25", "end-to-end", 1,
-                                   time_calls(lambda q, c=config: searcher.ask(q, c), texts, cfg.latency_runs,
-                                              cfg.warmup_runs)))
+                                   time_calls(lambda q, c=config: searcher.ask(q, c), texts, runs,
+                                              min(cfg.warmup_runs, runs))))
     for batch in (b for b in cfg.batch_sizes if b > 1):
         batches = cyclic_batches(texts, batch)
         stats.append(latency_stats(f"{searcher.spec.backend} dense", "end-to-end", batch,

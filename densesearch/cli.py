@@ -135,10 +135,7 @@ def prepare(
     out = Output(json)
     with out.progress() as progress:
         result = run_prepare(cfg, workspace_of(home, workspace), progress)
-    for note in result.notes:
-        out.note(note)
-    out.table(prepare_table(result))
-    out.data(result)
+    _report(out, result, [prepare_table(result)], out.note)
 
 
 @app.command(cls=Command)
@@ -214,10 +211,17 @@ def finetune(
     resume: Annotated[bool, Flag("--resume", help="Continue from the last checkpoint.")] = False,
     group_by_length: Annotated[bool, Flag(help="Batch texts of similar length (less padding, faster); "
                                                        "off: random no-duplicate batches.")] = True,
+    reranker: Annotated[bool, Flag("--reranker", help="Train the cross-encoder reranker instead (needs an index: "
+                                                      "it learns from the served first stage's hits; then "
+                                                      "`query --mode rerank`).")] = False,
     home: HomeOpt = None, workspace: WorkspaceOpt = DEFAULT_WORKSPACE, json: JsonOpt = False,
 ) -> None:
-    """Fine-tune a shared-weight bi-encoder with Multiple Negatives Ranking Loss."""
+    """Fine-tune a shared-weight bi-encoder with Multiple Negatives Ranking Loss (or, with --reranker, a
+    cross-encoder that re-scores the first stage's top hits)."""
     _quiet_libraries()
+    if reranker:
+        _finetune_reranker(base_model, epochs, lr, batch_size, seed, device, samples, home, workspace, json)
+        return
     from densesearch.config import TrainConfig
     from densesearch.render import finetune_tables
     from densesearch.train import run_finetune
@@ -233,6 +237,31 @@ def finetune(
     for note in result.notes:
         out.warn(note)
     for table in finetune_tables(result):
+        out.table(table)
+    out.data(result)
+
+
+def _finetune_reranker(base_model: str, epochs: int, lr: float | None, batch_size: int | None, seed: int,
+                       device: str, samples: int, home: str | None, workspace: str, json: bool) -> None:
+    from densesearch.config import RerankConfig
+    from densesearch.render import reranker_table
+    from densesearch.rerank import run_train_reranker
+
+    defaults = RerankConfig()
+    cfg = RerankConfig(base_model=base_model, epochs=epochs, lr=lr or defaults.lr,
+                       batch_size=batch_size or defaults.batch_size, seed=seed, device=device,
+                       samples=samples)
+    out = Output(json)
+    with out.progress() as progress:
+        result = run_train_reranker(cfg, workspace_of(home, workspace), progress)
+    _report(out, result, [reranker_table(result)], out.warn)
+
+
+def _report(out: Output, result: Any, tables: list, say) -> None:
+    """A stage's notes (``say``: out.note or out.warn), its tables, and its result for --json."""
+    for note in result.notes:
+        say(note)
+    for table in tables:
         out.table(table)
     out.data(result)
 
@@ -333,8 +362,11 @@ def _read_stdin_queries():
 def query(
     text: Annotated[str | None, typer.Argument(help="The query; none opens a prompt (or reads piped stdin).")] = None,
     k: Annotated[int, typer.Option("-k", "--k", min=1, max=100_000, help="Items to return.")] = 10,
-    mode: Annotated[Literal["dense", "bm25", "hybrid"] | None, typer.Option(
-        help="dense | bm25 | hybrid (default: best on dev).")] = None,
+    mode: Annotated[Literal["dense", "bm25", "hybrid", "rerank"] | None, typer.Option(
+        help="dense | bm25 | hybrid | rerank (hybrid re-scored by the cross-encoder; default: best on dev).")] = None,
+    rerank: Annotated[int | None, typer.Option(
+        min=1, max=1000, help="Re-score this many hybrid hits with the cross-encoder (implies --mode rerank; "
+                              "default depth: the one chosen on dev).")] = None,
     rrf_k: Annotated[int | None, typer.Option(min=1, max=100_000, help="Hybrid by RRF with this constant "
                                               "(default: the fusion `index` chose on dev).")] = None,
     collapse_variants: Annotated[bool, Flag("--collapse-variants", help="One row per variant group.")] = False,
@@ -349,8 +381,8 @@ def query(
     from densesearch.render import answer_table
     from densesearch.search import Searcher
 
-    cfg = QueryConfig(k=k, mode=mode, rrf_k=rrf_k, collapse_variants=collapse_variants, ef_search=ef_search,
-                      threads=threads)
+    cfg = QueryConfig(k=k, mode="rerank" if rerank else mode, rrf_k=rrf_k, collapse_variants=collapse_variants,
+                      ef_search=ef_search, threads=threads, rerank=rerank)
     searcher = Searcher(workspace_of(home, workspace), threads=threads, model=model)
     out = Output(json)
     for note in searcher.notes:

@@ -68,6 +68,26 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class RerankConfig:
+    """`finetune --reranker`: a cross-encoder trained pointwise on the graded pairs."""
+
+    base_model: str = DEFAULT_BASE_MODEL
+    samples: int = 50_000                 # training rows at most (judged pairs + unjudged first-stage hits)
+    unjudged: int = 4                     # unjudged first-stage hits per train query, label 0
+    unjudged_depth: int = 20              #   drawn from the first stage's top this many
+    epochs: int = 1
+    batch_size: int = 32
+    lr: float = 5e-5
+    warmup_ratio: float = 0.1
+    max_length: int = 64                  # query + title tokens
+    seed: int = 13
+    device: str = "auto"
+    eval_queries: int = 600               # dev queries that choose the depth and the weight
+    depths: tuple[int, ...] = (10, 20, 30)
+    weights: tuple[float, ...] = (0.25, 0.5, 1.0, 1.5, 2.0, 3.0)
+
+
+@dataclass(frozen=True)
 class QuantizeConfig:
     """ONNX export and INT8 dynamic quantization with a parity gate."""
 
@@ -116,12 +136,13 @@ class QueryConfig:
     """How `query` retrieves."""
 
     k: int = 10
-    mode: str | None = None               # dense | bm25 | hybrid; None: the index's recommended mode
+    mode: str | None = None               # dense | bm25 | hybrid | rerank; None: the index's recommended mode
     rrf_k: int | None = None              # None: the fusion `index` chose on dev; a number: RRF with it
     collapse_variants: bool = False
     ef_search: int | None = None
     threads: int = 0
     candidates: int = 100
+    rerank: int | None = None             # rerank mode: re-score this many first-stage hits (None: as trained)
 
 
 @dataclass(frozen=True)

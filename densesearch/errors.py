@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 # Which command builds each artifact kind (named in every "missing", "stale" or "damaged" error).
-PRODUCER = {"data": "prepare", "model": "finetune", "onnx": "quantize", "index": "index"}
+PRODUCER = {"data": "prepare", "model": "finetune", "onnx": "quantize", "index": "index",
+            "reranker": "finetune --reranker"}
 
 
 class DensesearchError(Exception):

@@ -26,7 +26,8 @@ from densesearch.errors import BadInput, DensesearchError
 HOME_ENV = "DENSESEARCH_HOME"
 APP_NAME = "densesearch"
 DEFAULT_WORKSPACE = "default"
-ARTIFACT_KINDS = ("data", "model", "onnx", "index")
+ARTIFACT_KINDS = ("data", "model", "onnx", "index", "reranker")
+OPTIONAL_KINDS = ("reranker",)  # `status` lists these only once built
 POINTER = "CURRENT"
 LOCK_FILE = ".lock"
 _WORKSPACE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")

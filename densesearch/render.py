@@ -202,6 +202,18 @@ def finetune_tables(result: Any) -> list[Table]:
     return [summary, dev]
 
 
+def reranker_table(result: Any) -> Table:
+    """`finetune --reranker`: what was trained, and dev nDCG@10 of the first stage against it re-scored."""
+    chosen = result.interpolation
+    return kv_table("densesearch finetune --reranker", [
+        ("base model", result.base_model), ("training rows", result.rows), ("steps", result.steps),
+        ("device", result.device), ("training speed", rate(result.rows_per_second, "rows/s")),
+        ("chosen on dev", f"{chosen.label} ({result.dev_queries} queries)"),
+        ("dev nDCG@10, hybrid", f"{result.dev_first_stage:.4f}"),
+        ("dev nDCG@10, re-scored", f"{result.dev_reranked:.4f}"),
+        ("time", seconds(result.seconds)), ("written to", str(result.path))])
+
+
 def training_data_label(recipe: dict) -> str:
     if recipe.get("source") == "judgments":
         if recipe["negatives"] == "none":

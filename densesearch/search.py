@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -17,7 +17,7 @@ from densesearch.paths import Workspace
 from densesearch.sparse import Bm25Index
 
 RERANK_DEPTH = 100  # IVF-PQ candidates re-scored exactly from vectors.npy
-MODES = ("dense", "bm25", "hybrid")
+MODES = ("dense", "bm25", "hybrid", "rerank")  # rerank: hybrid, its top N re-scored by the cross-encoder
 MAX_QUERY_CHARS = 10_000
 
 
@@ -133,6 +133,7 @@ class Searcher:
         self._bm25: Bm25Index | None = None
         self._ngrams: Bm25Index | None = None
         self._vectors: np.ndarray | None = None
+        self._reranker = None
 
     @property
     def encoder(self):
@@ -157,6 +158,15 @@ class Searcher:
         if self._ngrams is None:
             self._ngrams = Bm25Index.load(self.artifact, NGRAM_DIR)
         return self._ngrams
+
+    @property
+    def reranker(self):
+        """The published cross-encoder (`finetune --reranker`), loaded on first use."""
+        if self._reranker is None:
+            from densesearch.rerank import CrossScorer
+
+            self._reranker = CrossScorer(self.workspace, self.threads)
+        return self._reranker
 
     @property
     def default_mode(self) -> str:
@@ -208,7 +218,7 @@ class Searcher:
             raise BadInput(f"k must be positive, got {cfg.k}", hint="use -k 10")
         mode = cfg.mode or self.default_mode
         if mode not in MODES:
-            raise BadInput(f"unknown mode {mode!r}", hint="use dense, bm25 or hybrid")
+            raise BadInput(f"unknown mode {mode!r}", hint="use dense, bm25, hybrid or rerank")
         notes = []
         k = cfg.k
         if k > len(self.items):
@@ -223,11 +233,11 @@ class Searcher:
             ids, scores = self.dense(vector, depth if cfg.collapse_variants else k, cfg.ef_search)
         elif mode == "bm25":
             ids, scores = self.sparse(text, depth if cfg.collapse_variants else k)
+        elif mode == "hybrid":
+            ids, scores = self._hybrid(text, vector, cfg, depth)
         else:
-            fusion = self._fusion_for(cfg)
-            fused = fuse(self.dense(vector, depth, cfg.ef_search), self.sparse(text, depth), fusion, depth,
-                         self.sparse_ngrams(text, depth) if fusion.uses_ngrams else None)
-            ids, scores = [i for i, _ in fused], [s for _, s in fused]
+            ids, scores = self._hybrid(text, vector, cfg, max(depth, self._interpolation(cfg).depth))
+            ids, scores = self._rerank(text, ids, scores, cfg)
         if cfg.collapse_variants:
             ids, scores = self._collapse(ids, scores)
         searched = time.perf_counter()
@@ -236,13 +246,33 @@ class Searcher:
                       search_ms=(searched - encoded) * 1000, total_ms=(searched - started) * 1000,
                       answered_by=self._answered_by(mode, cfg), notes=notes)
 
+    def _hybrid(self, text: str, vector: np.ndarray, cfg: QueryConfig, depth: int) -> tuple[list[int], list[float]]:
+        fusion = self._fusion_for(cfg)
+        fused = fuse(self.dense(vector, depth, cfg.ef_search), self.sparse(text, depth), fusion, depth,
+                     self.sparse_ngrams(text, depth) if fusion.uses_ngrams else None)
+        return [i for i, _ in fused], [s for _, s in fused]
+
+    def _interpolation(self, cfg: QueryConfig):
+        chosen = self.reranker.interpolation
+        return replace(chosen, depth=cfg.rerank) if cfg.rerank else chosen
+
+    def _rerank(self, text: str, ids: list[int], scores: list[float],
+                cfg: QueryConfig) -> tuple[list[int], list[float]]:
+        """The hybrid list with its top N re-scored by first stage + weight x cross-encoder."""
+        from densesearch.rerank import reranked
+
+        interpolation = self._interpolation(cfg)
+        cross = self.reranker.score(text, [self.items[i]["text"] for i in ids[: interpolation.depth]])
+        return reranked(ids, scores, cross, interpolation)
+
     def _answered_by(self, mode: str, cfg: QueryConfig) -> str:
         dense = f"{self.spec.label} + {self.manifest.extra['kind']}"
         if mode == "bm25":
             return "BM25"
         if mode == "dense":
             return dense
-        return f"{dense} and BM25, {self._fusion_for(cfg).label}"
+        hybrid = f"{dense} and BM25, {self._fusion_for(cfg).label}"
+        return f"{hybrid}, re-scored by a {self._interpolation(cfg).label}" if mode == "rerank" else hybrid
 
     def _fusion_for(self, cfg: QueryConfig) -> Fusion:
         """The index's fusion, or RRF with the query's own ``--rrf-k``."""
@@ -254,8 +284,10 @@ class Searcher:
             _ = self.encoder
         if mode != "dense":
             _ = self.bm25
-        if mode == "hybrid" and self.fusion.uses_ngrams:
+        if mode in ("hybrid", "rerank") and self.fusion.uses_ngrams:
             _ = self.ngrams
+        if mode == "rerank":
+            _ = self.reranker
 
     def _collapse(self, ids: list[int], scores: list[float]) -> tuple[list[int], list[float]]:
         seen, out_ids, out_scores = set(), [], []

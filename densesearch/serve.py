@@ -246,7 +246,7 @@ def create_app(service: SearchService, inline: bool = False, share: LoadShare | 
 
     async def answer(q: str, k: int, mode: str | None) -> dict[str, Any]:
         return await run_on(executor, service.search, q, k, mode)
-    Mode = Literal["dense", "bm25", "hybrid"]
+    Mode = Literal["dense", "bm25", "hybrid", "rerank"]
 
     @app.exception_handler(DensesearchError)
     async def refused(request: Request, exc: DensesearchError) -> JSONResponse:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from densesearch.artifacts import artifact_health
-from densesearch.paths import ARTIFACT_KINDS, Workspace
+from densesearch.paths import ARTIFACT_KINDS, OPTIONAL_KINDS, Workspace
 
 
 def _summary(kind: str, counts: dict[str, Any], extra: dict[str, Any]) -> str:
@@ -25,6 +25,9 @@ def _summary(kind: str, counts: dict[str, Any], extra: dict[str, Any]) -> str:
     if kind == "index":
         encoder = extra.get("encoder", {}).get("label", "?")
         return f"{extra.get('kind', '?')} over {counts.get('vectors', 0):,} vectors, encoder {encoder}"
+    if kind == "reranker":
+        return (f"cross-encoder on {counts.get('train_rows', 0):,} rows, re-scores the top {extra.get('depth', '?')} "
+                f"(weight {extra.get('weight', '?')})")
     return ""
 
 
@@ -33,6 +36,8 @@ def workspace_status(workspace: Workspace, deep: bool = True) -> list[dict[str, 
     rows = []
     for kind in ARTIFACT_KINDS:
         row = artifact_health(workspace, kind, deep=deep)
+        if kind in OPTIONAL_KINDS and row["state"] == "missing":
+            continue
         manifest = row.pop("manifest", None)
         if manifest is not None:
             row["summary"] = _summary(kind, manifest.counts, manifest.extra)

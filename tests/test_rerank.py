@@ -1,0 +1,83 @@
+"""`finetune --reranker` and `query --mode rerank`: interpolation, training rows, the dev choice, end to end."""
+
+import numpy as np
+import pytest
+
+from densesearch.cli import run_cli
+from densesearch.config import BenchConfig, IndexConfig, PrepareConfig, QueryConfig, RerankConfig
+from densesearch.errors import MissingArtifact
+from densesearch.prepare import Judgments, run_prepare
+from densesearch.rerank import Interpolation, choose_interpolation, interpolate, reranked, training_rows
+from tests.test_beir import make_beir
+
+
+def test_interpolation_scales_each_list_and_breaks_ties_by_first_stage_order():
+    # first [3, 2, 1] -> [1, .5, 0]; cross [0, 10, 5] -> [0, 1, .5]; weight 1: [1, 1.5, .5]
+    assert interpolate([3, 2, 1], [0, 10, 5], 1.0) == ([1, 0, 2], [1.5, 1.0, 0.5])
+    assert interpolate([3, 2, 1], [0, 10, 5], 0.0)[0] == [0, 1, 2]  # weight 0: the first stage's order
+    assert interpolate([2, 2], [1, 1], 1.0)[0] == [0, 1]            # all equal: order kept
+
+
+def test_only_the_head_is_rescored_and_the_tail_stays_below_it():
+    items, first = ["a", "b", "c", "d"], [4.0, 3.0, 2.0, 1.0]
+    order, scores = reranked(items, first, np.array([0.0, 9.0]), Interpolation(depth=2, weight=2.0))
+    assert order == ["b", "a", "c", "d"]
+    assert scores == sorted(scores, reverse=True) and len(set(scores)) == 4
+
+
+def test_training_rows_label_by_grade_and_add_only_unjudged_first_stage_hits():
+    text_of = {"p": "drill 20v", "low": "drill bits", "u1": "hammer", "u2": "drill 20v", "u3": "saw"}
+    judged = Judgments(query_ids=["q"], queries=["cordless drill"], qrels={"q": {"p": 6, "low": 1, "gone": 5}},
+                       min_relevance=5, graded=True)
+    rows = training_rows(judged, {"q": ["p", "u1", "u2", "u3", "missing"]}, text_of, unjudged=5, seed=1)
+    labels = {text: label for _, text, label in rows}
+    assert labels["drill 20v"] == 1.0 and labels["drill bits"] == pytest.approx(1 / 6)
+    assert labels["hammer"] == 0.0 and labels["saw"] == 0.0
+    # u2 copies a judged item's text and "gone" / "missing" are not in the catalog: never rows
+    assert len(rows) == 4
+
+
+def test_dev_choice_takes_the_best_setting_or_keeps_the_first_stage():
+    items = [["x", "rel"], ["y", "rel2"]]
+    first = [[2.0, 1.0], [2.0, 1.0]]
+    qrels = [{"rel": 6}, {"rel2": 6}]
+    helpful = [np.array([0.0, 5.0]), np.array([0.0, 5.0])]
+    chosen, base, grid = choose_interpolation(items, first, helpful, qrels, 5, (1, 2), (0.5, 2.0))
+    assert chosen == Interpolation(2, 2.0) and base < max(row["ndcg@10"] for row in grid)
+    harmful = [np.array([5.0, 0.0]), np.array([5.0, 0.0])]
+    chosen, _, _ = choose_interpolation([["rel", "x"]] * 2, first, harmful, [{"rel": 6}] * 2, 5, (2,), (1.0,))
+    assert chosen.weight == 0.0  # nothing beat the first stage: its order is kept
+
+
+@pytest.mark.slow
+def test_reranker_trains_is_served_and_benched_with_a_trec_file_ranx_agrees_with(tmp_path, workspace, capsys):
+    ranx = pytest.importorskip("ranx")
+    from densesearch.bench import run_bench
+    from densesearch.index import run_index
+    from densesearch.rerank import run_train_reranker
+    from densesearch.search import Searcher
+
+    run_prepare(PrepareConfig(beir_path=make_beir(tmp_path / "b", splits=("train", "dev", "test")),
+                              min_relevance=5), workspace)
+    with pytest.raises(MissingArtifact):  # the first stage it learns from comes first
+        run_train_reranker(RerankConfig(), workspace)
+    run_index(IndexConfig(), workspace)
+    searcher = Searcher(workspace)
+    with pytest.raises(MissingArtifact, match="finetune --reranker"):
+        searcher.ask("cordless drill", QueryConfig(mode="rerank"))
+    result = run_train_reranker(RerankConfig(batch_size=8), workspace)
+    assert result.rows > 0 and result.steps > 0 and result.grid
+    assert result.dev_reranked >= result.dev_first_stage
+    answer = Searcher(workspace).ask("cordless drill", QueryConfig(k=3, mode="rerank"))
+    assert answer.mode == "rerank" and len(answer.hits) == 3 and "cross-encoder" in answer.answered_by
+    assert [h.score for h in answer.hits] == sorted((h.score for h in answer.hits), reverse=True)
+    trec = tmp_path / "trec"
+    report = run_bench(BenchConfig(split="dev", latency_runs=2, warmup_runs=1, bootstrap=50, trec_path=trec),
+                       workspace)
+    rerank = next(q for q in report.quality if q.run == "rerank")
+    assert any(s.backend.endswith("rerank") for s in report.latency)
+    qrels = ranx.Qrels.from_file(str(trec / "qrels.txt"), kind="trec")
+    run = ranx.Run.from_file(str(trec / "rerank.trec"), kind="trec")
+    assert ranx.evaluate(qrels, run, "ndcg@10", make_comparable=True) == pytest.approx(rerank.strict["ndcg@10"])
+    run_cli(["status"])  # non-zero here: this workspace has no fine-tuned model, only the reranker matters
+    assert "reranker" in capsys.readouterr().out

@@ -24,7 +24,7 @@ from densesearch.artifacts import (
     open_artifact,
 )
 from densesearch.config import BenchConfig, QueryConfig
-from densesearch.cpu import usable_cores
+from densesearch.cpu import openmp_on_every_core, usable_cores
 from densesearch.encoders import Encoder, EncoderSpec, base_spec, choose_encoder
 from densesearch.errors import BadInput, MissingArtifact
 from densesearch.evaluation import exact_topk, score_rankings
@@ -164,16 +164,9 @@ def _quality(run: SystemRun, judgments: Judgments, group_of: dict[str, str], cfg
 
 
 def encode_on_every_core(encoder: Encoder, texts: list[str]) -> np.ndarray:
-    """Encode with OpenMP at every core: the Searcher sets it to 1 for single-query search, and torch's
-    kernels share that process-wide setting (catalog encodes ran 6-12% slower under it, measured here)."""
-    import faiss
-
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(usable_cores())
-    try:
+    """Encode a catalog with OpenMP at every core (the Searcher leaves it at 1)."""
+    with openmp_on_every_core():
         return encoder.encode(texts, batch_size=64)
-    finally:
-        faiss.omp_set_num_threads(before)
 
 
 VECTOR_CACHE_KEEP = 4  # newest cached catalogs kept per workspace
@@ -320,20 +313,16 @@ def run_bench(cfg: BenchConfig, workspace: Workspace, progress=None) -> BenchRep
 def reranked_run(searcher: Searcher, queries: list[str], fused: list[list[tuple[int, float]]],
                  progress=None) -> SystemRun:
     """The hybrid run with each query's top N re-scored by the cross-encoder, as `query --mode rerank` does."""
-    from densesearch.rerank import reranked
-
-    scorer = searcher.reranker
-    chosen = scorer.interpolation
+    config = QueryConfig(mode="rerank")
     rankings, scores = [], []
     for n, (query, row) in enumerate(zip(queries, fused, strict=True)):
-        found, values = [i for i, _ in row], [v for _, v in row]
-        cross = scorer.score(query, [searcher.items[i]["text"] for i in found[: chosen.depth]])
-        order, new = reranked(found, values, cross, chosen)
+        order, new = searcher.rerank(query, [i for i, _ in row], [v for _, v in row], config)
         rankings.append([searcher.items[i]["item_id"] for i in order])
         scores.append(new)
         if progress:
             progress("re-scoring with the cross-encoder", n + 1, len(queries))
-    return SystemRun(f"rerank ({chosen.label})", searcher.manifest.extra["kind"], "rerank", rankings, scores)
+    return SystemRun(f"rerank ({searcher.reranker.interpolation.label})", searcher.manifest.extra["kind"], "rerank",
+                     rankings, scores)
 
 
 def source_notes(query_source: str | None, judgments: Judgments) -> list[str]:
@@ -367,9 +356,7 @@ def measure_latency(searcher: Searcher, encoders: dict[str, Encoder], cfg: Bench
         blocks = [np.stack(block) for block in cyclic_batches(list(vectors), batch)]
         stats.append(latency_stats(kind, "search", batch, time_calls(lambda v: searcher.dense_many(v, 10), blocks,
                                                                      cfg.latency_runs, cfg.warmup_runs)))
-    modes = ("dense", "hybrid", "bm25", "rerank") if has_artifact(searcher.workspace, "reranker") else \
-        ("dense", "hybrid", "bm25")
-    for mode in modes:
+    for mode in ("dense", "hybrid", "bm25") + (("rerank",) if has_artifact(searcher.workspace, "reranker") else ()):
         config = QueryConfig(k=10, mode=mode, threads=cfg.threads)
         runs = cfg.latency_runs if mode != "rerank" else min(cfg.latency_runs, RERANK_LATENCY_RUNS)
         stats.append(latency_stats(f"{searcher.spec.backend} {mode}" if mode != "bm25" else "bm25", "end-to-end", 1,

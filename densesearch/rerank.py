@@ -22,12 +22,14 @@ import numpy as np
 
 from densesearch.artifacts import open_artifact
 from densesearch.config import QueryConfig, RerankConfig
+from densesearch.cpu import openmp_on_every_core
 from densesearch.encoders import pick_device, resolve_base_model
 from densesearch.errors import ArtifactCorrupt, BadInput
 from densesearch.manifest import Manifest, fingerprint_path, write_manifest
 from densesearch.metrics import graded_query_metrics
 from densesearch.paths import Workspace, publish, writes_workspace
 from densesearch.prepare import Judgments, load_catalog, load_data_manifest, load_judgments
+from densesearch.search import Searcher, min_max
 
 Progress = Callable[..., None] | None
 
@@ -61,20 +63,11 @@ class RerankerResult:
     notes: list[str] = field(default_factory=list)
 
 
-def min_max_array(values: Sequence[float]) -> np.ndarray:
-    """Scores scaled to [0, 1] within one list (all 1.0 when they are equal)."""
-    array = np.asarray(values, dtype=np.float64)
-    if array.size == 0:
-        return array
-    low, high = array.min(), array.max()
-    return (array - low) / (high - low) if high > low else np.ones_like(array)
-
-
 def interpolate(first: Sequence[float], cross: Sequence[float], weight: float) -> tuple[list[int], list[float]]:
     """Positions of the re-scored head in their new order, with their interpolated scores (ties: first stage)."""
-    combined = min_max_array(first) + weight * min_max_array(cross)
+    combined = [a + weight * b for a, b in zip(min_max(list(first)), min_max([float(c) for c in cross]), strict=True)]
     order = sorted(range(len(combined)), key=lambda n: (-combined[n], n))
-    return order, [float(combined[n]) for n in order]
+    return order, [combined[n] for n in order]
 
 
 def reranked(items: Sequence[str], first: Sequence[float], cross: Sequence[float],
@@ -181,7 +174,7 @@ def train_cross_encoder(model, rows: list[tuple[str, str, float]], cfg: RerankCo
     import torch.nn.functional as functional
 
     torch.manual_seed(cfg.seed)
-    network = model.model if hasattr(model, "model") else model[0].auto_model
+    network = model.model
     tokenizer = model.tokenizer
     steps = math.ceil(len(rows) / cfg.batch_size) * cfg.epochs
     optimiser = torch.optim.AdamW(network.parameters(), lr=cfg.lr)
@@ -214,12 +207,7 @@ def train_cross_encoder(model, rows: list[tuple[str, str, float]], cfg: RerankCo
 @writes_workspace
 def run_train_reranker(cfg: RerankConfig, workspace: Workspace, progress: Progress = None) -> RerankerResult:
     """Train the cross-encoder on the train judgments, choose depth and weight on dev, publish it."""
-    import torch
-
-    from densesearch.search import Searcher
-
     started = time.perf_counter()
-    threads = torch.get_num_threads()  # the Searcher pins OpenMP (shared with torch) to one thread per query
     data_manifest = load_data_manifest(workspace)
     catalog = load_catalog(workspace)
     text_of = dict(zip(catalog.ids, catalog.texts, strict=True))
@@ -237,23 +225,23 @@ def run_train_reranker(cfg: RerankConfig, workspace: Workspace, progress: Progre
     if len(rows) > cfg.samples:
         rows = random.Random(cfg.seed).sample(rows, cfg.samples)
         notes.append(f"trained on {cfg.samples:,} sampled rows")
-    torch.set_num_threads(threads)
     device = pick_device(cfg.device)
     base_path = resolve_base_model(cfg.base_model)
     model = load_cross_encoder(base_path, cfg.max_length, device)
     train_started = time.perf_counter()
-    steps = train_cross_encoder(model, rows, cfg, device, progress)
+    with openmp_on_every_core():  # the Searcher above left OpenMP, which torch shares, at one thread
+        steps = train_cross_encoder(model, rows, cfg, device, progress)
     train_seconds = time.perf_counter() - train_started
     chosen = random.Random(cfg.seed).sample(range(len(dev.query_ids)), min(cfg.eval_queries, len(dev.query_ids)))
     chosen.sort()
     depth = max(cfg.depths)
     lists = first_stage_lists(searcher, [dev.queries[i] for i in chosen], depth)
-    torch.set_num_threads(threads)
     cross = []
-    for n, (i, (ids, _)) in enumerate(zip(chosen, lists, strict=True)):
-        cross.append(predict(model, dev.queries[i], [text_of[item] for item in ids]))
-        if progress:
-            progress("choosing depth and weight on dev", n + 1, len(chosen))
+    with openmp_on_every_core():
+        for n, (i, (ids, _)) in enumerate(zip(chosen, lists, strict=True)):
+            cross.append(predict(model, dev.queries[i], [text_of[item] for item in ids]))
+            if progress:
+                progress("choosing depth and weight on dev", n + 1, len(chosen))
     qrels = [dev.qrels[dev.query_ids[i]] for i in chosen]
     if chosen:
         interpolation, first_ndcg, grid = choose_interpolation(
@@ -269,8 +257,7 @@ def run_train_reranker(cfg: RerankConfig, workspace: Workspace, progress: Progre
                      "(weight 0); train on more judged queries")
     with publish(workspace, "reranker") as tmp:
         model.save(str(tmp))
-        for leftover in ("README.md",):
-            (tmp / leftover).unlink(missing_ok=True)
+        (tmp / "README.md").unlink(missing_ok=True)  # a generated model card with no numbers of ours
         base_fingerprint = fingerprint_path(Path(base_path)) if Path(base_path).exists() else base_path
         write_manifest(tmp, Manifest(
             kind="reranker", settings=asdict(cfg) | {"depths": list(cfg.depths), "weights": list(cfg.weights)},

@@ -237,7 +237,7 @@ class Searcher:
             ids, scores = self._hybrid(text, vector, cfg, depth)
         else:
             ids, scores = self._hybrid(text, vector, cfg, max(depth, self._interpolation(cfg).depth))
-            ids, scores = self._rerank(text, ids, scores, cfg)
+            ids, scores = self.rerank(text, ids, scores, cfg)
         if cfg.collapse_variants:
             ids, scores = self._collapse(ids, scores)
         searched = time.perf_counter()
@@ -256,8 +256,8 @@ class Searcher:
         chosen = self.reranker.interpolation
         return replace(chosen, depth=cfg.rerank) if cfg.rerank else chosen
 
-    def _rerank(self, text: str, ids: list[int], scores: list[float],
-                cfg: QueryConfig) -> tuple[list[int], list[float]]:
+    def rerank(self, text: str, ids: list[int], scores: list[float],
+               cfg: QueryConfig) -> tuple[list[int], list[float]]:
         """The hybrid list with its top N re-scored by first stage + weight x cross-encoder."""
         from densesearch.rerank import reranked
 

@@ -321,8 +321,9 @@ def reranked_run(searcher: Searcher, queries: list[str], fused: list[list[tuple[
         scores.append(new)
         if progress:
             progress("re-scoring with the cross-encoder", n + 1, len(queries))
-    return SystemRun(f"rerank ({searcher.reranker.interpolation.label})", searcher.manifest.extra["kind"], "rerank",
-                     rankings, scores)
+    reranker = searcher.reranker
+    return SystemRun(f"rerank ({reranker.interpolation.label}; {reranker.label})", searcher.manifest.extra["kind"],
+                     "rerank", rankings, scores)
 
 
 def source_notes(query_source: str | None, judgments: Judgments) -> list[str]:

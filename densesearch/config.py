@@ -85,6 +85,10 @@ class RerankConfig:
     eval_queries: int = 600               # dev queries that choose the depth and the weight
     depths: tuple[int, ...] = (10, 20, 30)
     weights: tuple[float, ...] = (0.25, 0.5, 1.0, 1.5, 2.0, 3.0)
+    int8: bool = True                     # serve INT8 ONNX when it passes the gate (else FP32 ONNX)
+    per_channel: bool = True
+    min_top10_overlap: float = 0.80       # served top 10, INT8 against FP32 ONNX, over the dev lists
+    max_ndcg_drop: float = 0.005          # dev nDCG@10 INT8 may lose against FP32 ONNX
 
 
 @dataclass(frozen=True)

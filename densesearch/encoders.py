@@ -159,17 +159,7 @@ class OnnxEncoder:
         self.tokenizer.no_padding()
 
     def _load(self, model_file: Path, threads: int) -> None:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3  # errors only: no optimizer chatter on the user's terminal
-        try:
-            self.session = ort.InferenceSession(str(model_file), options, providers=["CPUExecutionProvider"])
-        except _ort_load_errors() as exc:
-            raise ArtifactCorrupt("onnx", model_file.name, "cannot be loaded by ONNX Runtime") from exc
+        self.session = ort_session(model_file, threads, "onnx")
         self.input_names = {i.name for i in self.session.get_inputs()}
 
     def _forward(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
@@ -310,6 +300,21 @@ def load_torch_encoder(path_or_id: str, fingerprint: str, max_seq_length: int | 
     if device.startswith("cuda"):
         model.half()  # FP16 on the GPU: catalog encoding at tensor-core speed
     return TorchEncoder(model=model, fingerprint=fingerprint, source=str(path_or_id))
+
+
+def ort_session(model_file: Path, threads: int, kind: str):
+    """An ONNX Runtime CPU session on ``threads`` intra-op threads; an unreadable file is a corrupt ``kind``."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3  # errors only: no optimizer chatter on the user's terminal
+    try:
+        return ort.InferenceSession(str(model_file), options, providers=["CPUExecutionProvider"])
+    except _ort_load_errors() as exc:
+        raise ArtifactCorrupt(kind, model_file.name, "cannot be loaded by ONNX Runtime") from exc
 
 
 def _ort_load_errors() -> tuple[type[BaseException], ...]:

@@ -205,11 +205,13 @@ def resolve_source_model(spec: str, workspace: Workspace) -> tuple[str, str, str
     return path, name, fingerprint, {"base_model": fingerprint}
 
 
-def export_onnx(model_dir: str, out_dir: Path) -> None:
-    """FP32 ONNX of the transformer (token embeddings out) with optimum."""
-    from optimum.onnxruntime import ORTModelForFeatureExtraction
+def export_onnx(model_dir: str, out_dir: Path, cross_encoder: bool = False) -> None:
+    """FP32 ONNX of the transformer with optimum: token embeddings out, or, for a cross-encoder, one relevance
+    logit per (query, text) pair."""
+    from optimum.onnxruntime import ORTModelForFeatureExtraction, ORTModelForSequenceClassification
 
-    model = ORTModelForFeatureExtraction.from_pretrained(model_dir, export=True, provider="CPUExecutionProvider")
+    exporter = ORTModelForSequenceClassification if cross_encoder else ORTModelForFeatureExtraction
+    model = exporter.from_pretrained(model_dir, export=True, provider="CPUExecutionProvider")
     with tempfile.TemporaryDirectory() as scratch:
         model.save_pretrained(scratch)
         shutil.copy(Path(scratch) / FP32_FILE, out_dir / FP32_FILE)

@@ -208,6 +208,9 @@ def reranker_table(result: Any) -> Table:
     return kv_table("densesearch finetune --reranker", [
         ("base model", result.base_model), ("training rows", result.rows), ("steps", result.steps),
         ("device", result.device), ("training speed", rate(result.rows_per_second, "rows/s")),
+        ("served by", result.scorer),
+        *((f"parity, {r.precision}", f"{'pass' if r.passed else 'FAIL'}: top-10 overlap {r.top10_overlap:.3f}, "
+           f"dev nDCG@10 {r.ndcg:.4f} (FP32 ONNX {r.ndcg_fp32:.4f})") for r in result.parity),
         ("chosen on dev", f"{chosen.label} ({result.dev_queries} queries)"),
         ("dev nDCG@10, hybrid", f"{result.dev_first_stage:.4f}"),
         ("dev nDCG@10, re-scored", f"{result.dev_reranked:.4f}"),

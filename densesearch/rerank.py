@@ -7,6 +7,12 @@ items that first stage confuses. Its score does not replace the first stage's: t
 after min-max scaling within each list (``first + weight * cross``), with the weight and the depth chosen
 on dev. Re-ranking by the cross-encoder alone was measured worse on Home Depot dev: it promotes items the
 lexical judging pool never saw, which the pooled metric scores as 0 (docs/results.md).
+
+Like the bi-encoder, it is served from ONNX, INT8-quantized for this CPU, behind a parity gate: on the dev lists
+the depth and weight are chosen from, the top 10 that INT8 serves must overlap the top 10 FP32 ONNX would serve,
+and INT8 may lose at most a set dev nDCG@10. (The raw scores' rank correlation is reported, not gated: the tail of
+each list, items the cross-encoder scores alike, reorders freely at no cost.) When no INT8 recipe passes, FP32
+ONNX is served and the result says so.
 """
 
 from __future__ import annotations
@@ -22,9 +28,10 @@ import numpy as np
 
 from densesearch.artifacts import open_artifact
 from densesearch.config import QueryConfig, RerankConfig
-from densesearch.cpu import openmp_on_every_core
-from densesearch.encoders import pick_device, resolve_base_model
-from densesearch.errors import ArtifactCorrupt, BadInput
+from densesearch.cpu import openmp_on_every_core, read_cpu, usable_cores
+from densesearch.encoders import FP32_FILE, ort_session, pick_device, resolve_base_model
+from densesearch.errors import ArtifactCorrupt, BadInput, DensesearchError
+from densesearch.export import export_onnx, quantize_int8, recipe_ladder
 from densesearch.manifest import Manifest, fingerprint_path, write_manifest
 from densesearch.metrics import graded_query_metrics
 from densesearch.paths import Workspace, publish, writes_workspace
@@ -32,6 +39,7 @@ from densesearch.prepare import Judgments, load_catalog, load_data_manifest, loa
 from densesearch.search import Searcher, min_max
 
 Progress = Callable[..., None] | None
+SCORER_DIR = "onnx"  # inside the reranker artifact: the exported cross-encoder
 
 
 @dataclass(frozen=True)
@@ -44,6 +52,19 @@ class Interpolation:
     @property
     def label(self) -> str:
         return f"cross-encoder on the top {self.depth}, weight {self.weight:g}"
+
+
+@dataclass
+class CrossParity:
+    """How closely one exported cross-encoder follows FP32 ONNX on the dev lists, and whether it may serve."""
+
+    precision: str
+    top10_overlap: float
+    spearman: float
+    ndcg_fp32: float
+    ndcg: float
+    passed: bool
+    reasons: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -60,6 +81,8 @@ class RerankerResult:
     dev_reranked: float
     dev_queries: int
     grid: list[dict[str, float]] = field(default_factory=list)
+    scorer: str = ""
+    parity: list[CrossParity] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
 
@@ -119,7 +142,8 @@ def choose_interpolation(items: list[list[str]], first: list[list[float]], cross
 
 
 class CrossScorer:
-    """The published cross-encoder, scoring (query, item text) pairs as raw logits."""
+    """The published cross-encoder, scoring (query, item text) pairs as raw logits: its exported ONNX model,
+    or torch for a reranker published before the export existed."""
 
     def __init__(self, workspace: Workspace, threads: int = 0) -> None:
         self.artifact = open_artifact(workspace, "reranker")
@@ -128,7 +152,61 @@ class CrossScorer:
             self.interpolation = Interpolation(int(extra["depth"]), float(extra["weight"]))
         except (KeyError, TypeError, ValueError) as exc:
             raise ArtifactCorrupt("reranker", "manifest.json", "does not record its depth and weight") from exc
-        self.model = load_cross_encoder(self.artifact.path, int(extra.get("max_length", 64)), "cpu", threads)
+        max_length = int(extra.get("max_length", 64))
+        scorer_file = extra.get("scorer_file")
+        self.label = str(extra.get("scorer", "torch fp32"))
+        if scorer_file:
+            self.scorer = OnnxCrossScorer(self.artifact.path / scorer_file, self.artifact.path / "tokenizer.json",
+                                          max_length, threads)
+        else:
+            self.scorer = TorchCrossScorer(load_cross_encoder(self.artifact.path, max_length, "cpu", threads))
+
+    def score(self, query: str, texts: Sequence[str]) -> np.ndarray:
+        return self.scorer.score(query, texts)
+
+
+class OnnxCrossScorer:
+    """A cross-encoder on ONNX Runtime: each (query, text) tokenised as one pair (segment ids), one logit out."""
+
+    def __init__(self, model_file: Path, tokenizer_file: Path, max_length: int, threads: int = 0) -> None:
+        from tokenizers import Tokenizer
+
+        if not model_file.is_file():
+            raise ArtifactCorrupt("reranker", model_file.name, "is missing")
+        self.session = ort_session(model_file, threads if threads > 0 else usable_cores(), "reranker")
+        self.input_names = {i.name for i in self.session.get_inputs()}
+        try:
+            self.tokenizer = Tokenizer.from_file(str(tokenizer_file))
+        except Exception as exc:  # noqa: BLE001 (the tokenizers library raises a bare Exception for bad files)
+            raise ArtifactCorrupt("reranker", tokenizer_file.name, "is missing or not a tokenizer") from exc
+        self.tokenizer.enable_truncation(max_length=max_length)  # longest first, as transformers truncates pairs
+        self.tokenizer.no_padding()
+
+    def score(self, query: str, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        scores = [np.zeros(0, dtype=np.float32)]
+        for start in range(0, len(texts), batch_size):
+            encodings = self.tokenizer.encode_batch([(query, text) for text in texts[start:start + batch_size]])
+            scores.append(self.session.run(None, pair_feeds(encodings, self.input_names))[0].reshape(-1))
+        return np.concatenate(scores).astype(np.float32)
+
+
+def pair_feeds(encodings, input_names: set[str]) -> dict[str, np.ndarray]:
+    """Tokenised pairs, zero-padded to the longest, as a BERT-style model's inputs (ids, mask, segment ids)."""
+    width = max(len(e.ids) for e in encodings)
+    feeds = {name: np.zeros((len(encodings), width), dtype=np.int64)
+             for name in ("input_ids", "attention_mask", "token_type_ids")}
+    for n, encoding in enumerate(encodings):
+        feeds["input_ids"][n, : len(encoding.ids)] = encoding.ids
+        feeds["attention_mask"][n, : len(encoding.ids)] = 1
+        feeds["token_type_ids"][n, : len(encoding.ids)] = encoding.type_ids
+    return {name: value for name, value in feeds.items() if name in input_names}
+
+
+@dataclass
+class TorchCrossScorer:
+    """A sentence-transformers CrossEncoder in torch (training, and rerankers published before the export)."""
+
+    model: object
 
     def score(self, query: str, texts: Sequence[str]) -> np.ndarray:
         return predict(self.model, query, texts)
@@ -154,6 +232,33 @@ def predict(model, query: str, texts: Sequence[str], batch_size: int = 64) -> np
     scores = model.predict([(query, text) for text in texts], batch_size=batch_size, show_progress_bar=False,
                            activation_fn=torch.nn.Identity(), convert_to_numpy=True)
     return np.asarray(scores, dtype=np.float32).reshape(-1)
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman's rank correlation of two score lists (1.0 for lists too short or too flat to rank)."""
+    if len(a) < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return 1.0
+    ranks_a, ranks_b = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
+    return float(np.corrcoef(ranks_a, ranks_b)[0, 1])
+
+
+def top_overlap(reference: list[list[str]], candidate: list[list[str]], k: int = 10) -> float:
+    """Mean share of each reference top ``k`` that the candidate's top ``k`` also holds."""
+    shares = [len(set(r[:k]) & set(c[:k])) / min(k, len(r)) for r, c in zip(reference, candidate, strict=True) if r]
+    return float(np.mean(shares)) if shares else 1.0
+
+
+def cross_parity(precision: str, reference: list[np.ndarray], candidate: list[np.ndarray], overlap: float,
+                 ndcg_fp32: float, ndcg: float, cfg: RerankConfig) -> CrossParity:
+    """Whether the served top 10 with ``candidate`` scores follows FP32's closely enough and costs at most
+    ``cfg.max_ndcg_drop`` dev nDCG@10; the raw scores' rank correlation is reported alongside."""
+    correlation = float(np.mean([spearman(r, c) for r, c in zip(reference, candidate, strict=True)] or [1.0]))
+    reasons = []
+    if overlap < cfg.min_top10_overlap:
+        reasons.append(f"top-10 overlap {overlap:.3f} < {cfg.min_top10_overlap}")
+    if ndcg < ndcg_fp32 - cfg.max_ndcg_drop:
+        reasons.append(f"dev nDCG@10 {ndcg:.4f} < FP32 {ndcg_fp32:.4f} - {cfg.max_ndcg_drop}")
+    return CrossParity(precision, overlap, correlation, ndcg_fp32, ndcg, passed=not reasons, reasons=reasons)
 
 
 def first_stage_lists(searcher, queries: Sequence[str], depth: int) -> list[tuple[list[str], list[float]]]:
@@ -217,8 +322,8 @@ def run_train_reranker(cfg: RerankConfig, workspace: Workspace, progress: Progre
     notes: list[str] = []
     if progress:
         progress("searching the train queries", 0, 1)
-    mined = {q: ids for q, (ids, _) in zip(train.query_ids, first_stage_lists(
-        searcher, train.queries, cfg.unjudged_depth), strict=True)}
+    train_lists = first_stage_lists(searcher, train.queries, cfg.unjudged_depth)
+    mined = {q: ids for q, (ids, _) in zip(train.query_ids, train_lists, strict=True)}
     rows = training_rows(train, mined, text_of, cfg.unjudged, cfg.seed)
     if not rows:
         raise BadInput("the training split has no judged pairs", hint="prepare judged data (`prepare --beir`)")
@@ -234,30 +339,21 @@ def run_train_reranker(cfg: RerankConfig, workspace: Workspace, progress: Progre
     train_seconds = time.perf_counter() - train_started
     chosen = random.Random(cfg.seed).sample(range(len(dev.query_ids)), min(cfg.eval_queries, len(dev.query_ids)))
     chosen.sort()
-    depth = max(cfg.depths)
-    lists = first_stage_lists(searcher, [dev.queries[i] for i in chosen], depth)
-    cross = []
-    with openmp_on_every_core():
-        for n, (i, (ids, _)) in enumerate(zip(chosen, lists, strict=True)):
-            cross.append(predict(model, dev.queries[i], [text_of[item] for item in ids]))
-            if progress:
-                progress("choosing depth and weight on dev", n + 1, len(chosen))
-    qrels = [dev.qrels[dev.query_ids[i]] for i in chosen]
-    if chosen:
-        interpolation, first_ndcg, grid = choose_interpolation(
-            [ids for ids, _ in lists], [scores for _, scores in lists], cross, qrels, dev.min_relevance,
-            cfg.depths, cfg.weights)
-    else:
-        interpolation, first_ndcg, grid = Interpolation(), 0.0, []
-        notes.append("no dev queries: depth 30 and weight 1 without a check")
-    best = next((row["ndcg@10"] for row in grid if row["depth"] == interpolation.depth
-                 and row["weight"] == interpolation.weight), first_ndcg)
-    if chosen and not interpolation.weight:
-        notes.append("no depth and weight beat the first stage on dev: rerank mode keeps the hybrid order "
-                     "(weight 0); train on more judged queries")
+    lists = first_stage_lists(searcher, [dev.queries[i] for i in chosen], max(cfg.depths))
+    dev_lists = DevLists([dev.queries[i] for i in chosen], lists, [dev.qrels[dev.query_ids[i]] for i in chosen],
+                         dev.min_relevance, text_of)
+    if not chosen:
+        notes.append("no dev queries: depth 30 and weight 1 without a check; INT8 gated on train queries only")
+        dev_lists = DevLists(train.queries[: cfg.eval_queries], train_lists[: cfg.eval_queries], [], 1, text_of)
     with publish(workspace, "reranker") as tmp:
         model.save(str(tmp))
         (tmp / "README.md").unlink(missing_ok=True)  # a generated model card with no numbers of ours
+        served = export_and_gate(model, tmp, dev_lists, cfg, progress)
+        notes += served.notes
+        interpolation, first_ndcg, grid, best = served.choice
+        if chosen and not interpolation.weight:
+            notes.append("no depth and weight beat the first stage on dev: rerank mode keeps the hybrid order "
+                         "(weight 0); train on more judged queries")
         base_fingerprint = fingerprint_path(Path(base_path)) if Path(base_path).exists() else base_path
         write_manifest(tmp, Manifest(
             kind="reranker", settings=asdict(cfg) | {"depths": list(cfg.depths), "weights": list(cfg.weights)},
@@ -266,10 +362,107 @@ def run_train_reranker(cfg: RerankConfig, workspace: Workspace, progress: Progre
             upstream={"data": data_manifest.fingerprint},
             counts={"train_rows": len(rows), "steps": steps, "dev_queries": len(chosen)},
             extra={"depth": interpolation.depth, "weight": interpolation.weight, "max_length": cfg.max_length,
+                   "scorer_file": served.file, "scorer": served.label,
+                   "parity": [asdict(report) for report in served.parity],
                    "device": device, "train_seconds": round(train_seconds, 2), "dev_first_stage": first_ndcg,
                    "dev_reranked": best, "grid": grid, "first_stage_index": searcher.manifest.fingerprint}))
     return RerankerResult(
         path=workspace.artifact("reranker"), base_model=cfg.base_model, rows=len(rows), steps=steps,
         seconds=time.perf_counter() - started, rows_per_second=len(rows) * cfg.epochs / max(train_seconds, 1e-9),
         device=device, interpolation=interpolation, dev_first_stage=first_ndcg, dev_reranked=best,
-        dev_queries=len(chosen), grid=grid, notes=notes)
+        dev_queries=len(chosen), grid=grid, scorer=served.label, parity=served.parity, notes=notes)
+
+
+@dataclass
+class DevLists:
+    """The first stage's lists that choose depth and weight and gate the export (dev, else train queries)."""
+
+    queries: list[str]
+    lists: list[tuple[list[str], list[float]]]
+    qrels: list[dict[str, int]]
+    min_relevance: int
+    text_of: dict[str, str]
+
+    def score(self, scorer, progress: Progress, label: str) -> list[np.ndarray]:
+        scores = []
+        for n, (query, (ids, _)) in enumerate(zip(self.queries, self.lists, strict=True)):
+            scores.append(scorer.score(query, [self.text_of[item] for item in ids]))
+            if progress:
+                progress(label, n + 1, len(self.queries))
+        return scores
+
+    def served(self, cross: list[np.ndarray], interpolation: Interpolation) -> list[list[str]]:
+        """Each list as `query --mode rerank` would serve it with these scores."""
+        return [reranked(ids, first, scores, interpolation)[0]
+                for (ids, first), scores in zip(self.lists, cross, strict=True)]
+
+    def choose(self, cross: list[np.ndarray], cfg: RerankConfig) -> tuple[Interpolation, float, list, float]:
+        """The best (depth, weight) on these lists, the first stage's nDCG@10, the grid, the chosen nDCG@10."""
+        if not self.qrels:
+            return Interpolation(), 0.0, [], 0.0
+        interpolation, first, grid = choose_interpolation(
+            [ids for ids, _ in self.lists], [scores for _, scores in self.lists], cross, self.qrels,
+            self.min_relevance, cfg.depths, cfg.weights)
+        best = next((row["ndcg@10"] for row in grid if row["depth"] == interpolation.depth
+                     and row["weight"] == interpolation.weight), first)
+        return interpolation, first, grid, best
+
+
+@dataclass
+class ServedScorer:
+    """The exported model `query --mode rerank` runs, its choice of depth and weight, and the gate's reports."""
+
+    file: str
+    label: str
+    choice: tuple[Interpolation, float, list, float]
+    parity: list[CrossParity] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+EXPORT_MAX_LOGIT_ERROR = 1e-2  # FP32 ONNX must reproduce the torch logits
+
+
+def export_and_gate(model, directory: Path, dev_lists: DevLists, cfg: RerankConfig,
+                    progress: Progress) -> ServedScorer:
+    """Export the trained cross-encoder in ``directory`` to ONNX, quantize it for this CPU and keep the first INT8
+    recipe that passes the parity gate (else FP32 ONNX); depth and weight are chosen on the served scores."""
+    onnx_dir = directory / SCORER_DIR
+    onnx_dir.mkdir()
+    if progress:
+        progress("exporting the reranker to ONNX", 0, 1)
+    export_onnx(str(directory), onnx_dir, cross_encoder=True)
+    tokenizer = directory / "tokenizer.json"
+    fp32 = OnnxCrossScorer(onnx_dir / FP32_FILE, tokenizer, cfg.max_length)
+    check_export(model, fp32, dev_lists)
+    reference = dev_lists.score(fp32, progress, "scoring dev lists, FP32 ONNX")
+    reference_choice = dev_lists.choose(reference, cfg)
+    served = ServedScorer(f"{SCORER_DIR}/{FP32_FILE}", "onnx fp32", reference_choice)
+    if not cfg.int8:
+        return served
+    for recipe in recipe_ladder(read_cpu()):
+        name = quantize_int8(onnx_dir, recipe, cfg.per_channel)
+        scores = dev_lists.score(OnnxCrossScorer(onnx_dir / name, tokenizer, cfg.max_length), progress,
+                                 f"scoring dev lists, INT8 {recipe.name}")
+        choice = dev_lists.choose(scores, cfg)
+        overlap = top_overlap(dev_lists.served(reference, reference_choice[0]), dev_lists.served(scores, choice[0]))
+        report = cross_parity(f"int8 {recipe.name}", reference, scores, overlap, reference_choice[3], choice[3], cfg)
+        served.parity.append(report)
+        if report.passed:
+            (onnx_dir / FP32_FILE).unlink()  # the INT8 model serves; the torch weights stay beside it
+            return ServedScorer(f"{SCORER_DIR}/{name}", f"onnx int8 ({recipe.name})", choice, served.parity)
+        (onnx_dir / name).unlink()
+    served.notes.append("no INT8 recipe passed the parity gate ("
+                        + "; ".join(f"{r.precision}: {', '.join(r.reasons)}" for r in served.parity)
+                        + "): serving FP32 ONNX")
+    return served
+
+
+def check_export(model, exported: OnnxCrossScorer, dev_lists: DevLists, probes: int = 8) -> None:
+    """The FP32 ONNX model must give torch's logits on the first few lists."""
+    with openmp_on_every_core():
+        for query, (ids, _) in list(zip(dev_lists.queries, dev_lists.lists, strict=True))[:probes]:
+            texts = [dev_lists.text_of[item] for item in ids]
+            error = float(np.max(np.abs(predict(model, query, texts) - exported.score(query, texts)), initial=0.0))
+            if error > EXPORT_MAX_LOGIT_ERROR:
+                raise DensesearchError(f"the ONNX export of the reranker differs from torch (logit error {error:.3g}); "
+                                       "nothing was published", hint="report this with `pip freeze`")

@@ -27,7 +27,7 @@ def _summary(kind: str, counts: dict[str, Any], extra: dict[str, Any]) -> str:
         return f"{extra.get('kind', '?')} over {counts.get('vectors', 0):,} vectors, encoder {encoder}"
     if kind == "reranker":
         return (f"cross-encoder on {counts.get('train_rows', 0):,} rows, re-scores the top {extra.get('depth', '?')} "
-                f"(weight {extra.get('weight', '?')})")
+                f"(weight {extra.get('weight', '?')}), served by {extra.get('scorer', 'torch fp32')}")
     return ""
 
 

@@ -7,7 +7,16 @@ from densesearch.cli import run_cli
 from densesearch.config import BenchConfig, IndexConfig, PrepareConfig, QueryConfig, RerankConfig
 from densesearch.errors import MissingArtifact
 from densesearch.prepare import Judgments, run_prepare
-from densesearch.rerank import Interpolation, choose_interpolation, interpolate, reranked, training_rows
+from densesearch.rerank import (
+    Interpolation,
+    choose_interpolation,
+    cross_parity,
+    interpolate,
+    reranked,
+    spearman,
+    top_overlap,
+    training_rows,
+)
 from tests.test_beir import make_beir
 
 
@@ -49,6 +58,42 @@ def test_dev_choice_takes_the_best_setting_or_keeps_the_first_stage():
     assert chosen.weight == 0.0  # nothing beat the first stage: its order is kept
 
 
+def test_parity_gate_fails_an_export_that_changes_the_served_top_10_or_loses_dev_ndcg():
+    reference = [np.array([3.0, 2.0, 1.0, 0.0]), np.array([1.0, 5.0, 2.0])]
+    assert spearman(reference[0], reference[0] * 2 + 1) == pytest.approx(1.0)
+    assert spearman(reference[0], -reference[0]) == pytest.approx(-1.0)
+    assert top_overlap([["a", "b"], ["c"]], [["b", "a"], ["d"]]) == pytest.approx(0.5)
+    cfg = RerankConfig(min_top10_overlap=0.8, max_ndcg_drop=0.005)
+    close = [r + 0.01 for r in reference]
+    passed = cross_parity("int8", reference, close, 0.9, 0.40, 0.398, cfg)
+    assert passed.passed and passed.spearman == pytest.approx(1.0)
+    lost = cross_parity("int8", reference, close, 0.9, 0.40, 0.39, cfg)
+    assert not lost.passed and "nDCG" in lost.reasons[0]
+    moved = cross_parity("int8", reference, [r[::-1].copy() for r in reference], 0.7, 0.40, 0.40, cfg)
+    assert not moved.passed and "overlap" in moved.reasons[0] and moved.spearman < 0  # reported, not gated
+
+
+def test_onnx_export_of_a_cross_encoder_reproduces_torch(tmp_path):
+    """The real MiniLM with a relevance head: optimum's FP32 export and an INT8 copy, scored with segment ids."""
+    from densesearch.encoders import FP32_FILE, resolve_base_model
+    from densesearch.export import U8U8, export_onnx, quantize_int8
+    from densesearch.rerank import OnnxCrossScorer, TorchCrossScorer, load_cross_encoder
+
+    model = load_cross_encoder(resolve_base_model("sentence-transformers/all-MiniLM-L6-v2"), 64, "cpu")
+    model.save(str(tmp_path))
+    (tmp_path / "onnx").mkdir()
+    export_onnx(str(tmp_path), tmp_path / "onnx", cross_encoder=True)
+    query = "cordless drill 20v"
+    texts = ["DEWALT 20-Volt MAX Cordless Drill/Driver Kit", "Ceiling tile", "drill " * 80]  # the last truncates
+    torch_scores = TorchCrossScorer(model).score(query, texts)
+    fp32 = OnnxCrossScorer(tmp_path / "onnx" / FP32_FILE, tmp_path / "tokenizer.json", 64)
+    np.testing.assert_allclose(fp32.score(query, texts, batch_size=2), torch_scores, atol=1e-4)
+    int8 = OnnxCrossScorer(tmp_path / "onnx" / quantize_int8(tmp_path / "onnx", U8U8, True),
+                           tmp_path / "tokenizer.json", 64)
+    assert np.max(np.abs(int8.score(query, texts) - torch_scores)) < 0.5  # close, not equal
+    assert fp32.score(query, []).shape == (0,)
+
+
 @pytest.mark.slow
 def test_reranker_trains_is_served_and_benched_with_a_trec_file_ranx_agrees_with(tmp_path, workspace, capsys):
     ranx = pytest.importorskip("ranx")
@@ -67,8 +112,14 @@ def test_reranker_trains_is_served_and_benched_with_a_trec_file_ranx_agrees_with
         searcher.ask("cordless drill", QueryConfig(mode="rerank"))
     result = run_train_reranker(RerankConfig(batch_size=8), workspace)
     assert result.rows > 0 and result.steps > 0 and result.grid
+    assert result.parity and result.scorer.startswith("onnx")  # exported; INT8 when its gate passed
+    served = workspace.artifact("reranker")
+    onnx_files = sorted(p.name for p in (served / "onnx").glob("*.onnx"))
+    assert len(onnx_files) == 1 and (onnx_files[0] != "model.onnx") == result.scorer.startswith("onnx int8")
     assert result.dev_reranked >= result.dev_first_stage
-    answer = Searcher(workspace).ask("cordless drill", QueryConfig(k=3, mode="rerank"))
+    served_searcher = Searcher(workspace)
+    answer = served_searcher.ask("cordless drill", QueryConfig(k=3, mode="rerank"))
+    assert type(served_searcher.reranker.scorer).__name__ == "OnnxCrossScorer"
     assert answer.mode == "rerank" and len(answer.hits) == 3 and "cross-encoder" in answer.answered_by
     assert [h.score for h in answer.hits] == sorted((h.score for h in answer.hits), reverse=True)
     trec = tmp_path / "trec"

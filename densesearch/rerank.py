@@ -350,8 +350,8 @@ def run_train_reranker(cfg: RerankConfig, workspace: Workspace, progress: Progre
         (tmp / "README.md").unlink(missing_ok=True)  # a generated model card with no numbers of ours
         served = export_and_gate(model, tmp, dev_lists, cfg, progress)
         notes += served.notes
-        interpolation, first_ndcg, grid, best = served.choice
-        if chosen and not interpolation.weight:
+        choice = served.choice
+        if chosen and not choice.interpolation.weight:
             notes.append("no depth and weight beat the first stage on dev: rerank mode keeps the hybrid order "
                          "(weight 0); train on more judged queries")
         base_fingerprint = fingerprint_path(Path(base_path)) if Path(base_path).exists() else base_path
@@ -361,16 +361,19 @@ def run_train_reranker(cfg: RerankConfig, workspace: Workspace, progress: Progre
                     "first_stage": f"index {searcher.manifest.fingerprint[:12]}"},
             upstream={"data": data_manifest.fingerprint},
             counts={"train_rows": len(rows), "steps": steps, "dev_queries": len(chosen)},
-            extra={"depth": interpolation.depth, "weight": interpolation.weight, "max_length": cfg.max_length,
+            extra={"depth": choice.interpolation.depth, "weight": choice.interpolation.weight,
+                   "max_length": cfg.max_length,
                    "scorer_file": served.file, "scorer": served.label,
                    "parity": [asdict(report) for report in served.parity],
-                   "device": device, "train_seconds": round(train_seconds, 2), "dev_first_stage": first_ndcg,
-                   "dev_reranked": best, "grid": grid, "first_stage_index": searcher.manifest.fingerprint}))
+                   "device": device, "train_seconds": round(train_seconds, 2), "dev_first_stage": choice.first_stage,
+                   "dev_reranked": choice.ndcg, "grid": choice.grid,
+                   "first_stage_index": searcher.manifest.fingerprint}))
     return RerankerResult(
         path=workspace.artifact("reranker"), base_model=cfg.base_model, rows=len(rows), steps=steps,
         seconds=time.perf_counter() - started, rows_per_second=len(rows) * cfg.epochs / max(train_seconds, 1e-9),
-        device=device, interpolation=interpolation, dev_first_stage=first_ndcg, dev_reranked=best,
-        dev_queries=len(chosen), grid=grid, scorer=served.label, parity=served.parity, notes=notes)
+        device=device, interpolation=choice.interpolation, dev_first_stage=choice.first_stage,
+        dev_reranked=choice.ndcg, dev_queries=len(chosen), grid=choice.grid, scorer=served.label,
+        parity=served.parity, notes=notes)
 
 
 @dataclass
@@ -396,16 +399,26 @@ class DevLists:
         return [reranked(ids, first, scores, interpolation)[0]
                 for (ids, first), scores in zip(self.lists, cross, strict=True)]
 
-    def choose(self, cross: list[np.ndarray], cfg: RerankConfig) -> tuple[Interpolation, float, list, float]:
-        """The best (depth, weight) on these lists, the first stage's nDCG@10, the grid, the chosen nDCG@10."""
+    def choose(self, cross: list[np.ndarray], cfg: RerankConfig) -> Choice:
+        """The best depth and weight on these lists (without judgments: the defaults, unchecked)."""
         if not self.qrels:
-            return Interpolation(), 0.0, [], 0.0
+            return Choice(Interpolation(), 0.0, [], 0.0)
         interpolation, first, grid = choose_interpolation(
             [ids for ids, _ in self.lists], [scores for _, scores in self.lists], cross, self.qrels,
             self.min_relevance, cfg.depths, cfg.weights)
         best = next((row["ndcg@10"] for row in grid if row["depth"] == interpolation.depth
                      and row["weight"] == interpolation.weight), first)
-        return interpolation, first, grid, best
+        return Choice(interpolation, first, grid, best)
+
+
+@dataclass
+class Choice:
+    """A depth and weight chosen on the dev lists: the first stage's nDCG@10, the grid, the chosen nDCG@10."""
+
+    interpolation: Interpolation
+    first_stage: float
+    grid: list[dict[str, float]]
+    ndcg: float
 
 
 @dataclass
@@ -414,7 +427,7 @@ class ServedScorer:
 
     file: str
     label: str
-    choice: tuple[Interpolation, float, list, float]
+    choice: Choice
     parity: list[CrossParity] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -444,8 +457,10 @@ def export_and_gate(model, directory: Path, dev_lists: DevLists, cfg: RerankConf
         scores = dev_lists.score(OnnxCrossScorer(onnx_dir / name, tokenizer, cfg.max_length), progress,
                                  f"scoring dev lists, INT8 {recipe.name}")
         choice = dev_lists.choose(scores, cfg)
-        overlap = top_overlap(dev_lists.served(reference, reference_choice[0]), dev_lists.served(scores, choice[0]))
-        report = cross_parity(f"int8 {recipe.name}", reference, scores, overlap, reference_choice[3], choice[3], cfg)
+        overlap = top_overlap(dev_lists.served(reference, reference_choice.interpolation),
+                              dev_lists.served(scores, choice.interpolation))
+        report = cross_parity(f"int8 {recipe.name}", reference, scores, overlap, reference_choice.ndcg, choice.ndcg,
+                              cfg)
         served.parity.append(report)
         if report.passed:
             (onnx_dir / FP32_FILE).unlink()  # the INT8 model serves; the torch weights stay beside it

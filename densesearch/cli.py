@@ -212,7 +212,8 @@ def finetune(
     group_by_length: Annotated[bool, Flag(help="Batch texts of similar length (less padding, faster); "
                                                        "off: random no-duplicate batches.")] = True,
     reranker: Annotated[bool, Flag("--reranker", help="Train the cross-encoder reranker instead (needs an index: "
-                                                      "it learns from the served first stage's hits; then "
+                                                      "it learns from the served first stage's hits; served "
+                                                      "in INT8 ONNX when it passes the parity gate; then "
                                                       "`query --mode rerank`).")] = False,
     home: HomeOpt = None, workspace: WorkspaceOpt = DEFAULT_WORKSPACE, json: JsonOpt = False,
 ) -> None:

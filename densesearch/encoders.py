@@ -109,17 +109,22 @@ class TorchEncoder:
         return self.encode(texts, batch_size=max(batch_size, 64))
 
 
-def padded_feeds(ids: list[list[int]], input_names: set[str]) -> dict[str, np.ndarray]:
-    """One batch of token ids, zero-padded to its longest row, as a transformer's inputs (with its mask)."""
+def padded_feeds(ids: list[list[int]], input_names: set[str],
+                 type_ids: list[list[int]] | None = None) -> dict[str, np.ndarray]:
+    """One batch of token ids, zero-padded to its longest row, as a transformer's inputs (with its mask, and
+    segment ids where the model takes them: ``type_ids`` for text pairs, else all 0)."""
     width = max(len(row) for row in ids)
     input_ids = np.zeros((len(ids), width), dtype=np.int64)
     mask = np.zeros((len(ids), width), dtype=np.int64)
+    segments = np.zeros((len(ids), width), dtype=np.int64)
     for n, row in enumerate(ids):
         input_ids[n, : len(row)] = row
         mask[n, : len(row)] = 1
+        if type_ids is not None:
+            segments[n, : len(row)] = type_ids[n]
     feeds = {"input_ids": input_ids, "attention_mask": mask}
     if "token_type_ids" in input_names:
-        feeds["token_type_ids"] = np.zeros_like(input_ids)
+        feeds["token_type_ids"] = segments
     return feeds
 
 

@@ -156,9 +156,10 @@ def neighbours(queries: np.ndarray, items: np.ndarray, k: int, exclude_self: boo
     return np.stack([row[row != n][:k] for n, row in enumerate(top)])
 
 
-def top_overlap(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Per row, the share of ``a``'s neighbours that ``b`` also returns."""
-    return np.asarray([len(set(x.tolist()) & set(y.tolist())) / max(len(x), 1) for x, y in zip(a, b, strict=True)])
+def top_overlap(a, b) -> np.ndarray:
+    """Per row, the share of ``a``'s neighbours (item indices or ids) that ``b`` also returns."""
+    return np.asarray([len(set(np.asarray(x).tolist()) & set(np.asarray(y).tolist())) / max(len(x), 1)
+                       for x, y in zip(a, b, strict=True)])
 
 
 def parity_check(reference: Encoder, candidate: Encoder, sample: ParitySample, cfg: QuantizeConfig,

@@ -29,9 +29,9 @@ import numpy as np
 from densesearch.artifacts import open_artifact
 from densesearch.config import QueryConfig, RerankConfig
 from densesearch.cpu import openmp_on_every_core, read_cpu, usable_cores
-from densesearch.encoders import FP32_FILE, ort_session, pick_device, resolve_base_model
+from densesearch.encoders import FP32_FILE, ort_session, padded_feeds, pick_device, resolve_base_model
 from densesearch.errors import ArtifactCorrupt, BadInput, DensesearchError
-from densesearch.export import export_onnx, quantize_int8, recipe_ladder
+from densesearch.export import export_onnx, quantize_int8, recipe_ladder, top_overlap
 from densesearch.manifest import Manifest, fingerprint_path, write_manifest
 from densesearch.metrics import graded_query_metrics
 from densesearch.paths import Workspace, publish, writes_workspace
@@ -186,20 +186,9 @@ class OnnxCrossScorer:
         scores = [np.zeros(0, dtype=np.float32)]
         for start in range(0, len(texts), batch_size):
             encodings = self.tokenizer.encode_batch([(query, text) for text in texts[start:start + batch_size]])
-            scores.append(self.session.run(None, pair_feeds(encodings, self.input_names))[0].reshape(-1))
+            feeds = padded_feeds([e.ids for e in encodings], self.input_names, [e.type_ids for e in encodings])
+            scores.append(self.session.run(None, feeds)[0].reshape(-1))
         return np.concatenate(scores).astype(np.float32)
-
-
-def pair_feeds(encodings, input_names: set[str]) -> dict[str, np.ndarray]:
-    """Tokenised pairs, zero-padded to the longest, as a BERT-style model's inputs (ids, mask, segment ids)."""
-    width = max(len(e.ids) for e in encodings)
-    feeds = {name: np.zeros((len(encodings), width), dtype=np.int64)
-             for name in ("input_ids", "attention_mask", "token_type_ids")}
-    for n, encoding in enumerate(encodings):
-        feeds["input_ids"][n, : len(encoding.ids)] = encoding.ids
-        feeds["attention_mask"][n, : len(encoding.ids)] = 1
-        feeds["token_type_ids"][n, : len(encoding.ids)] = encoding.type_ids
-    return {name: value for name, value in feeds.items() if name in input_names}
 
 
 @dataclass
@@ -242,10 +231,10 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(ranks_a, ranks_b)[0, 1])
 
 
-def top_overlap(reference: list[list[str]], candidate: list[list[str]], k: int = 10) -> float:
-    """Mean share of each reference top ``k`` that the candidate's top ``k`` also holds."""
-    shares = [len(set(r[:k]) & set(c[:k])) / min(k, len(r)) for r, c in zip(reference, candidate, strict=True) if r]
-    return float(np.mean(shares)) if shares else 1.0
+def top10_overlap(reference: list[list[str]], candidate: list[list[str]]) -> float:
+    """Mean share of each (non-empty) reference top 10 that the candidate's top 10 also holds."""
+    pairs = [(r[:10], c[:10]) for r, c in zip(reference, candidate, strict=True) if r]
+    return float(np.mean(top_overlap([r for r, _ in pairs], [c for _, c in pairs]))) if pairs else 1.0
 
 
 def cross_parity(precision: str, reference: list[np.ndarray], candidate: list[np.ndarray], overlap: float,
@@ -452,13 +441,13 @@ def export_and_gate(model, directory: Path, dev_lists: DevLists, cfg: RerankConf
     served = ServedScorer(f"{SCORER_DIR}/{FP32_FILE}", "onnx fp32", reference_choice)
     if not cfg.int8:
         return served
+    reference_lists = dev_lists.served(reference, reference_choice.interpolation)
     for recipe in recipe_ladder(read_cpu()):
         name = quantize_int8(onnx_dir, recipe, cfg.per_channel)
         scores = dev_lists.score(OnnxCrossScorer(onnx_dir / name, tokenizer, cfg.max_length), progress,
                                  f"scoring dev lists, INT8 {recipe.name}")
         choice = dev_lists.choose(scores, cfg)
-        overlap = top_overlap(dev_lists.served(reference, reference_choice.interpolation),
-                              dev_lists.served(scores, choice.interpolation))
+        overlap = top10_overlap(reference_lists, dev_lists.served(scores, choice.interpolation))
         report = cross_parity(f"int8 {recipe.name}", reference, scores, overlap, reference_choice.ndcg, choice.ndcg,
                               cfg)
         served.parity.append(report)

@@ -14,7 +14,7 @@ from densesearch.rerank import (
     interpolate,
     reranked,
     spearman,
-    top_overlap,
+    top10_overlap,
     training_rows,
 )
 from tests.test_beir import make_beir
@@ -62,7 +62,7 @@ def test_parity_gate_fails_an_export_that_changes_the_served_top_10_or_loses_dev
     reference = [np.array([3.0, 2.0, 1.0, 0.0]), np.array([1.0, 5.0, 2.0])]
     assert spearman(reference[0], reference[0] * 2 + 1) == pytest.approx(1.0)
     assert spearman(reference[0], -reference[0]) == pytest.approx(-1.0)
-    assert top_overlap([["a", "b"], ["c"]], [["b", "a"], ["d"]]) == pytest.approx(0.5)
+    assert top10_overlap([["a", "b"], ["c"]], [["b", "a"], ["d"]]) == pytest.approx(0.5)
     cfg = RerankConfig(min_top10_overlap=0.8, max_ndcg_drop=0.005)
     close = [r + 0.01 for r in reference]
     passed = cross_parity("int8", reference, close, 0.9, 0.40, 0.398, cfg)

@@ -24,7 +24,7 @@ from densesearch.artifacts import (
     open_artifact,
 )
 from densesearch.config import BenchConfig, QueryConfig
-from densesearch.cpu import openmp_on_every_core, usable_cores
+from densesearch.cpu import usable_cores
 from densesearch.encoders import Encoder, EncoderSpec, base_spec, choose_encoder
 from densesearch.errors import BadInput, MissingArtifact
 from densesearch.evaluation import exact_topk, score_rankings
@@ -163,12 +163,6 @@ def _quality(run: SystemRun, judgments: Judgments, group_of: dict[str, str], cfg
     return quality, strict
 
 
-def encode_on_every_core(encoder: Encoder, texts: list[str]) -> np.ndarray:
-    """Encode a catalog with OpenMP at every core (the Searcher leaves it at 1)."""
-    with openmp_on_every_core():
-        return encoder.encode(texts, batch_size=64)
-
-
 VECTOR_CACHE_KEEP = 4  # newest cached catalogs kept per workspace
 
 
@@ -187,7 +181,7 @@ def cached_catalog_vectors(workspace: Workspace, spec: EncoderSpec, encoder: Enc
             return cached
     except (OSError, ValueError):
         pass
-    vectors = encode_on_every_core(encoder, texts)
+    vectors = encoder.encode(texts, batch_size=64)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")

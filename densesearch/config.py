@@ -82,9 +82,11 @@ class RerankConfig:
     max_length: int = 64                  # query + title tokens
     seed: int = 13
     device: str = "auto"
-    eval_queries: int = 600               # dev queries that choose the depth and the weight
+    eval_queries: int = 600               # dev queries that choose the form, depth and weight
     depths: tuple[int, ...] = (10, 20, 30)
     weights: tuple[float, ...] = (0.25, 0.5, 1.0, 1.5, 2.0, 3.0)
+    scales: tuple[str, ...] = ("min-max", "calibrated")  # how hybrid and cross-encoder scores meet (chosen on
+    #                                                    dev; calibrated needs a score-fusion hybrid)
     int8: bool = True                     # serve INT8 ONNX when it passes the gate (else FP32 ONNX)
     per_channel: bool = True
     min_top10_overlap: float = 0.80       # served top 10, INT8 against FP32 ONNX, over the dev lists

@@ -104,14 +104,14 @@ def usable_cores() -> int:
 
 
 @contextlib.contextmanager
-def openmp_on_every_core() -> Iterator[None]:
-    """OpenMP at every usable core for bulk work, restored after: the Searcher sets it to 1 for single-query
-    search, and torch's kernels share that process-wide setting (a catalog encode ran 6-12% slower under it,
-    a cross-encoder trained at half speed)."""
+def openmp_threads(count: int) -> Iterator[None]:
+    """OpenMP at ``count`` threads for the calls inside, restored after. The setting is the calling thread's,
+    and FAISS and torch share it, so a one-thread query search must not leave it behind: a catalog encode ran
+    6-12% slower and a cross-encoder trained at half speed under a Searcher that once set it for good."""
     import faiss
 
     before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(usable_cores())
+    faiss.omp_set_num_threads(max(count, 1))
     try:
         yield
     finally:

@@ -4,9 +4,13 @@ The cross-encoder (sentence-transformers' CrossEncoder, initialised from the bas
 query and an item together. It trains pointwise on every judged pair of the train split (label: grade over
 the top grade) plus a few unjudged items from the served first stage's top hits (label 0), so it learns the
 items that first stage confuses. Its score does not replace the first stage's: the two are interpolated
-after min-max scaling within each list (``first + weight * cross``), with the weight and the depth chosen
-on dev. Re-ranking by the cross-encoder alone was measured worse on Home Depot dev: it promotes items the
-lexical judging pool never saw, which the pooled metric scores as 0 (docs/results.md).
+(``first + weight * cross``), with the form, the weight and the depth chosen on dev. One form scales both
+lists to [0, 1] within each list (``min-max``). The other (``calibrated``) adds ``weight`` times the
+cross-encoder's probability (the sigmoid of its logit, trained against grade / top grade) to the hybrid's own
+fused score, itself a weighted sum of [0, 1]-scaled lists. It keeps what min-max throws away: how sure each
+side is on this query, so a list the cross-encoder scores alike is not stretched to [0, 1]. Re-ranking by the
+cross-encoder alone was measured worse on Home Depot dev: it promotes items the lexical judging pool never saw,
+which the pooled metric scores as 0 (docs/results.md).
 
 Like the bi-encoder, it is served from ONNX, INT8-quantized for this CPU, behind a parity gate: on the dev lists
 the depth and weight are chosen from, the top 10 that INT8 serves must overlap the top 10 FP32 ONNX would serve,
@@ -21,14 +25,14 @@ import math
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from densesearch.artifacts import open_artifact
 from densesearch.config import QueryConfig, RerankConfig
-from densesearch.cpu import openmp_on_every_core, read_cpu, usable_cores
+from densesearch.cpu import read_cpu, usable_cores
 from densesearch.encoders import FP32_FILE, ort_session, padded_feeds, pick_device, resolve_base_model
 from densesearch.errors import ArtifactCorrupt, BadInput, DensesearchError
 from densesearch.export import export_onnx, quantize_int8, recipe_ladder, top_overlap
@@ -42,16 +46,23 @@ Progress = Callable[..., None] | None
 SCORER_DIR = "onnx"  # inside the reranker artifact: the exported cross-encoder
 
 
+SCALES = ("min-max", "calibrated")  # how the two scores meet: see the module docstring
+
+
 @dataclass(frozen=True)
 class Interpolation:
-    """How the cross-encoder re-scores: the first stage's top ``depth``, ``first + weight * cross``."""
+    """How the cross-encoder re-scores the first stage's top ``depth``: ``first + weight * cross``, each scaled as
+    ``scale`` says (min-max within the list, or calibrated: the fused score as it is plus the cross-encoder's
+    probability)."""
 
     depth: int = 30
     weight: float = 1.0
+    scale: str = "min-max"
 
     @property
     def label(self) -> str:
-        return f"cross-encoder on the top {self.depth}, weight {self.weight:g}"
+        scale = ", calibrated" if self.scale == "calibrated" else ""
+        return f"cross-encoder on the top {self.depth}, weight {self.weight:g}{scale}"
 
 
 @dataclass
@@ -86,9 +97,19 @@ class RerankerResult:
     notes: list[str] = field(default_factory=list)
 
 
-def interpolate(first: Sequence[float], cross: Sequence[float], weight: float) -> tuple[list[int], list[float]]:
+def sigmoid(logit: float) -> float:
+    """The logistic function, without overflow for large negative logits."""
+    return 0.5 * (1.0 + math.tanh(0.5 * logit))
+
+
+def interpolate(first: Sequence[float], cross: Sequence[float], weight: float,
+                scale: str = "min-max") -> tuple[list[int], list[float]]:
     """Positions of the re-scored head in their new order, with their interpolated scores (ties: first stage)."""
-    combined = [a + weight * b for a, b in zip(min_max(list(first)), min_max([float(c) for c in cross]), strict=True)]
+    if scale == "calibrated":
+        first_part, cross_part = [float(a) for a in first], [sigmoid(float(c)) for c in cross]
+    else:
+        first_part, cross_part = min_max(list(first)), min_max([float(c) for c in cross])
+    combined = [a + weight * b for a, b in zip(first_part, cross_part, strict=True)]
     order = sorted(range(len(combined)), key=lambda n: (-combined[n], n))
     return order, [combined[n] for n in order]
 
@@ -97,7 +118,7 @@ def reranked(items: Sequence[str], first: Sequence[float], cross: Sequence[float
              interpolation: Interpolation) -> tuple[list[str], list[float]]:
     """A first-stage list with its top ``depth`` re-scored; the tail keeps its order, scored below the head."""
     head = min(interpolation.depth, len(items), len(cross))
-    order, scores = interpolate(first[:head], cross[:head], interpolation.weight)
+    order, scores = interpolate(first[:head], cross[:head], interpolation.weight, interpolation.scale)
     tail = list(range(head, len(items)))
     floor = min(scores, default=0.0)
     tail_scores = [floor - 1.0 - n for n in range(1, len(tail) + 1)]
@@ -124,21 +145,25 @@ def training_rows(judgments: Judgments, first_stage: dict[str, list[str]], text_
 
 def choose_interpolation(items: list[list[str]], first: list[list[float]], cross: list[np.ndarray],
                          qrels: list[dict[str, int]], min_relevance: int, depths: Sequence[int],
-                         weights: Sequence[float]) -> tuple[Interpolation, float, list[dict[str, float]]]:
-    """The (depth, weight) with the best mean nDCG@10 (ties: the cheaper, then the lighter), the first stage's
-    own nDCG@10 and the whole grid."""
+                         weights: Sequence[float], scales: Sequence[str] = ("min-max",)
+                         ) -> tuple[Interpolation, float, list[dict]]:
+    """The (scale, depth, weight) with the best mean nDCG@10 (ties: the cheaper, then the lighter, then min-max),
+    the first stage's own nDCG@10 and the whole grid."""
     base = float(graded_query_metrics(items, qrels, min_relevance, ks=(10,))["ndcg@10"].mean())
     grid = []
-    for depth in depths:
-        for weight in weights:
-            choice = Interpolation(depth, weight)
-            ranked = [reranked(ids, scores, ce, choice)[0] for ids, scores, ce in zip(items, first, cross, strict=True)]
-            ndcg = float(graded_query_metrics(ranked, qrels, min_relevance, ks=(10,))["ndcg@10"].mean())
-            grid.append({"depth": depth, "weight": weight, "ndcg@10": ndcg})
-    best = max(grid, key=lambda row: (round(row["ndcg@10"], 6), -row["depth"], -row["weight"]), default=None)
+    for scale in scales:
+        for depth in depths:
+            for weight in weights:
+                choice = Interpolation(depth, weight, scale)
+                ranked = [reranked(ids, scores, ce, choice)[0]
+                          for ids, scores, ce in zip(items, first, cross, strict=True)]
+                ndcg = float(graded_query_metrics(ranked, qrels, min_relevance, ks=(10,))["ndcg@10"].mean())
+                grid.append({"scale": scale, "depth": depth, "weight": weight, "ndcg@10": ndcg})
+    best = max(grid, key=lambda row: (round(row["ndcg@10"], 6), -row["depth"], -row["weight"],
+                                      row["scale"] == "min-max"), default=None)
     if best is None or best["ndcg@10"] <= base:  # no setting helps: re-scoring leaves the first stage's order
         return Interpolation(min(depths, default=10), 0.0), base, grid
-    return Interpolation(int(best["depth"]), float(best["weight"])), base, grid
+    return Interpolation(int(best["depth"]), float(best["weight"]), str(best["scale"])), base, grid
 
 
 class CrossScorer:
@@ -149,9 +174,13 @@ class CrossScorer:
         self.artifact = open_artifact(workspace, "reranker")
         extra = self.artifact.manifest.extra
         try:
-            self.interpolation = Interpolation(int(extra["depth"]), float(extra["weight"]))
+            self.interpolation = Interpolation(int(extra["depth"]), float(extra["weight"]),
+                                               str(extra.get("scale", "min-max")))  # min-max: before the choice
         except (KeyError, TypeError, ValueError) as exc:
             raise ArtifactCorrupt("reranker", "manifest.json", "does not record its depth and weight") from exc
+        if self.interpolation.scale not in SCALES:
+            raise ArtifactCorrupt("reranker", "manifest.json",
+                                  f"records an unknown interpolation {self.interpolation.scale!r}")
         max_length = int(extra.get("max_length", 64))
         scorer_file = extra.get("scorer_file")
         self.label = str(extra.get("scorer", "torch fp32"))
@@ -300,7 +329,7 @@ def train_cross_encoder(model, rows: list[tuple[str, str, float]], cfg: RerankCo
 
 @writes_workspace
 def run_train_reranker(cfg: RerankConfig, workspace: Workspace, progress: Progress = None) -> RerankerResult:
-    """Train the cross-encoder on the train judgments, choose depth and weight on dev, publish it."""
+    """Train the cross-encoder on the train judgments, choose the form, depth and weight on dev, publish it."""
     started = time.perf_counter()
     data_manifest = load_data_manifest(workspace)
     catalog = load_catalog(workspace)
@@ -309,6 +338,9 @@ def run_train_reranker(cfg: RerankConfig, workspace: Workspace, progress: Progre
     train = load_judgments(workspace, "train")
     dev = load_judgments(workspace, "dev")
     notes: list[str] = []
+    if searcher.fusion.method != "wsum" and "calibrated" in cfg.scales:
+        cfg = replace(cfg, scales=("min-max",))
+        notes.append("the index fuses by RRF, whose scores are ranks, not [0, 1] scores: min-max interpolation only")
     if progress:
         progress("searching the train queries", 0, 1)
     train_lists = first_stage_lists(searcher, train.queries, cfg.unjudged_depth)
@@ -323,8 +355,7 @@ def run_train_reranker(cfg: RerankConfig, workspace: Workspace, progress: Progre
     base_path = resolve_base_model(cfg.base_model)
     model = load_cross_encoder(base_path, cfg.max_length, device)
     train_started = time.perf_counter()
-    with openmp_on_every_core():  # the Searcher above left OpenMP, which torch shares, at one thread
-        steps = train_cross_encoder(model, rows, cfg, device, progress)
+    steps = train_cross_encoder(model, rows, cfg, device, progress)
     train_seconds = time.perf_counter() - train_started
     chosen = random.Random(cfg.seed).sample(range(len(dev.query_ids)), min(cfg.eval_queries, len(dev.query_ids)))
     chosen.sort()
@@ -341,16 +372,18 @@ def run_train_reranker(cfg: RerankConfig, workspace: Workspace, progress: Progre
         notes += served.notes
         choice = served.choice
         if chosen and not choice.interpolation.weight:
-            notes.append("no depth and weight beat the first stage on dev: rerank mode keeps the hybrid order "
+            notes.append("no form, depth and weight beat the first stage on dev: rerank mode keeps the hybrid order "
                          "(weight 0); train on more judged queries")
         base_fingerprint = fingerprint_path(Path(base_path)) if Path(base_path).exists() else base_path
         write_manifest(tmp, Manifest(
-            kind="reranker", settings=asdict(cfg) | {"depths": list(cfg.depths), "weights": list(cfg.weights)},
+            kind="reranker", settings=asdict(cfg) | {"depths": list(cfg.depths), "weights": list(cfg.weights),
+                                                     "scales": list(cfg.scales)},
             inputs={"base_model": f"{cfg.base_model} ({base_fingerprint[:12]})",
                     "first_stage": f"index {searcher.manifest.fingerprint[:12]}"},
             upstream={"data": data_manifest.fingerprint},
             counts={"train_rows": len(rows), "steps": steps, "dev_queries": len(chosen)},
             extra={"depth": choice.interpolation.depth, "weight": choice.interpolation.weight,
+                   "scale": choice.interpolation.scale,
                    "max_length": cfg.max_length,
                    "scorer_file": served.file, "scorer": served.label,
                    "parity": [asdict(report) for report in served.parity],
@@ -367,7 +400,7 @@ def run_train_reranker(cfg: RerankConfig, workspace: Workspace, progress: Progre
 
 @dataclass
 class DevLists:
-    """The first stage's lists that choose depth and weight and gate the export (dev, else train queries)."""
+    """The first stage's lists that choose the form, depth and weight and gate the export (dev, else train queries)."""
 
     queries: list[str]
     lists: list[tuple[list[str], list[float]]]
@@ -389,20 +422,20 @@ class DevLists:
                 for (ids, first), scores in zip(self.lists, cross, strict=True)]
 
     def choose(self, cross: list[np.ndarray], cfg: RerankConfig) -> Choice:
-        """The best depth and weight on these lists (without judgments: the defaults, unchecked)."""
+        """The best form, depth and weight on these lists (without judgments: the defaults, unchecked)."""
         if not self.qrels:
             return Choice(Interpolation(), 0.0, [], 0.0)
         interpolation, first, grid = choose_interpolation(
             [ids for ids, _ in self.lists], [scores for _, scores in self.lists], cross, self.qrels,
-            self.min_relevance, cfg.depths, cfg.weights)
+            self.min_relevance, cfg.depths, cfg.weights, cfg.scales)
         best = next((row["ndcg@10"] for row in grid if row["depth"] == interpolation.depth
-                     and row["weight"] == interpolation.weight), first)
+                     and row["weight"] == interpolation.weight and row["scale"] == interpolation.scale), first)
         return Choice(interpolation, first, grid, best)
 
 
 @dataclass
 class Choice:
-    """A depth and weight chosen on the dev lists: the first stage's nDCG@10, the grid, the chosen nDCG@10."""
+    """A form, depth and weight chosen on the dev lists: the first stage's nDCG@10, the grid, the chosen nDCG@10."""
 
     interpolation: Interpolation
     first_stage: float
@@ -412,7 +445,7 @@ class Choice:
 
 @dataclass
 class ServedScorer:
-    """The exported model `query --mode rerank` runs, its choice of depth and weight, and the gate's reports."""
+    """The exported model `query --mode rerank` runs, its choice of form, depth and weight, and the gate's reports."""
 
     file: str
     label: str
@@ -427,7 +460,7 @@ EXPORT_MAX_LOGIT_ERROR = 1e-2  # FP32 ONNX must reproduce the torch logits
 def export_and_gate(model, directory: Path, dev_lists: DevLists, cfg: RerankConfig,
                     progress: Progress) -> ServedScorer:
     """Export the trained cross-encoder in ``directory`` to ONNX, quantize it for this CPU and keep the first INT8
-    recipe that passes the parity gate (else FP32 ONNX); depth and weight are chosen on the served scores."""
+    recipe that passes the parity gate (else FP32 ONNX); form, depth and weight are chosen on the served scores."""
     onnx_dir = directory / SCORER_DIR
     onnx_dir.mkdir()
     if progress:
@@ -463,10 +496,9 @@ def export_and_gate(model, directory: Path, dev_lists: DevLists, cfg: RerankConf
 
 def check_export(model, exported: OnnxCrossScorer, dev_lists: DevLists, probes: int = 8) -> None:
     """The FP32 ONNX model must give torch's logits on the first few lists."""
-    with openmp_on_every_core():
-        for query, (ids, _) in list(zip(dev_lists.queries, dev_lists.lists, strict=True))[:probes]:
-            texts = [dev_lists.text_of[item] for item in ids]
-            error = float(np.max(np.abs(predict(model, query, texts) - exported.score(query, texts)), initial=0.0))
-            if error > EXPORT_MAX_LOGIT_ERROR:
-                raise DensesearchError(f"the ONNX export of the reranker differs from torch (logit error {error:.3g}); "
-                                       "nothing was published", hint="report this with `pip freeze`")
+    for query, (ids, _) in list(zip(dev_lists.queries, dev_lists.lists, strict=True))[:probes]:
+        texts = [dev_lists.text_of[item] for item in ids]
+        error = float(np.max(np.abs(predict(model, query, texts) - exported.score(query, texts)), initial=0.0))
+        if error > EXPORT_MAX_LOGIT_ERROR:
+            raise DensesearchError(f"the ONNX export of the reranker differs from torch (logit error {error:.3g}); "
+                                   "nothing was published", hint="report this with `pip freeze`")

@@ -25,7 +25,7 @@ import numpy as np
 
 from densesearch.artifacts import VECTORS_FILE, open_artifact
 from densesearch.config import IndexConfig, ScaleConfig
-from densesearch.cpu import usable_cores
+from densesearch.cpu import openmp_threads, usable_cores
 from densesearch.encoders import EncoderSpec
 from densesearch.errors import BadInput
 from densesearch.index import KINDS, add_in_chunks, new_faiss_index, sweep_search_param, train_if_needed
@@ -212,29 +212,29 @@ def measure_kind(kind: str, vectors: np.ndarray, queries: np.ndarray, truth: np.
 
     if progress:
         progress(f"building {kind}", 0, None)
-    faiss.omp_set_num_threads(cfg.threads or usable_cores())
-    started = time.perf_counter()
-    index = new_faiss_index(kind, vectors.shape[1], len(vectors),
-                            IndexConfig(hnsw_m=cfg.hnsw_m, ef_construction=cfg.ef_construction))
-    train_if_needed(index, vectors)
-    trained = time.perf_counter()
-    add_in_chunks(index, vectors)
-    built = time.perf_counter()
+    with openmp_threads(cfg.threads or usable_cores()):
+        started = time.perf_counter()
+        index = new_faiss_index(kind, vectors.shape[1], len(vectors),
+                                IndexConfig(hnsw_m=cfg.hnsw_m, ef_construction=cfg.ef_construction))
+        train_if_needed(index, vectors)
+        trained = time.perf_counter()
+        add_in_chunks(index, vectors)
+        built = time.perf_counter()
     path = scratch / f"{kind}.faiss"
     faiss.write_index(index, str(path))
     disk, ram = path.stat().st_size, loaded_index_ram(path)
     path.unlink()
-    faiss.omp_set_num_threads(1)
     served = [(kind, lambda q, depth: index.search(q, depth)[1])]
     if kind == "ivfpq":
         served.append(("ivfpq+rerank", reranked_search(index, vectors, RERANK_DEPTH)))
     results = []
-    for label, search in served:
-        sweep, chosen = sweep_search_param(index, kind, queries[: cfg.sweep_queries],
-                                           truth[: cfg.sweep_queries, :10], cfg.target_recall, search=search)
-        param = {search_param_name(kind): chosen} if chosen else {}
-        results.append(_served(label, lambda q, s=search: s(q, 10), vectors, queries, truth, cfg.latency_queries,
-                               param, sweep, trained - started, built - started, ram, disk))
+    with openmp_threads(1):  # searched as served: one query, one thread
+        for label, search in served:
+            sweep, chosen = sweep_search_param(index, kind, queries[: cfg.sweep_queries],
+                                               truth[: cfg.sweep_queries, :10], cfg.target_recall, search=search)
+            param = {search_param_name(kind): chosen} if chosen else {}
+            results.append(_served(label, lambda q, s=search: s(q, 10), vectors, queries, truth,
+                                   cfg.latency_queries, param, sweep, trained - started, built - started, ram, disk))
     return results
 
 

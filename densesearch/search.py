@@ -10,7 +10,7 @@ import numpy as np
 
 from densesearch.artifacts import BM25_DIR, ITEMS_FILE, NGRAM_DIR, VECTORS_FILE, Artifact, open_artifact
 from densesearch.config import QueryConfig
-from densesearch.cpu import read_cpu
+from densesearch.cpu import openmp_threads, read_cpu
 from densesearch.encoders import EncoderSpec, choose_encoder
 from densesearch.errors import ArtifactCorrupt, ArtifactMismatch, BadInput
 from densesearch.paths import Workspace
@@ -105,8 +105,6 @@ class Searcher:
     """An index loaded for serving; the encoder and BM25 load lazily, on first use."""
 
     def __init__(self, workspace: Workspace, threads: int = 1, model: str | None = None) -> None:
-        import faiss
-
         self.artifact = open_artifact(workspace, "index")
         self.manifest = self.artifact.manifest
         try:
@@ -117,7 +115,6 @@ class Searcher:
         self.workspace = workspace
         self.directory = self.artifact.path
         self.threads = threads
-        faiss.omp_set_num_threads(max(threads, 1))  # one query at a time: a team of threads only adds wake-ups
         self.index = self.artifact.load_faiss()
         self.items = read_items(self.artifact)
         self.fusion = Fusion.from_manifest(self.manifest.extra)  # read once: every hybrid query uses it
@@ -181,22 +178,30 @@ class Searcher:
             set_search_param(self.index, kind, value if kind in IVF_KINDS else max(value, k))
         return kind
 
+    def _search_threads(self):
+        """OpenMP for one query's index search: ``threads``, else one (a team of threads only adds wake-ups),
+        for this search only."""
+        return openmp_threads(self.threads or 1)
+
     def dense(self, vector: np.ndarray, k: int, ef_search: int | None = None) -> tuple[list[int], list[float]]:
         if self._use_search_param(k, ef_search) == "ivfpq":
             return self._dense_reranked(vector.reshape(-1), k)
-        scores, ids = self.index.search(vector.reshape(1, -1), k)
+        with self._search_threads():
+            scores, ids = self.index.search(vector.reshape(1, -1), k)
         keep = ids[0] >= 0
         return ids[0][keep].tolist(), scores[0][keep].tolist()
 
     def dense_many(self, vectors: np.ndarray, k: int) -> np.ndarray:
         """Top-k item indices for many query vectors exactly as served (-1 where fewer were found)."""
-        if self._use_search_param(k, None) != "ivfpq":
-            return self.index.search(vectors, k)[1]
-        return reranked_search(self.index, self._memmapped_vectors(), RERANK_DEPTH)(vectors, k)
+        with self._search_threads():
+            if self._use_search_param(k, None) != "ivfpq":
+                return self.index.search(vectors, k)[1]
+            return reranked_search(self.index, self._memmapped_vectors(), RERANK_DEPTH)(vectors, k)
 
     def _dense_reranked(self, vector: np.ndarray, k: int) -> tuple[list[int], list[float]]:
         """IVF-PQ codes find candidates; exact scores from the memory-mapped vectors order them."""
-        _, candidates = self.index.search(vector[None, :], max(k, RERANK_DEPTH))
+        with self._search_threads():
+            _, candidates = self.index.search(vector[None, :], max(k, RERANK_DEPTH))
         ids, scores = rerank_exact(self._memmapped_vectors(), vector, candidates[0], k)
         return ids.tolist(), scores.tolist()
 
@@ -253,8 +258,12 @@ class Searcher:
         return [i for i, _ in fused], [s for _, s in fused]
 
     def _interpolation(self, cfg: QueryConfig):
+        """The reranker's choice on dev, at the query's ``--rerank`` depth; an ``--rrf-k`` first stage scores by
+        rank, so it meets the cross-encoder min-max scaled."""
         chosen = self.reranker.interpolation
-        return replace(chosen, depth=cfg.rerank) if cfg.rerank else chosen
+        if cfg.rerank:
+            chosen = replace(chosen, depth=cfg.rerank)
+        return replace(chosen, scale="min-max") if cfg.rrf_k is not None else chosen
 
     def rerank(self, text: str, ids: list[int], scores: list[float],
                cfg: QueryConfig) -> tuple[list[int], list[float]]:

@@ -131,6 +131,22 @@ def test_hnsw_recall_vs_exact_on_real_vectors(built):
     assert ann_recall(approx, exact, 10) >= 0.99
 
 
+def test_a_searcher_leaves_the_process_openmp_setting_as_it_found_it(built):
+    """FAISS and torch share OpenMP's thread count: one-thread query search must not leave it at one."""
+    import faiss
+
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(3)
+    try:
+        searcher = Searcher(built["ws"])
+        for mode in ("dense", "hybrid"):
+            searcher.ask("leather wallet", QueryConfig(k=5, mode=mode))
+        searcher.dense_many(searcher.encoder.encode_queries(["hat", "scarf"]), 5)
+        assert faiss.omp_get_max_threads() == 3
+    finally:
+        faiss.omp_set_num_threads(before)
+
+
 def test_bm25s_and_rank_bm25_return_the_same_top10(built):
     from densesearch.sparse import Bm25Index
 

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from densesearch.artifacts import open_artifact
 from densesearch.cli import run_cli
 from densesearch.config import BenchConfig, IndexConfig, PrepareConfig, QueryConfig, RerankConfig
 from densesearch.errors import MissingArtifact
@@ -13,6 +14,7 @@ from densesearch.rerank import (
     cross_parity,
     interpolate,
     reranked,
+    sigmoid,
     spearman,
     top10_overlap,
     training_rows,
@@ -25,6 +27,15 @@ def test_interpolation_scales_each_list_and_breaks_ties_by_first_stage_order():
     assert interpolate([3, 2, 1], [0, 10, 5], 1.0) == ([1, 0, 2], [1.5, 1.0, 0.5])
     assert interpolate([3, 2, 1], [0, 10, 5], 0.0)[0] == [0, 1, 2]  # weight 0: the first stage's order
     assert interpolate([2, 2], [1, 1], 1.0)[0] == [0, 1]            # all equal: order kept
+
+
+def test_calibrated_interpolation_keeps_a_clear_first_stage_against_an_unsure_cross_encoder():
+    first, unsure = [0.8, 0.3], [0.1, 0.3]  # hybrid scores in [0, 1]; two logits the cross-encoder barely separates
+    assert interpolate(first, unsure, 2.0)[0] == [1, 0]  # min-max stretches 0.1 vs 0.3 into 0 vs 1
+    order, scores = interpolate(first, unsure, 2.0, "calibrated")
+    assert order == [0, 1] and scores[0] == pytest.approx(0.8 + 2 * sigmoid(0.1))
+    assert interpolate(first, [-4.0, 4.0], 1.0, "calibrated")[0] == [1, 0]  # a sure one still overrides
+    assert sigmoid(-1000.0) == 0.0 and sigmoid(1000.0) == 1.0 and sigmoid(0.0) == 0.5
 
 
 def test_only_the_head_is_rescored_and_the_tail_stays_below_it():
@@ -56,6 +67,19 @@ def test_dev_choice_takes_the_best_setting_or_keeps_the_first_stage():
     harmful = [np.array([5.0, 0.0]), np.array([5.0, 0.0])]
     chosen, _, _ = choose_interpolation([["rel", "x"]] * 2, first, harmful, [{"rel": 6}] * 2, 5, (2,), (1.0,))
     assert chosen.weight == 0.0  # nothing beat the first stage: its order is kept
+
+
+def test_dev_choice_takes_the_calibrated_form_where_min_max_cannot_serve_both_queries():
+    # query 1: the hybrid is sure and right, the cross-encoder unsure and slightly wrong;
+    # query 2: the hybrid is unsure and wrong, the cross-encoder sure and right
+    items, qrels = [["rel", "x"], ["y", "rel2"]], [{"rel": 6}, {"rel2": 6}]
+    first, cross = [[0.9, 0.1], [0.5, 0.45]], [np.array([0.1, 0.2]), np.array([-4.0, 4.0])]
+    weights = (0.5, 1.0, 2.0)
+    only_min_max, _, grid = choose_interpolation(items, first, cross, qrels, 5, (2,), weights)
+    assert {row["scale"] for row in grid} == {"min-max"} and max(row["ndcg@10"] for row in grid) < 1.0
+    chosen, _, grid = choose_interpolation(items, first, cross, qrels, 5, (2,), weights, ("min-max", "calibrated"))
+    assert chosen == Interpolation(2, 0.5, "calibrated") and len(grid) == 6  # every calibrated weight ties: lightest
+    assert "calibrated" in chosen.label
 
 
 def test_parity_gate_fails_an_export_that_changes_the_served_top_10_or_loses_dev_ndcg():
@@ -117,7 +141,9 @@ def test_reranker_trains_is_served_and_benched_with_a_trec_file_ranx_agrees_with
     onnx_files = sorted(p.name for p in (served / "onnx").glob("*.onnx"))
     assert len(onnx_files) == 1 and (onnx_files[0] != "model.onnx") == result.scorer.startswith("onnx int8")
     assert result.dev_reranked >= result.dev_first_stage
+    assert open_artifact(workspace, "reranker").manifest.extra["scale"] in ("min-max", "calibrated")
     served_searcher = Searcher(workspace)
+    assert served_searcher._interpolation(QueryConfig(rrf_k=60)).scale == "min-max"  # rank scores: never calibrated
     answer = served_searcher.ask("cordless drill", QueryConfig(k=3, mode="rerank"))
     assert type(served_searcher.reranker.scorer).__name__ == "OnnxCrossScorer"
     assert answer.mode == "rerank" and len(answer.hits) == 3 and "cross-encoder" in answer.answered_by

@@ -40,7 +40,7 @@ from densesearch.manifest import Manifest, fingerprint_path, write_manifest
 from densesearch.metrics import graded_query_metrics
 from densesearch.paths import Workspace, publish, writes_workspace
 from densesearch.prepare import Judgments, load_catalog, load_data_manifest, load_judgments
-from densesearch.search import Searcher, min_max
+from densesearch.search import Fusion, Searcher, min_max
 
 Progress = Callable[..., None] | None
 SCORER_DIR = "onnx"  # inside the reranker artifact: the exported cross-encoder
@@ -141,6 +141,14 @@ def training_rows(judgments: Judgments, first_stage: dict[str, list[str]], text_
         rows += [(query, text_of[item], 0.0) for item in rng.sample(pool, min(unjudged, len(pool)))]
     rng.shuffle(rows)
     return rows
+
+
+def scales_for(fusion: Fusion, requested: Sequence[str]) -> tuple[tuple[str, ...], str | None]:
+    """The interpolation forms a first stage allows: calibrated needs a score fusion's [0, 1] scores, so an RRF
+    hybrid (rank scores) keeps min-max; with a note when that drops a requested form."""
+    if fusion.method == "wsum" or "calibrated" not in requested:
+        return tuple(requested), None
+    return ("min-max",), "the index fuses by RRF, whose scores are ranks, not [0, 1] scores: min-max interpolation only"
 
 
 def choose_interpolation(items: list[list[str]], first: list[list[float]], cross: list[np.ndarray],
@@ -338,9 +346,9 @@ def run_train_reranker(cfg: RerankConfig, workspace: Workspace, progress: Progre
     train = load_judgments(workspace, "train")
     dev = load_judgments(workspace, "dev")
     notes: list[str] = []
-    if searcher.fusion.method != "wsum" and "calibrated" in cfg.scales:
-        cfg = replace(cfg, scales=("min-max",))
-        notes.append("the index fuses by RRF, whose scores are ranks, not [0, 1] scores: min-max interpolation only")
+    scales, note = scales_for(searcher.fusion, cfg.scales)
+    cfg = replace(cfg, scales=scales)
+    notes += [note] if note else []
     if progress:
         progress("searching the train queries", 0, 1)
     train_lists = first_stage_lists(searcher, train.queries, cfg.unjudged_depth)

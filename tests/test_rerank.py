@@ -14,11 +14,13 @@ from densesearch.rerank import (
     cross_parity,
     interpolate,
     reranked,
+    scales_for,
     sigmoid,
     spearman,
     top10_overlap,
     training_rows,
 )
+from densesearch.search import Fusion
 from tests.test_beir import make_beir
 
 
@@ -67,6 +69,14 @@ def test_dev_choice_takes_the_best_setting_or_keeps_the_first_stage():
     harmful = [np.array([5.0, 0.0]), np.array([5.0, 0.0])]
     chosen, _, _ = choose_interpolation([["rel", "x"]] * 2, first, harmful, [{"rel": 6}] * 2, 5, (2,), (1.0,))
     assert chosen.weight == 0.0  # nothing beat the first stage: its order is kept
+
+
+def test_an_rrf_first_stage_keeps_min_max_interpolation_only():
+    both = ("min-max", "calibrated")
+    assert scales_for(Fusion("wsum", w_bm25=0.3, w_ngram=0.4), both) == (both, None)
+    scales, note = scales_for(Fusion("rrf", rrf_k=60), both)
+    assert scales == ("min-max",) and "RRF" in note
+    assert scales_for(Fusion("rrf"), ("min-max",)) == (("min-max",), None)
 
 
 def test_dev_choice_takes_the_calibrated_form_where_min_max_cannot_serve_both_queries():

@@ -138,8 +138,6 @@ class OnnxEncoder:
 
     def __init__(self, directory: Path, int8: bool, fingerprint: str, threads: int = 0,
                  model_file: str | None = None) -> None:
-        from tokenizers import Tokenizer
-
         config = _read_encoder_config(directory)
         self.source = str(directory)
         self.fingerprint = fingerprint
@@ -156,12 +154,7 @@ class OnnxEncoder:
         if not model_file.is_file():
             raise ArtifactCorrupt("onnx", name, "is missing")
         self._load(model_file, threads if threads > 0 else usable_cores())
-        try:
-            self.tokenizer = Tokenizer.from_file(str(directory / "tokenizer.json"))
-        except Exception as exc:  # noqa: BLE001 (the tokenizers library raises a bare Exception for bad files)
-            raise ArtifactCorrupt("onnx", "tokenizer.json", "is missing or not a tokenizer") from exc
-        self.tokenizer.enable_truncation(max_length=self.max_seq_length)
-        self.tokenizer.no_padding()
+        self.tokenizer = load_tokenizer(directory / "tokenizer.json", self.max_seq_length, "onnx")
 
     def _load(self, model_file: Path, threads: int) -> None:
         self.session = ort_session(model_file, threads, "onnx")
@@ -305,6 +298,20 @@ def load_torch_encoder(path_or_id: str, fingerprint: str, max_seq_length: int | 
     if device.startswith("cuda"):
         model.half()  # FP16 on the GPU: catalog encoding at tensor-core speed
     return TorchEncoder(model=model, fingerprint=fingerprint, source=str(path_or_id))
+
+
+def load_tokenizer(tokenizer_file: Path, max_length: int, kind: str):
+    """A fast tokenizer that truncates to ``max_length`` (longest first for pairs, as transformers does) and
+    never pads (batches are padded to their own longest row); an unreadable file is a corrupt ``kind``."""
+    from tokenizers import Tokenizer
+
+    try:
+        tokenizer = Tokenizer.from_file(str(tokenizer_file))
+    except Exception as exc:  # noqa: BLE001 (the tokenizers library raises a bare Exception for bad files)
+        raise ArtifactCorrupt(kind, tokenizer_file.name, "is missing or not a tokenizer") from exc
+    tokenizer.enable_truncation(max_length=max_length)
+    tokenizer.no_padding()
+    return tokenizer
 
 
 def ort_session(model_file: Path, threads: int, kind: str):

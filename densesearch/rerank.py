@@ -33,7 +33,14 @@ import numpy as np
 from densesearch.artifacts import open_artifact
 from densesearch.config import QueryConfig, RerankConfig
 from densesearch.cpu import read_cpu, usable_cores
-from densesearch.encoders import FP32_FILE, ort_session, padded_feeds, pick_device, resolve_base_model
+from densesearch.encoders import (
+    FP32_FILE,
+    load_tokenizer,
+    ort_session,
+    padded_feeds,
+    pick_device,
+    resolve_base_model,
+)
 from densesearch.errors import ArtifactCorrupt, BadInput, DensesearchError
 from densesearch.export import export_onnx, quantize_int8, recipe_ladder, top_overlap
 from densesearch.manifest import Manifest, fingerprint_path, write_manifest
@@ -206,18 +213,11 @@ class OnnxCrossScorer:
     """A cross-encoder on ONNX Runtime: each (query, text) tokenised as one pair (segment ids), one logit out."""
 
     def __init__(self, model_file: Path, tokenizer_file: Path, max_length: int, threads: int = 0) -> None:
-        from tokenizers import Tokenizer
-
         if not model_file.is_file():
             raise ArtifactCorrupt("reranker", model_file.name, "is missing")
         self.session = ort_session(model_file, threads if threads > 0 else usable_cores(), "reranker")
         self.input_names = {i.name for i in self.session.get_inputs()}
-        try:
-            self.tokenizer = Tokenizer.from_file(str(tokenizer_file))
-        except Exception as exc:  # noqa: BLE001 (the tokenizers library raises a bare Exception for bad files)
-            raise ArtifactCorrupt("reranker", tokenizer_file.name, "is missing or not a tokenizer") from exc
-        self.tokenizer.enable_truncation(max_length=max_length)  # longest first, as transformers truncates pairs
-        self.tokenizer.no_padding()
+        self.tokenizer = load_tokenizer(tokenizer_file, max_length, "reranker")
 
     def score(self, query: str, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
         scores = [np.zeros(0, dtype=np.float32)]

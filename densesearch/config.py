@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 DEFAULT_CATEGORY = "Amazon_Fashion"
@@ -69,14 +69,16 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class RerankConfig:
-    """`finetune --reranker`: a cross-encoder trained pointwise on the graded pairs."""
+    """`finetune --reranker`: a cross-encoder trained on the graded pairs (see `rerank` for the two losses)."""
 
     base_model: str = DEFAULT_BASE_MODEL
-    samples: int = 50_000                 # training rows at most (judged pairs + unjudged first-stage hits)
-    unjudged: int = 4                     # unjudged first-stage hits per train query, label 0
-    unjudged_depth: int = 20              #   drawn from the first stage's top this many
+    loss: str = "pointwise"               # pointwise (BCE per pair) | grouped (per query: softmax over its items + BCE)
+    samples: int = 100_000                # training pairs at most (judged pairs + unjudged first-stage hits)
+    unjudged: int | None = None           # unjudged first-stage hits per train query, label 0 (None: the loss's)
+    unjudged_depth: int | None = None     #   drawn from the first stage's top this many (None: the loss's)
+    max_judged: int = 16                  # grouped: judged items per query at most (one group stays one step's size)
     epochs: int = 1
-    batch_size: int = 32
+    batch_size: int | None = None         # pairs per step (pointwise) or queries per step (grouped); None: the loss's
     lr: float = 5e-5
     warmup_ratio: float = 0.1
     max_length: int = 64                  # query + title tokens
@@ -91,6 +93,23 @@ class RerankConfig:
     per_channel: bool = True
     min_top10_overlap: float = 0.80       # served top 10, INT8 against FP32 ONNX, over the dev lists
     max_ndcg_drop: float = 0.005          # dev nDCG@10 INT8 may lose against FP32 ONNX
+
+    def resolved(self) -> RerankConfig:
+        """The settings with each None filled by its loss's measured default (docs/results.md, sessions 10-13)."""
+        if self.loss not in RERANK_LOSS_DEFAULTS:
+            raise ValueError(f"unknown reranker loss {self.loss!r}: use one of {', '.join(RERANK_LOSS_DEFAULTS)}")
+        defaults = RERANK_LOSS_DEFAULTS[self.loss]
+        return replace(self, **{name: value for name, value in defaults.items() if getattr(self, name) is None})
+
+
+# Per loss: (unjudged hits, drawn from the first stage's top N, batch). Pointwise: 32 pairs a step, 4 unjudged
+# hits from the top 20 (session 10). Grouped: 4 queries a step (about 57 pairs), 8 unjudged from the top 30
+# (session 11). On Home Depot dev the two are equal within the spread between training draws (session 13), and
+# pointwise trains in 80% of the time and 55% of the memory, so it is the default.
+RERANK_LOSS_DEFAULTS: dict[str, dict[str, int]] = {
+    "pointwise": {"unjudged": 4, "unjudged_depth": 20, "batch_size": 32},
+    "grouped": {"unjudged": 8, "unjudged_depth": 30, "batch_size": 4},
+}
 
 
 @dataclass(frozen=True)

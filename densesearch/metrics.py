@@ -133,9 +133,24 @@ def ann_recall(approx: np.ndarray, exact: np.ndarray, k: int) -> float:
 
 def write_trec_run(path: Path, query_ids: Sequence[str], rankings: Sequence[Sequence[str]],
                    scores: Sequence[Sequence[float]], tag: str) -> None:
-    """TREC run format: ``qid Q0 docid rank score tag``, ties broken by (-score, docid)."""
+    """TREC run format: ``qid Q0 docid rank score tag``, ranked by (-score, docid). Tools break ties their own
+    way (trec_eval by docid descending, ranx by an unstable sort), so tied scores are written 1e-6 apart in
+    rank order (`strictly_decreasing`): every tool then reads the order our metrics scored."""
     with open(path, "w", encoding="utf-8") as handle:
         for qid, ranked, ranked_scores in zip(query_ids, rankings, scores, strict=True):
             ordered = sorted(zip(ranked, ranked_scores, strict=True), key=lambda pair: (-pair[1], pair[0]))
-            for rank, (doc, score) in enumerate(ordered, start=1):
+            written = strictly_decreasing([score for _, score in ordered])
+            for rank, ((doc, _), score) in enumerate(zip(ordered, written, strict=True), start=1):
                 handle.write(f"{qid} Q0 {doc} {rank} {score:.6f} {tag}\n")
+
+
+def strictly_decreasing(scores: Sequence[float], step: float = 1e-6) -> list[float]:
+    """Non-increasing scores rounded to 6 decimals, each tie (at that precision) moved ``step`` below the one
+    before it."""
+    written: list[float] = []
+    for score in scores:
+        value = round(float(score), 6)
+        if written and value >= written[-1]:
+            value = round(written[-1] - step, 6)
+        written.append(value)
+    return written

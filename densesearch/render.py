@@ -206,8 +206,9 @@ def reranker_table(result: Any) -> Table:
     """`finetune --reranker`: what was trained, and dev nDCG@10 of the first stage against it re-scored."""
     chosen = result.interpolation
     return kv_table("densesearch finetune --reranker", [
-        ("base model", result.base_model), ("training rows", result.rows), ("steps", result.steps),
-        ("device", result.device), ("training speed", rate(result.rows_per_second, "rows/s")),
+        ("base model", result.base_model), ("loss", result.loss), ("training pairs", result.rows),
+        ("steps", result.steps),
+        ("device", result.device), ("training speed", rate(result.rows_per_second, "pairs/s")),
         ("served by", result.scorer),
         *((f"parity, {r.precision}", f"{'pass' if r.passed else 'FAIL'}: top-10 overlap {r.top10_overlap:.3f}, "
            f"dev nDCG@10 {r.ndcg:.4f} (FP32 ONNX {r.ndcg_fp32:.4f})") for r in result.parity),

@@ -6,10 +6,12 @@ import pytest
 from densesearch.metrics import (
     bootstrap_ci,
     collapse,
+    graded_query_metrics,
     mrr_at,
     ndcg_at,
     per_query_metrics,
     recall_at,
+    write_trec_qrels,
     write_trec_run,
 )
 from densesearch.search import rrf_fuse
@@ -63,5 +65,22 @@ def test_agrees_with_ranx_on_real_bm25_runs(workspace):
 
 def test_trec_run_format(tmp_path):
     path = tmp_path / "run.trec"
-    write_trec_run(path, ["q1"], [["b", "a"]], [[1.0, 1.0]], "tag")
-    assert path.read_text().splitlines() == ["q1 Q0 a 1 1.000000 tag", "q1 Q0 b 2 1.000000 tag"]
+    write_trec_run(path, ["q1"], [["b", "a", "c"]], [[1.0, 1.0, 0.9999995]], "tag")
+    # ranked by (-score, docid); ties at the written precision are written 1e-6 apart, in rank order
+    assert path.read_text().splitlines() == ["q1 Q0 a 1 1.000000 tag", "q1 Q0 b 2 0.999999 tag",
+                                             "q1 Q0 c 3 0.999998 tag"]
+
+
+def test_ranx_reads_a_run_of_tied_scores_in_the_order_we_scored(tmp_path):
+    ranx = pytest.importorskip("ranx")
+    ids = [f"d{n:03d}" for n in range(100)]  # 100 ties: ranx's sort of equal scores is not stable
+    relevant = {"q": {ids[3]: 2, ids[8]: 1, ids[60]: 2}}
+    path = tmp_path / "run.trec"
+    write_trec_run(path, ["q"], [ids], [[0.5] * 100], "tag")
+    write_trec_qrels(tmp_path / "qrels.txt", relevant)
+    ours = graded_query_metrics([ids], [relevant["q"]], 1, ks=(10,))
+    qrels = ranx.Qrels.from_file(str(tmp_path / "qrels.txt"), kind="trec")
+    run = ranx.Run.from_file(str(path), kind="trec")
+    assert ranx.evaluate(qrels, run, "mrr@10") == pytest.approx(1 / 4) == ours["mrr@10"][0]
+    assert ranx.evaluate(qrels, run, "ndcg@10") == pytest.approx(float(ours["ndcg@10"][0]))
+    assert 0 < ours["ndcg@10"][0] < 1

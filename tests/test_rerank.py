@@ -9,15 +9,21 @@ from densesearch.config import BenchConfig, IndexConfig, PrepareConfig, QueryCon
 from densesearch.errors import MissingArtifact
 from densesearch.prepare import Judgments, run_prepare
 from densesearch.rerank import (
+    Batch,
     Interpolation,
+    QueryGroup,
+    capped_groups,
     choose_interpolation,
+    cross_encoder_loss,
     cross_parity,
+    grouped_batches,
     interpolate,
     reranked,
     scales_for,
     sigmoid,
     spearman,
     top10_overlap,
+    training_groups,
     training_rows,
 )
 from densesearch.search import Fusion
@@ -57,6 +63,55 @@ def test_training_rows_label_by_grade_and_add_only_unjudged_first_stage_hits():
     assert labels["hammer"] == 0.0 and labels["saw"] == 0.0
     # u2 copies a judged item's text and "gone" / "missing" are not in the catalog: never rows
     assert len(rows) == 4
+
+
+def test_training_groups_hold_a_querys_judged_items_and_unjudged_hits_and_skip_queries_without_a_positive():
+    text_of = {"p": "drill 20v", "low": "drill bits", "mid": "drill case", "u1": "hammer", "u2": "drill 20v",
+               "u3": "saw", "z": "rake"}
+    judged = Judgments(query_ids=["q", "none"], queries=["cordless drill", "garden rake"],
+                       qrels={"q": {"p": 6, "low": 1, "mid": 3, "gone": 5}, "none": {"z": 0}},
+                       min_relevance=5, graded=True)
+    mined = {"q": ["p", "u1", "u2", "u3", "missing"], "none": ["u1"]}
+    [group] = training_groups(judged, mined, text_of, unjudged=5, max_judged=16, seed=1)
+    labels = dict(zip(group.texts, group.labels, strict=True))
+    assert group.query == "cordless drill"
+    assert labels == {"drill 20v": 1.0, "drill bits": pytest.approx(1 / 6), "drill case": 0.5, "hammer": 0.0,
+                      "saw": 0.0}  # u2 copies a judged text; "gone" and "missing" are not in the catalog
+    [capped] = training_groups(judged, mined, text_of, unjudged=1, max_judged=2, seed=1)
+    assert sum(label > 0 for label in capped.labels) == 2 and len(capped.texts) == 3
+
+
+def test_grouped_loss_is_softmax_cross_entropy_plus_bce_per_query_and_pointwise_is_bce():
+    torch = pytest.importorskip("torch")
+
+    def bce(x, y):
+        return float(np.mean(np.logaddexp(0, x) - y * x))
+
+    logits, labels = np.array([2.0, 0.0, -1.0, 0.5, 0.5]), [1.0, 0.5, 0.0, 1.0, 0.0]
+    batch = Batch(["q1"] * 3 + ["q2"] * 2, ["a", "b", "c", "d", "e"], labels, (3, 2))
+    expected = []
+    for part, target in ((logits[:3], np.array(labels[:3])), (logits[3:], np.array(labels[3:]))):
+        log_softmax = part - np.log(np.exp(part).sum())
+        expected.append(-(target / target.sum() * log_softmax).sum() + bce(part, target))
+    loss = cross_encoder_loss(torch.tensor(logits), batch)
+    assert float(loss) == pytest.approx(np.mean(expected), rel=1e-6)
+    pointwise = cross_encoder_loss(torch.tensor(logits), Batch(batch.queries, batch.texts, labels))
+    assert float(pointwise) == pytest.approx(bce(logits, np.array(labels)), rel=1e-6)
+    better = torch.tensor([2.0, 0.0, -3.0, 0.5, 0.5])  # q1's unjudged item scored lower: a lower loss
+    assert float(cross_encoder_loss(better, batch)) < float(loss)
+
+
+def test_grouped_batches_and_the_pair_cap_never_split_a_query():
+    groups = [QueryGroup(f"q{n}", [f"t{n}.{m}" for m in range(n + 1)], [1.0] + [0.0] * n) for n in range(7)]
+    batches = grouped_batches(groups, queries_per_step=3, seed=5)
+    assert [len(b.sizes) for b in batches] == [3, 3, 1]
+    for b in batches:
+        assert sum(b.sizes) == len(b.texts) == len(b.queries) == len(b.labels)
+        starts = np.cumsum((0,) + b.sizes[:-1])
+        assert all(len({b.queries[s + k] for k in range(size)}) == 1 for s, size in zip(starts, b.sizes, strict=True))
+    assert sorted(q for b in batches for q in set(b.queries)) == sorted(g.query for g in groups)
+    kept = capped_groups(groups, pairs=10, seed=5)
+    assert sum(len(g.texts) for g in kept) <= 10 and all(g in groups for g in kept) and kept
 
 
 def test_dev_choice_takes_the_best_setting_or_keeps_the_first_stage():
@@ -168,3 +223,23 @@ def test_reranker_trains_is_served_and_benched_with_a_trec_file_ranx_agrees_with
     assert ranx.evaluate(qrels, run, "ndcg@10", make_comparable=True) == pytest.approx(rerank.strict["ndcg@10"])
     run_cli(["status"])  # non-zero here: this workspace has no fine-tuned model, only the reranker matters
     assert "reranker" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_finetune_reranker_trains_the_grouped_loss_from_the_command_line(tmp_path, workspace, capsys):
+    import json
+
+    from densesearch.index import run_index
+
+    run_prepare(PrepareConfig(beir_path=make_beir(tmp_path / "b", splits=("train", "dev")), min_relevance=5),
+                workspace)
+    run_index(IndexConfig(), workspace)
+    capsys.readouterr()
+    code = run_cli(["finetune", "--reranker", "--reranker-loss", "grouped", "--batch-size", "2", "--json",
+                    "--home", str(workspace.home)])
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["loss"] == "grouped" and result["rows"] > 0 and result["steps"] > 0
+    settings = open_artifact(workspace, "reranker").manifest.settings
+    assert settings["loss"] == "grouped" and settings["batch_size"] == 2
+    assert (settings["unjudged"], settings["unjudged_depth"]) == (8, 30)  # the grouped recipe's own defaults

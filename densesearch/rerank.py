@@ -135,20 +135,33 @@ def reranked(items: Sequence[str], first: Sequence[float], cross: Sequence[float
     return [items[n] for n in order] + [items[n] for n in tail], scores + tail_scores
 
 
+def top_grade(judgments: Judgments) -> int:
+    """The highest grade in the judgments (labels are grade / top grade)."""
+    return max((g for judged in judgments.qrels.values() for g in judged.values()), default=1) or 1
+
+
+def unjudged_hits(judged: dict[str, int], first_stage: list[str], text_of: dict[str, str], count: int,
+                  rng: random.Random) -> list[str]:
+    """``count`` of a query's first-stage hits nobody judged for it (never an item whose text equals a judged
+    one's: a duplicate listing of a relevant item is no negative)."""
+    judged_texts = {text_of[item] for item in judged if item in text_of}
+    pool = [item for item in first_stage
+            if item not in judged and item in text_of and text_of[item] not in judged_texts]
+    return rng.sample(pool, min(count, len(pool)))
+
+
 def training_rows(judgments: Judgments, first_stage: dict[str, list[str]], text_of: dict[str, str],
                   unjudged: int, seed: int) -> list[tuple[str, str, float]]:
-    """(query, item text, label) rows: every judged pair (grade / top grade) and ``unjudged`` first-stage hits
-    nobody judged for that query (label 0; never an item whose text equals a judged one's)."""
+    """(query, item text, label) rows for the pointwise loss: every judged pair (grade / top grade) and
+    ``unjudged`` first-stage hits nobody judged for that query (label 0), shuffled."""
     rng = random.Random(seed)
-    top = max((g for judged in judgments.qrels.values() for g in judged.values()), default=1) or 1
+    top = top_grade(judgments)
     rows = []
     for query_id, query in zip(judgments.query_ids, judgments.queries, strict=True):
-        judged = {item: grade for item, grade in judgments.qrels.get(query_id, {}).items() if item in text_of}
-        rows += [(query, text_of[item], min(1.0, max(0.0, grade / top))) for item, grade in sorted(judged.items())]
-        judged_texts = {text_of[item] for item in judged}
-        pool = [item for item in first_stage.get(query_id, [])
-                if item not in judged and item in text_of and text_of[item] not in judged_texts]
-        rows += [(query, text_of[item], 0.0) for item in rng.sample(pool, min(unjudged, len(pool)))]
+        judged = judgments.qrels.get(query_id, {})
+        items = sorted((item, grade) for item, grade in judged.items() if item in text_of)
+        items += [(item, 0) for item in unjudged_hits(judged, first_stage.get(query_id, []), text_of, unjudged, rng)]
+        rows += [(query, text_of[item], min(1.0, max(0.0, grade / top))) for item, grade in items]
     rng.shuffle(rows)
     return rows
 
@@ -164,23 +177,19 @@ class QueryGroup:
 
 def training_groups(judgments: Judgments, first_stage: dict[str, list[str]], text_of: dict[str, str],
                     unjudged: int, max_judged: int, seed: int) -> list[QueryGroup]:
-    """One group per train query with a positive judgment: up to ``max_judged`` of its judged items (label
-    grade / top grade) and ``unjudged`` first-stage hits nobody judged for it (label 0; never an item whose text
-    equals a judged one's)."""
+    """One group per train query with a positive judgment (a softmax needs a target): up to ``max_judged`` of its
+    judged items (label grade / top grade) and ``unjudged`` of its `unjudged_hits` (label 0), shuffled."""
     rng = random.Random(seed)
-    top = max((g for judged in judgments.qrels.values() for g in judged.values()), default=1) or 1
+    top = top_grade(judgments)
     groups = []
     for query_id, query in zip(judgments.query_ids, judgments.queries, strict=True):
         judged = {item: grade for item, grade in judgments.qrels.get(query_id, {}).items() if item in text_of}
         if not any(grade > 0 for grade in judged.values()):
-            continue  # no softmax target
+            continue
         items = sorted(judged.items())
         if len(items) > max_judged:
             items = sorted(rng.sample(items, max_judged))
-        judged_texts = {text_of[item] for item in judged}
-        pool = [item for item in first_stage.get(query_id, [])
-                if item not in judged and item in text_of and text_of[item] not in judged_texts]
-        items += [(item, 0) for item in rng.sample(pool, min(unjudged, len(pool)))]
+        items += [(item, 0) for item in unjudged_hits(judged, first_stage.get(query_id, []), text_of, unjudged, rng)]
         groups.append(QueryGroup(query, [text_of[item] for item, _ in items],
                                  [min(1.0, max(0.0, grade / top)) for _, grade in items]))
     rng.shuffle(groups)

@@ -13,7 +13,7 @@ import typer
 from typer.core import TyperCommand, TyperGroup
 
 from densesearch import __version__
-from densesearch.errors import DensesearchError
+from densesearch.errors import BadInput, DensesearchError
 from densesearch.paths import DEFAULT_WORKSPACE, Workspace, resolve_home
 from densesearch.render import Output
 
@@ -217,9 +217,9 @@ def finetune(
                                                       "it learns from the served first stage's hits; served "
                                                       "in INT8 ONNX when it passes the parity gate; then "
                                                       "`query --mode rerank`).")] = False,
-    reranker_loss: Annotated[Literal["pointwise", "grouped"], typer.Option(
-        help="With --reranker: pointwise (BCE per pair) or grouped (per query, a softmax over its items plus "
-             "the BCE; equal on Home Depot dev, 1.25x the training time).")] = "pointwise",
+    reranker_loss: Annotated[Literal["pointwise", "grouped"] | None, typer.Option(
+        help="With --reranker: pointwise (BCE per pair; the default) or grouped (per query, a softmax over its "
+             "items plus the BCE; equal on Home Depot dev, 1.25x the training time).")] = None,
     home: HomeOpt = None, workspace: WorkspaceOpt = DEFAULT_WORKSPACE, json: JsonOpt = False,
 ) -> None:
     """Fine-tune a shared-weight bi-encoder with Multiple Negatives Ranking Loss (or, with --reranker, a
@@ -229,6 +229,8 @@ def finetune(
         _finetune_reranker(base_model, reranker_loss, epochs, lr, batch_size, seed, device, samples, home,
                            workspace, json)
         return
+    if reranker_loss:
+        raise BadInput("--reranker-loss trains the cross-encoder", hint="add --reranker, or drop --reranker-loss")
     from densesearch.config import TrainConfig
     from densesearch.render import finetune_tables
     from densesearch.train import run_finetune
@@ -248,7 +250,7 @@ def finetune(
     out.data(result)
 
 
-def _finetune_reranker(base_model: str, loss: str, epochs: int, lr: float | None, batch_size: int | None,
+def _finetune_reranker(base_model: str, loss: str | None, epochs: int, lr: float | None, batch_size: int | None,
                        seed: int, device: str, samples: int | None, home: str | None, workspace: str,
                        json: bool) -> None:
     from densesearch.config import RerankConfig
@@ -256,7 +258,7 @@ def _finetune_reranker(base_model: str, loss: str, epochs: int, lr: float | None
     from densesearch.rerank import run_train_reranker
 
     defaults = RerankConfig()
-    cfg = RerankConfig(base_model=base_model, loss=loss, epochs=epochs, lr=lr or defaults.lr,
+    cfg = RerankConfig(base_model=base_model, loss=loss or defaults.loss, epochs=epochs, lr=lr or defaults.lr,
                        batch_size=batch_size, seed=seed, device=device, samples=samples or defaults.samples)
     out = Output(json)
     with out.progress() as progress:
@@ -353,8 +355,6 @@ def index(
 
 def _read_stdin_queries():
     """Piped queries, one per line; invalid UTF-8 is named by line number."""
-    from densesearch.errors import BadInput
-
     for lineno, raw in enumerate(sys.stdin.buffer, start=1):
         try:
             line = raw.decode("utf-8").rstrip("\r\n")

@@ -225,6 +225,13 @@ def test_reranker_trains_is_served_and_benched_with_a_trec_file_ranx_agrees_with
     assert "reranker" in capsys.readouterr().out
 
 
+def test_a_reranker_loss_without_reranker_is_one_line_naming_the_fix(tmp_path, capsys):
+    code = run_cli(["finetune", "--reranker-loss", "grouped", "--home", str(tmp_path / "h")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and "add --reranker" in err[0]
+    assert not any((tmp_path / "h").rglob("manifest.json"))  # nothing trained or published
+
+
 @pytest.mark.slow
 def test_finetune_reranker_trains_the_grouped_loss_from_the_command_line(tmp_path, workspace, capsys):
     import json

@@ -140,6 +140,11 @@ def top_grade(judgments: Judgments) -> int:
     return max((g for judged in judgments.qrels.values() for g in judged.values()), default=1) or 1
 
 
+def grade_label(grade: int, top: int) -> float:
+    """A training label: grade / top grade, kept in [0, 1]."""
+    return min(1.0, max(0.0, grade / top))
+
+
 def unjudged_hits(judged: dict[str, int], first_stage: list[str], text_of: dict[str, str], count: int,
                   rng: random.Random) -> list[str]:
     """``count`` of a query's first-stage hits nobody judged for it (never an item whose text equals a judged
@@ -161,7 +166,7 @@ def training_rows(judgments: Judgments, first_stage: dict[str, list[str]], text_
         judged = judgments.qrels.get(query_id, {})
         items = sorted((item, grade) for item, grade in judged.items() if item in text_of)
         items += [(item, 0) for item in unjudged_hits(judged, first_stage.get(query_id, []), text_of, unjudged, rng)]
-        rows += [(query, text_of[item], min(1.0, max(0.0, grade / top))) for item, grade in items]
+        rows += [(query, text_of[item], grade_label(grade, top)) for item, grade in items]
     rng.shuffle(rows)
     return rows
 
@@ -191,7 +196,7 @@ def training_groups(judgments: Judgments, first_stage: dict[str, list[str]], tex
             items = sorted(rng.sample(items, max_judged))
         items += [(item, 0) for item in unjudged_hits(judged, first_stage.get(query_id, []), text_of, unjudged, rng)]
         groups.append(QueryGroup(query, [text_of[item] for item, _ in items],
-                                 [min(1.0, max(0.0, grade / top)) for _, grade in items]))
+                                 [grade_label(grade, top) for _, grade in items]))
     rng.shuffle(groups)
     return groups
 

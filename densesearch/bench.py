@@ -276,8 +276,16 @@ def run_bench(cfg: BenchConfig, workspace: Workspace, progress=None) -> BenchRep
             fused = [fuse((found.tolist(), values.tolist()), words, fusion, depth, g)
                      for (found, values), words, g in zip(scored, sparse, third, strict=True)]
             lexical = "BM25 + 3-gram BM25" if fusion.uses_ngrams else "BM25"
-            runs.append(SystemRun(f"hybrid ({fusion.label}: {name} + {lexical})", searcher.manifest.extra["kind"],
-                                  "hybrid",
+            label = f"hybrid ({fusion.label}: {name} + {lexical})"
+            if searcher.uses_ranker(QueryConfig()):  # the served hybrid re-orders the fusion: both are rows
+                runs.append(SystemRun(f"{label}, fusion only", searcher.manifest.extra["kind"], "hybrid-fusion",
+                                      [[ids[i] for i, _ in row] for row in fused],
+                                      [[s for _, s in row] for row in fused]))
+                fused = [searcher.learned_order(query, vector, (found.tolist(), values.tolist()), words, g, row)
+                         for query, vector, (found, values), words, g, row
+                         in zip(queries, query_vectors, scored, sparse, grams, fused, strict=True)]
+                label = f"{label}, re-ordered by the learned ranker"
+            runs.append(SystemRun(label, searcher.manifest.extra["kind"], "hybrid",
                                   [[ids[i] for i, _ in row] for row in fused], [[s for _, s in row] for row in fused]))
             if has_artifact(workspace, "reranker"):
                 runs.append(reranked_run(searcher, queries, fused, progress))

@@ -328,18 +328,21 @@ def index(
         min=1, max=4096, help="Catalog texts per encoder batch (default: 16 on a CPU, 256 on a GPU).")] = None,
     reencode: Annotated[bool, Flag("--reencode", help="Encode the catalog even when the published index's "
                                                       "vectors could be copied.")] = False,
+    ranker: Annotated[Literal["auto", "on", "off"], typer.Option(
+        help="Learned ranker (LambdaMART) over hybrid's top 50, trained on the train judgments. auto: on graded "
+             "data, kept when dev nDCG@10 beats the fusion significantly; on: kept regardless.")] = "auto",
     threads: Threads = 0,
     home: HomeOpt = None, workspace: WorkspaceOpt = DEFAULT_WORKSPACE, json: JsonOpt = False,
 ) -> None:
     """Encode the catalog and build the FAISS and BM25 indexes."""
     _quiet_libraries()
-    from densesearch.config import IndexConfig
+    from densesearch.config import IndexConfig, RankerConfig
     from densesearch.index import run_add, run_index
     from densesearch.render import index_tables
 
     cfg = IndexConfig(model=model, kind=kind, hnsw_m=m, ef_construction=ef_construction, bm25=bm25,
                       threads=threads, add_path=add, device=device, engine=engine, batch_size=batch_size,
-                      reencode=reencode,
+                      reencode=reencode, ranker=RankerConfig(mode=ranker),
                       ray_address=address, ray_workers=workers)
     out = Output(json)
     with out.progress() as progress:
@@ -381,6 +384,8 @@ def query(
     model: Annotated[str | None, typer.Option(help="Check the index was built with this encoder.")] = None,
     threads: Threads = 0,
     wide: Annotated[bool, Flag("--wide", help="Full titles, item ids and snippets.")] = False,
+    no_ranker: Annotated[bool, Flag("--no-ranker", help="Hybrid in the fusion's order, without the index's "
+                                                        "learned ranker.")] = False,
     home: HomeOpt = None, workspace: WorkspaceOpt = DEFAULT_WORKSPACE, json: JsonOpt = False,
 ) -> None:
     """Search the catalog."""
@@ -389,7 +394,7 @@ def query(
     from densesearch.search import Searcher
 
     cfg = QueryConfig(k=k, mode="rerank" if rerank else mode, rrf_k=rrf_k, collapse_variants=collapse_variants,
-                      ef_search=ef_search, threads=threads, rerank=rerank)
+                      ef_search=ef_search, threads=threads, rerank=rerank, ranker=not no_ranker)
     searcher = Searcher(workspace_of(home, workspace), threads=threads, model=model)
     out = Output(json)
     for note in searcher.notes:

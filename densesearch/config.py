@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 DEFAULT_CATEGORY = "Amazon_Fashion"
@@ -137,6 +137,25 @@ class QuantizeConfig:
 
 
 @dataclass(frozen=True)
+class RankerConfig:
+    """`index`: the learned ranker (LambdaMART over hybrid's fused candidates; see `ltr`), measured on Home Depot
+    train and checked on dev (docs/results.md, session 14)."""
+
+    mode: str = "auto"            # auto: train on judged (graded) data, keep if dev says so | on: keep | off
+    depth: int = 50               # fused candidates the ranker re-orders
+    folds: int = 5                # one model per fold of the train queries (early-stopped on the held-out fold)
+    learning_rate: float = 0.05
+    leaves: int = 15
+    min_data_in_leaf: int = 100
+    feature_fraction: float = 0.8
+    bagging_fraction: float = 0.8
+    max_rounds: int = 2000
+    early_stopping: int = 100
+    min_queries: int = 200        # train queries needed to train at all
+    seed: int = 13
+
+
+@dataclass(frozen=True)
 class IndexConfig:
     """Dense (FAISS) and sparse (BM25) index settings."""
 
@@ -154,6 +173,7 @@ class IndexConfig:
     engine: str = "local"                 # local | ray (encode the catalog on a Ray cluster or a local Ray)
     ray_address: str | None = None        # None: start a local Ray for this command
     ray_workers: int = 2                  # encoder actors (one model load each)
+    ranker: RankerConfig = field(default_factory=RankerConfig)  # the learned ranker over hybrid's candidates
 
 
 @dataclass(frozen=True)
@@ -168,6 +188,7 @@ class QueryConfig:
     threads: int = 0
     candidates: int = 100
     rerank: int | None = None             # rerank mode: re-score this many first-stage hits (None: as trained)
+    ranker: bool = True                   # hybrid: re-order by the index's learned ranker when it has one
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -11,11 +12,21 @@ from pathlib import Path
 import numpy as np
 
 from densesearch.artifacts import BM25_DIR, DENSE_FILE, ITEMS_FILE, NGRAM_DIR, VECTORS_FILE, open_artifact
-from densesearch.config import ENCODE_BATCH, GPU_ENCODE_BATCH, IndexConfig
+from densesearch.config import ENCODE_BATCH, GPU_ENCODE_BATCH, IndexConfig, RankerConfig
 from densesearch.encoders import ENCODE_NUMERICS, Encoder, EncoderSpec, choose_encoder, pick_device
 from densesearch.errors import BadInput
 from densesearch.evaluation import exact_topk
 from densesearch.itemtext import ItemFields
+from densesearch.ltr import (
+    FEATURES,
+    RANKER_DIR,
+    FirstStage,
+    LearnedRanker,
+    TitleTerms,
+    candidate_features,
+    fit_ranker,
+    save_models,
+)
 from densesearch.manifest import Manifest, write_manifest
 from densesearch.metrics import ann_recall, graded_query_metrics, paired_randomization_p
 from densesearch.paths import Workspace, allocate, publish, writes_workspace
@@ -70,6 +81,7 @@ class IndexResult:
     added: int = 0
     notes: list[str] = field(default_factory=list)
     throughput: EncodeThroughput | None = None
+    ranker: RankerReport | None = None
 
 
 @dataclass
@@ -352,6 +364,91 @@ def pick_mode(workspace: Workspace, encoder: Encoder, index, bm25: Bm25Index, id
                        ranked_lists(ngrams, judgments.queries, FUSION_DEPTH) if ngrams else None)
 
 
+def served_stages(encoder: Encoder, index, bm25: Bm25Index, ngrams: Bm25Index, fusion: Fusion, queries: list[str],
+                  encoded: dict[str, np.ndarray]) -> tuple[np.ndarray, list[FirstStage]]:
+    """Each query's vector and its three lists and their fusion, as `query` serves them."""
+    vectors = encode_each_query_once(encoder, queries, encoded)
+    scores, found = index.search(vectors, FUSION_DEPTH)
+    dense = [([int(i) for i in row if i >= 0], [float(v) for i, v in zip(row, vals, strict=True) if i >= 0])
+             for row, vals in zip(found, scores, strict=True)]
+    words, grams = ranked_lists(bm25, queries, FUSION_DEPTH), ranked_lists(ngrams, queries, FUSION_DEPTH)
+    stages = [FirstStage(d, w, g, fuse(d, w, fusion, FUSION_DEPTH, g if fusion.uses_ngrams else None))
+              for d, w, g in zip(dense, words, grams, strict=True)]
+    return vectors, stages
+
+
+@dataclass
+class RankerReport:
+    """What `index` did about the learned ranker, and why."""
+
+    kept: bool
+    reason: str
+    train_queries: int = 0
+    dev_queries: int = 0
+    rounds: list[int] = field(default_factory=list)
+    dev_ndcg_fusion: float | None = None
+    dev_ndcg_ranker: float | None = None
+    p_vs_fusion: float | None = None
+    seconds: float = 0.0
+
+    def to_manifest(self, cfg: RankerConfig) -> dict:
+        return {**asdict(self), "settings": asdict(cfg), "features": list(FEATURES)}
+
+
+def build_ranker(cfg: RankerConfig, workspace: Workspace, encoder: Encoder, index, bm25: Bm25Index,
+                 ngrams: Bm25Index, vectors: np.ndarray, titles: list[str], ids: list[str], fusion: Fusion,
+                 encoded: dict[str, np.ndarray], out: Path, progress=None) -> RankerReport:
+    """Train LambdaMART on the train queries' served candidates; keep it (write ``out``) when dev says so."""
+    import lightgbm
+
+    started = time.perf_counter()
+    if cfg.mode == "off":
+        return RankerReport(False, "turned off (--ranker off)")
+    if cfg.mode == "auto" and not load_data_manifest(workspace).extra.get("graded"):
+        return RankerReport(False, "the data has no graded judgments (--ranker on trains on its pairs anyway)")
+    train = load_judgments(workspace, "train")
+    needed = max(cfg.min_queries if cfg.mode == "auto" else 0, cfg.folds, 2)
+    if len(train.query_ids) < needed:
+        return RankerReport(False, f"{len(train.query_ids)} train queries; it needs {needed}",
+                            train_queries=len(train.query_ids))
+    if not load_judgments(workspace, "dev").query_ids:  # dev_judgments would fall back to the train queries
+        return RankerReport(False, "no dev queries to check it on", train_queries=len(train.query_ids))
+    dev = dev_judgments(workspace)
+    terms = TitleTerms(titles)
+
+    def rows(judgments: Judgments, stage_name: str):
+        query_vectors, stages = served_stages(encoder, index, bm25, ngrams, fusion, judgments.queries, encoded)
+        found = []
+        for n, (query, vector, stage) in enumerate(zip(judgments.queries, query_vectors, stages, strict=True)):
+            found.append(candidate_features(query, vector, stage, vectors, terms, cfg.depth))
+            if progress and (n % 200 == 0 or n + 1 == len(stages)):
+                progress(stage_name, n + 1, len(stages))
+        return found
+
+    train_rows = rows(train, "ranker features: train queries")
+    labels = [np.asarray([max(0, train.qrels[q].get(ids[i], 0)) for i in items], dtype=np.float32)
+              for q, (items, _) in zip(train.query_ids, train_rows, strict=True)]
+    models, rounds = fit_ranker([features for _, features in train_rows], labels, cfg, progress)
+    ranker = LearnedRanker([lightgbm.Booster(model_str=text) for text in models], cfg.depth)
+    dev_rows = rows(dev, "ranker features: dev queries")
+    qrels = [dev.qrels[q] for q in dev.query_ids]
+    fused = [[ids[i] for i in items[:10]] for items, _ in dev_rows]
+    learned = [[ids[items[j]] for j in np.argsort(-ranker.score(features), kind="stable")[:10]]
+               for items, features in dev_rows]
+    before = graded_query_metrics(fused, qrels, dev.min_relevance, ks=(10,))["ndcg@10"]
+    after = graded_query_metrics(learned, qrels, dev.min_relevance, ks=(10,))["ndcg@10"]
+    p_value = paired_randomization_p(after, before)
+    better = after.mean() > before.mean() and p_value < MODE_SIGNIFICANCE
+    kept = cfg.mode == "on" or better
+    reason = ("dev nDCG@10 significantly higher than the fusion's" if better
+              else "kept as asked (--ranker on)" if kept else "not significantly better than the fusion on dev")
+    if kept:
+        save_models(out, models)
+    return RankerReport(kept, reason, train_queries=len(train.query_ids), dev_queries=len(dev.query_ids),
+                        rounds=rounds, dev_ndcg_fusion=float(before.mean()), dev_ndcg_ranker=float(after.mean()),
+                        p_vs_fusion=p_value, seconds=time.perf_counter() - started)
+
+
 def dev_judgments(workspace: Workspace) -> Judgments:
     """Dev judgments for picking the mode (train when dev is empty), at most ``MODE_QUERIES`` queries."""
     judgments = load_judgments(workspace, "dev")
@@ -419,6 +516,9 @@ def run_index(cfg: IndexConfig, workspace: Workspace, progress=None) -> IndexRes
         ngrams = Bm25Index.build_ngrams(catalog.texts)
         ngrams.save(tmp / NGRAM_DIR)
         choice = pick_mode(workspace, encoder, index, bm25, catalog.ids, encoded, ngrams)
+        ranker = build_ranker(cfg.ranker, workspace, encoder, index, bm25, ngrams, vectors,
+                              [row.get("title") or text for row, text in zip(catalog.rows, catalog.texts, strict=True)],
+                              catalog.ids, choice.fusion, encoded, tmp / RANKER_DIR, progress)
         _write_items(tmp / ITEMS_FILE, catalog.rows)
         param_name = search_param_name(cfg.kind)
         manifest = write_manifest(tmp, Manifest(
@@ -426,7 +526,7 @@ def run_index(cfg: IndexConfig, workspace: Workspace, progress=None) -> IndexRes
             upstream=upstream, counts={"vectors": len(vectors), "dev_queries": len(dev)},
             extra={"kind": cfg.kind, "encoder": asdict(spec), "dim": encoder.dim, "metric": "inner_product",
                    "search_param": {param_name: chosen} if chosen else {}, "sweep": sweep,
-                   **choice.to_manifest(), "bm25": cfg.bm25,
+                   **choice.to_manifest(), "ranker": ranker.to_manifest(cfg.ranker), "bm25": cfg.bm25,
                    "encode_seconds": encode_seconds, "build_seconds": build_seconds, "device": device,
                    "throughput": asdict(throughput) if throughput else None, "encode_batch": cfg.batch_size,
                    "encode_numerics": ENCODE_NUMERICS,
@@ -438,7 +538,8 @@ def run_index(cfg: IndexConfig, workspace: Workspace, progress=None) -> IndexRes
         encode_seconds=encode_seconds,
         items_per_second=len(vectors) / max(encode_seconds, 1e-9) if throughput else 0.0, build_seconds=build_seconds,
         sweep=sweep, search_param=manifest.extra["search_param"],
-        mode=choice, bytes_on_disk=_disk_bytes(workspace.artifact("index")), throughput=throughput, notes=notes)
+        mode=choice, bytes_on_disk=_disk_bytes(workspace.artifact("index")), throughput=throughput, notes=notes,
+        ranker=ranker)
 
 
 def read_new_items(path: Path, max_chars: int = 2000) -> list[dict]:
@@ -484,6 +585,8 @@ def run_add(cfg: IndexConfig, workspace: Workspace, progress=None) -> IndexResul
         rows = existing + new_rows
         Bm25Index.build([r["text"] for r in rows], manifest.extra["bm25"]).save(tmp / BM25_DIR)
         Bm25Index.build_ngrams([r["text"] for r in rows]).save(tmp / NGRAM_DIR)
+        if (artifact.path / RANKER_DIR).is_dir():  # its features are per query and item: it serves the new items
+            shutil.copytree(artifact.path / RANKER_DIR, tmp / RANKER_DIR)
         _write_items(tmp / ITEMS_FILE, rows)
         manifest.counts = {**manifest.counts, "vectors": len(rows), "added": manifest.counts.get("added", 0)
                            + len(new_rows)}

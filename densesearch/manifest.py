@@ -18,7 +18,7 @@ MANIFEST_NAME = "manifest.json"
 # 2: versioned artifact directories, a size per file, upstream by artifact kind, no absolute workspace paths.
 SCHEMA_VERSION = 2
 TRACKED_PACKAGES = ("numpy", "torch", "sentence-transformers", "transformers", "onnxruntime", "optimum-onnx",
-                    "faiss-cpu", "bm25s", "rank-bm25", "tokenizers", "datasets")
+                    "faiss-cpu", "bm25s", "rank-bm25", "tokenizers", "datasets", "lightgbm")
 __all__ = ["PRODUCER", "Manifest", "read_manifest", "write_manifest", "fingerprint_files", "fingerprint_path"]
 
 

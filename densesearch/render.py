@@ -297,6 +297,17 @@ def encode_speed(result: Any) -> str:
     return text + ")"
 
 
+def ranker_summary(report: Any) -> str:
+    """`index`'s learned ranker in one line: kept or not, why, and dev nDCG@10 against the fusion alone."""
+    if report is None:
+        return "-"
+    line = f"{'kept' if report.kept else 'not kept'}: {report.reason}"
+    if report.dev_ndcg_ranker is not None:
+        line += (f" (dev nDCG@10 {report.dev_ndcg_ranker:.4f} vs {report.dev_ndcg_fusion:.4f}, "
+                 f"p {report.p_vs_fusion:.4f}; {report.train_queries:,} train queries, {seconds(report.seconds)})")
+    return line
+
+
 def index_tables(result: Any) -> list[Table]:
     rows = [("encoder", f"{result.encoder.label} ({result.encoder.backend})"), ("index kind", result.kind),
             ("vectors", result.vectors), ("encode speed", encode_speed(result)),
@@ -306,6 +317,7 @@ def index_tables(result: Any) -> list[Table]:
              " / ".join(f"{result.mode.dev_ndcg[m]:.3f}" if m in result.mode.dev_ndcg else "-"
                         for m in ("dense", "bm25", "hybrid"))),
             ("hybrid fusion (best on dev)", result.mode.fusion.label),
+            ("learned ranker", ranker_summary(result.ranker)),
             ("default query mode", result.mode.recommended),
             ("size on disk", f"{result.bytes_on_disk / 2**20:.1f} MiB")]
     if result.added:
@@ -378,7 +390,8 @@ def _quality_columns(report: Any) -> tuple[str, ...]:
 
 def _system_label(system: str) -> str:
     if system.startswith("hybrid"):
-        return "hybrid"
+        return ("hybrid fusion" if system.endswith("fusion only")
+                else "hybrid + ranker" if system.endswith("learned ranker") else "hybrid")
     return system.replace(" ONNX", "").replace(", character 3-grams", " 3-grams")
 
 

@@ -131,6 +131,8 @@ class Searcher:
         self._ngrams: Bm25Index | None = None
         self._vectors: np.ndarray | None = None
         self._reranker = None
+        self._ranker = None
+        self._terms = None
 
     @property
     def encoder(self):
@@ -164,6 +166,28 @@ class Searcher:
 
             self._reranker = CrossScorer(self.workspace, self.threads)
         return self._reranker
+
+    @property
+    def has_ranker(self) -> bool:
+        """Whether `index` trained a learned ranker and kept it (dev said it beats the fusion alone)."""
+        return bool((self.manifest.extra.get("ranker") or {}).get("kept"))
+
+    @property
+    def ranker(self):
+        """The learned ranker over the hybrid's candidates (`ltr`), loaded on first use, and the titles' terms."""
+        if self._ranker is None:
+            from densesearch.ltr import RANKER_DIR, LearnedRanker, TitleTerms
+
+            settings = self.manifest.extra["ranker"].get("settings") or {}
+            self._ranker = LearnedRanker.load(self.directory / RANKER_DIR, int(settings.get("folds", 5)),
+                                              int(settings.get("depth", 50)))
+            self._terms = TitleTerms([row.get("title") or row["text"] for row in self.items])
+        return self._ranker
+
+    def uses_ranker(self, cfg: QueryConfig) -> bool:
+        """Hybrid re-ordered by the learned ranker: when the index has one, unless the query turns it off or
+        asks for RRF with its own constant (the ranker learned the index's fusion)."""
+        return self.has_ranker and cfg.ranker and cfg.rrf_k is None
 
     @property
     def default_mode(self) -> str:
@@ -253,9 +277,23 @@ class Searcher:
 
     def _hybrid(self, text: str, vector: np.ndarray, cfg: QueryConfig, depth: int) -> tuple[list[int], list[float]]:
         fusion = self._fusion_for(cfg)
-        fused = fuse(self.dense(vector, depth, cfg.ef_search), self.sparse(text, depth), fusion, depth,
-                     self.sparse_ngrams(text, depth) if fusion.uses_ngrams else None)
+        learned = self.uses_ranker(cfg)
+        dense, words = self.dense(vector, depth, cfg.ef_search), self.sparse(text, depth)
+        grams = self.sparse_ngrams(text, depth) if fusion.uses_ngrams or learned else None
+        fused = fuse(dense, words, fusion, depth, grams if fusion.uses_ngrams else None)
+        if learned:
+            fused = self.learned_order(text, vector, dense, words, grams, fused)
         return [i for i, _ in fused], [s for _, s in fused]
+
+    def learned_order(self, text: str, vector: np.ndarray, dense, words, grams,
+                      fused: list[tuple[int, float]]) -> list[tuple[int, float]]:
+        """The fused list with its top re-ordered by the learned ranker (`ltr.reorder`)."""
+        from densesearch.ltr import FirstStage, candidate_features, reorder
+
+        ranker = self.ranker
+        stage = FirstStage(dense, words, grams, fused)
+        items, rows = candidate_features(text, vector, stage, self._memmapped_vectors(), self._terms, ranker.depth)
+        return reorder(stage, items, ranker.score(rows))
 
     def _interpolation(self, cfg: QueryConfig):
         """The reranker's choice on dev, at the query's ``--rerank`` depth; an ``--rrf-k`` first stage scores by
@@ -281,6 +319,8 @@ class Searcher:
         if mode == "dense":
             return dense
         hybrid = f"{dense} and BM25, {self._fusion_for(cfg).label}"
+        if self.uses_ranker(cfg):
+            hybrid += ", re-ordered by the learned ranker"
         return f"{hybrid}, re-scored by a {self._interpolation(cfg).label}" if mode == "rerank" else hybrid
 
     def _fusion_for(self, cfg: QueryConfig) -> Fusion:
@@ -293,8 +333,10 @@ class Searcher:
             _ = self.encoder
         if mode != "dense":
             _ = self.bm25
-        if mode in ("hybrid", "rerank") and self.fusion.uses_ngrams:
+        if mode in ("hybrid", "rerank") and (self.fusion.uses_ngrams or self.has_ranker):
             _ = self.ngrams
+        if mode in ("hybrid", "rerank") and self.has_ranker:
+            _ = self.ranker
         if mode == "rerank":
             _ = self.reranker
 

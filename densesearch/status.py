@@ -24,7 +24,8 @@ def _summary(kind: str, counts: dict[str, Any], extra: dict[str, Any]) -> str:
                 f"{extra.get('size_ratio', 0):.2f}x of FP32")
     if kind == "index":
         encoder = extra.get("encoder", {}).get("label", "?")
-        return f"{extra.get('kind', '?')} over {counts.get('vectors', 0):,} vectors, encoder {encoder}"
+        ranker = ", hybrid re-ordered by a learned ranker" if (extra.get("ranker") or {}).get("kept") else ""
+        return f"{extra.get('kind', '?')} over {counts.get('vectors', 0):,} vectors, encoder {encoder}{ranker}"
     if kind == "reranker":
         return (f"cross-encoder on {counts.get('train_rows', 0):,} rows, re-scores the top {extra.get('depth', '?')} "
                 f"(weight {extra.get('weight', '?')}), served by {extra.get('scorer', 'torch fp32')}")

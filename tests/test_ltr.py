@@ -1,0 +1,168 @@
+"""The learned ranker: its features, its LambdaMART training (real LightGBM), the re-ordering and the artifact."""
+
+import json
+
+import numpy as np
+import pytest
+
+from densesearch.config import RankerConfig
+from densesearch.errors import ArtifactCorrupt
+from densesearch.ltr import (
+    FEATURES,
+    MISSING_RANK,
+    FirstStage,
+    LearnedRanker,
+    TitleTerms,
+    candidate_features,
+    fit_ranker,
+    reorder,
+    save_models,
+    trigrams_of,
+)
+
+TITLES = ["Simpson Strong-Tie 12-Gauge Angle", "BEHR Premium Deck Stain 1-gal. Cedar", "Angle Grinder 4-1/2 in.",
+          "Cedar Fence Picket 6 ft."]
+
+
+def column(rows: np.ndarray, name: str) -> np.ndarray:
+    return rows[:, FEATURES.index(name)]
+
+
+def test_trigrams_pad_each_word():
+    assert trigrams_of(["saw"]) == {"#sa", "saw", "aw#"}
+    assert trigrams_of(["a"]) == {"#a#"}
+
+
+def test_features_describe_each_candidate_of_the_three_lists_and_the_words():
+    terms = TitleTerms(TITLES)
+    vectors = np.eye(4, dtype=np.float32)
+    stage = FirstStage(dense=([2, 0], [0.9, 0.5]), bm25=([0], [7.0]), ngrams=([0, 3, 2], [5.0, 3.0, 1.0]),
+                       fused=[(0, 0.8), (2, 0.4), (3, 0.1)])
+    items, rows = candidate_features("12 gauge angle", np.array([1, 0, 0.5, 0], dtype=np.float32), stage, vectors,
+                                     terms, depth=2)
+    assert items == [0, 2] and rows.shape == (2, len(FEATURES))
+    assert column(rows, "fused_rank").tolist() == [0, 1]
+    assert column(rows, "dense_cosine").tolist() == [1.0, 0.5]
+    assert column(rows, "dense_rank").tolist() == [1, 0] and column(rows, "dense_scaled").tolist() == [0.0, 1.0]
+    assert column(rows, "bm25_rank").tolist() == [0, MISSING_RANK] and column(rows, "bm25_score").tolist() == [7, 0]
+    assert column(rows, "query_words_in_title").tolist() == [1.0, pytest.approx(1 / 3)]
+    assert column(rows, "query_numbers_in_title").tolist() == [1.0, 0.0]
+    assert column(rows, "query_bigrams_in_title").tolist() == [1, 0]  # "gauge angle"; the title has "12-gauge"
+    assert column(rows, "last_query_word_in_title").tolist() == [1.0, 1.0]
+    assert column(rows, "first_query_word_in_title").tolist() == [1.0, 0.0]
+    _, typo = candidate_features("angel grindr", np.zeros(4, dtype=np.float32), stage, vectors, terms, depth=1)
+    assert column(typo, "query_unknown_words")[0] == 2 and column(typo, "query_numbers_in_title")[0] == -1
+    assert 0 < column(typo, "query_trigrams_in_title")[0] < 1  # 3-grams still match a misspelt word
+
+
+def test_reorder_ranks_the_top_by_learned_score_and_keeps_the_tail_below_in_fused_order():
+    stage = FirstStage(([], []), ([], []), ([], []), [(5, 0.9), (6, 0.8), (7, 0.7), (8, 0.6), (9, 0.5)])
+    merged = reorder(stage, [5, 6, 7], np.array([0.1, 2.0, 0.1]))
+    assert [item for item, _ in merged] == [6, 5, 7, 8, 9]  # ties keep the fused order
+    scores = [score for _, score in merged]
+    assert all(a >= b for a, b in zip(scores, scores[1:], strict=False)) and scores[3] < min(0.1, 2.0) - 1
+    assert reorder(stage, [], np.zeros(0)) == stage.fused
+
+
+def synthetic_queries(rng, queries: int, candidates: int = 20):
+    """Candidates whose grade follows one word feature; the list features are noise."""
+    features, labels = [], []
+    for _ in range(queries):
+        rows = rng.random((candidates, len(FEATURES))).astype(np.float32)
+        overlap = rng.integers(0, 4, candidates) / 3
+        rows[:, FEATURES.index("query_words_in_title")] = overlap
+        features.append(rows)
+        labels.append((overlap * 6).round().astype(np.float32))
+    return features, labels
+
+
+def test_lambdamart_learns_the_feature_that_decides_the_grade_and_round_trips(tmp_path):
+    rng = np.random.default_rng(0)
+    features, labels = synthetic_queries(rng, 200)
+    cfg = RankerConfig(folds=2, min_data_in_leaf=20, max_rounds=60, early_stopping=20)
+    models, rounds = fit_ranker(features, labels, cfg)
+    assert len(models) == 2 and all(r >= 1 for r in rounds)
+    save_models(tmp_path / "ranker", models)
+    ranker = LearnedRanker.load(tmp_path / "ranker", folds=2, depth=50)
+    fresh, grades = synthetic_queries(rng, 20)
+    for rows, grade in zip(fresh, grades, strict=True):
+        ranked = grade[np.argsort(-ranker.score(rows), kind="stable")]
+        assert (np.diff(ranked) <= 0).all()  # the learned order sorts the candidates by grade
+
+
+def test_a_damaged_or_foreign_ranker_file_is_one_clear_error(tmp_path):
+    rng = np.random.default_rng(1)
+    features, labels = synthetic_queries(rng, 40)
+    models, _ = fit_ranker(features, labels, RankerConfig(folds=2, min_data_in_leaf=5, max_rounds=5))
+    save_models(tmp_path / "ranker", models)
+    (tmp_path / "ranker" / "fold-1.txt").write_text("tree\nnot a model", encoding="utf-8")
+    with pytest.raises(ArtifactCorrupt, match="fold-1.txt"):
+        LearnedRanker.load(tmp_path / "ranker", folds=2, depth=50)
+    (tmp_path / "ranker" / "fold-1.txt").unlink()
+    with pytest.raises(ArtifactCorrupt, match="fold-1.txt"):
+        LearnedRanker.load(tmp_path / "ranker", folds=2, depth=50)
+
+
+def test_too_few_queries_to_train_is_an_error_not_a_model():
+    features, labels = synthetic_queries(np.random.default_rng(2), 1)
+    with pytest.raises(ValueError, match="at least 5 queries"):
+        fit_ranker(features, labels, RankerConfig())
+
+
+def test_auto_leaves_pair_data_without_a_ranker(built):
+    report = built["index"].ranker
+    assert report is not None and not report.kept and "graded" in report.reason
+    manifest = json.loads((built["index"].path / "manifest.json").read_text())
+    assert manifest["extra"]["ranker"]["kept"] is False
+    assert not (built["index"].path / "ranker").exists()
+
+
+def test_index_trains_serves_and_benches_the_learned_ranker_on_judged_queries(tmp_path, workspace):
+    """Hand-made BEIR folder, the real MiniLM, real LightGBM: kept (--ranker on), served by hybrid and rerank's
+    first stage, benched as its own row beside the fusion alone, carried over by `index --add`."""
+    ranx = pytest.importorskip("ranx")
+    from densesearch.bench import run_bench
+    from densesearch.config import BenchConfig, IndexConfig, PrepareConfig, QueryConfig
+    from densesearch.index import run_add, run_index
+    from densesearch.prepare import run_prepare
+    from densesearch.search import Searcher
+    from tests.test_beir import make_beir
+
+    run_prepare(PrepareConfig(beir_path=make_beir(tmp_path / "b", splits=("train", "dev", "test")),
+                              min_relevance=5), workspace)
+    result = run_index(IndexConfig(ranker=RankerConfig(mode="on", folds=2, min_data_in_leaf=2, max_rounds=20)),
+                       workspace)
+    assert result.ranker.kept and result.ranker.train_queries == 6 and len(result.ranker.rounds) == 2
+    recorded = json.loads((result.path / "manifest.json").read_text())["extra"]["ranker"]
+    assert recorded["features"] == list(FEATURES) and recorded["settings"]["folds"] == 2
+    assert "ranker/fold-0.txt" in json.loads((result.path / "manifest.json").read_text())["files"]
+
+    searcher = Searcher(workspace)
+    learned = searcher.ask("cordless drill", QueryConfig(k=5, mode="hybrid"))
+    fusion_only = searcher.ask("cordless drill", QueryConfig(k=5, mode="hybrid", ranker=False))
+    assert "learned ranker" in learned.answered_by and "learned ranker" not in fusion_only.answered_by
+    assert {h.item_id for h in learned.hits} <= {h.item_id for h in searcher.ask(
+        "cordless drill", QueryConfig(k=50, mode="hybrid", ranker=False)).hits}
+    assert [h.score for h in learned.hits] == sorted((h.score for h in learned.hits), reverse=True)
+
+    trec = tmp_path / "trec"
+    report = run_bench(BenchConfig(split="dev", latency_runs=2, warmup_runs=1, bootstrap=50, trec_path=trec),
+                       workspace)
+    runs = {q.run: q for q in report.quality}
+    assert {"hybrid-fusion", "hybrid"} <= set(runs) and runs["hybrid"].system.endswith("learned ranker")
+    qrels = ranx.Qrels.from_file(str(trec / "qrels.txt"), kind="trec")
+    for name in ("hybrid-fusion", "hybrid"):
+        theirs = ranx.evaluate(qrels, ranx.Run.from_file(str(trec / f"{name}.trec"), kind="trec"), "ndcg@10",
+                               make_comparable=True)
+        assert theirs == pytest.approx(runs[name].strict["ndcg@10"])
+
+    new = tmp_path / "new.jsonl"
+    new.write_text(json.dumps({"parent_asin": "NEW1", "title": "Zorblax cordless drill 18V brushless"}) + "\n")
+    run_add(IndexConfig(add_path=new), workspace)
+    answer = Searcher(workspace).ask("zorblax cordless drill", QueryConfig(k=3, mode="hybrid"))
+    assert "learned ranker" in answer.answered_by and answer.hits[0].item_id == "NEW1"
+
+    model = workspace.artifact("index") / "ranker" / "fold-0.txt"
+    model.write_text("x" * model.stat().st_size, encoding="utf-8")  # same size: only the parse can tell
+    with pytest.raises(ArtifactCorrupt, match="fold-0.txt"):
+        Searcher(workspace).ask("cordless drill", QueryConfig(mode="hybrid"))

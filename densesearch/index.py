@@ -19,6 +19,7 @@ from densesearch.evaluation import exact_topk
 from densesearch.itemtext import ItemFields
 from densesearch.ltr import (
     FEATURES,
+    MAX_LABEL,
     RANKER_DIR,
     FirstStage,
     LearnedRanker,
@@ -426,7 +427,7 @@ def build_ranker(cfg: RankerConfig, workspace: Workspace, encoder: Encoder, inde
         return found
 
     train_rows = rows(train, "ranker features: train queries")
-    labels = [np.asarray([max(0, train.qrels[q].get(ids[i], 0)) for i in items], dtype=np.float32)
+    labels = [np.asarray([min(MAX_LABEL, max(0, train.qrels[q].get(ids[i], 0))) for i in items], dtype=np.float32)
               for q, (items, _) in zip(train.query_ids, train_rows, strict=True)]
     models, rounds = fit_ranker([features for _, features in train_rows], labels, cfg, progress)
     ranker = LearnedRanker([lightgbm.Booster(model_str=text) for text in models], cfg.depth)

@@ -20,6 +20,7 @@ from densesearch.search import min_max
 RANKER_DIR = "ranker"
 MISSING_RANK = 1000  # the rank feature of an item absent from one list
 TERMS_CACHE = 65_536  # titles whose word and 3-gram sets stay cached while serving
+MAX_LABEL = 63  # grades above it train as 63 (LambdaMART's gain table is 0..MAX_LABEL)
 
 FEATURES: tuple[str, ...] = (
     "fused_score", "fused_rank", "dense_cosine",
@@ -125,8 +126,8 @@ def lightgbm_params(cfg: RankerConfig, seed: int) -> dict:
     return {"objective": "lambdarank", "metric": "ndcg", "ndcg_eval_at": [10], "learning_rate": cfg.learning_rate,
             "num_leaves": cfg.leaves, "min_data_in_leaf": cfg.min_data_in_leaf,
             "feature_fraction": cfg.feature_fraction, "bagging_fraction": cfg.bagging_fraction, "bagging_freq": 1,
-            "lambdarank_truncation_level": 20, "label_gain": list(range(64)), "seed": seed, "deterministic": True,
-            "force_row_wise": True, "num_threads": 0, "verbose": -1}
+            "lambdarank_truncation_level": 20, "label_gain": list(range(MAX_LABEL + 1)), "seed": seed,
+            "deterministic": True, "force_row_wise": True, "num_threads": 0, "verbose": -1}
 
 
 def fit_ranker(features: list[np.ndarray], labels: list[np.ndarray], cfg: RankerConfig,

@@ -103,6 +103,17 @@ def test_a_damaged_or_foreign_ranker_file_is_one_clear_error(tmp_path):
         LearnedRanker.load(tmp_path / "ranker", folds=2, depth=50)
 
 
+def test_a_model_trained_on_other_features_is_refused(tmp_path):
+    import lightgbm
+
+    rng = np.random.default_rng(3)
+    other = lightgbm.train({"objective": "lambdarank", "verbose": -1, "min_data_in_leaf": 2},
+                           lightgbm.Dataset(rng.random((40, 3)), rng.integers(0, 3, 40), group=[10] * 4), 3)
+    save_models(tmp_path / "ranker", [other.model_to_string()])
+    with pytest.raises(ArtifactCorrupt, match="expects 3 features, not 26"):
+        LearnedRanker.load(tmp_path / "ranker", folds=1, depth=50)
+
+
 def test_too_few_queries_to_train_is_an_error_not_a_model():
     features, labels = synthetic_queries(np.random.default_rng(2), 1)
     with pytest.raises(ValueError, match="at least 5 queries"):

@@ -26,6 +26,7 @@ from densesearch.ltr import (
     TitleTerms,
     candidate_features,
     fit_ranker,
+    import_lightgbm,
     save_models,
 )
 from densesearch.manifest import Manifest, write_manifest
@@ -400,8 +401,6 @@ def build_ranker(cfg: RankerConfig, workspace: Workspace, encoder: Encoder, inde
                  ngrams: Bm25Index, vectors: np.ndarray, titles: list[str], ids: list[str], fusion: Fusion,
                  encoded: dict[str, np.ndarray], out: Path, progress=None) -> RankerReport:
     """Train LambdaMART on the train queries' served candidates; keep it (write ``out``) when dev says so."""
-    import lightgbm
-
     started = time.perf_counter()
     if cfg.mode == "off":
         return RankerReport(False, "turned off (--ranker off)")
@@ -430,7 +429,7 @@ def build_ranker(cfg: RankerConfig, workspace: Workspace, encoder: Encoder, inde
     labels = [np.asarray([min(MAX_LABEL, max(0, train.qrels[q].get(ids[i], 0))) for i in items], dtype=np.float32)
               for q, (items, _) in zip(train.query_ids, train_rows, strict=True)]
     models, rounds = fit_ranker([features for _, features in train_rows], labels, cfg, progress)
-    ranker = LearnedRanker([lightgbm.Booster(model_str=text) for text in models], cfg.depth)
+    ranker = LearnedRanker([import_lightgbm().Booster(model_str=text) for text in models], cfg.depth)
     dev_rows = rows(dev, "ranker features: dev queries")
     qrels = [dev.qrels[q] for q in dev.query_ids]
     fused = [[ids[i] for i in items[:10]] for items, _ in dev_rows]

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from densesearch.config import RankerConfig
-from densesearch.errors import ArtifactCorrupt
+from densesearch.errors import ArtifactCorrupt, BadInput
 from densesearch.search import min_max
 
 RANKER_DIR = "ranker"
@@ -122,6 +122,17 @@ def candidate_features(query: str, query_vector: np.ndarray, stage: FirstStage, 
     return items, np.asarray(rows, dtype=np.float32)
 
 
+def import_lightgbm():
+    """LightGBM, or a one-line error naming the fix: its Linux wheel loads the system's OpenMP runtime."""
+    try:
+        import lightgbm
+    except (ImportError, OSError) as exc:
+        raise BadInput(f"LightGBM, which the learned ranker runs on, cannot load ({exc})",
+                       hint="install the OpenMP runtime (Debian/Ubuntu: apt install libgomp1), or build the "
+                            "index with `densesearch index --ranker off`") from exc
+    return lightgbm
+
+
 def lightgbm_params(cfg: RankerConfig, seed: int) -> dict:
     return {"objective": "lambdarank", "metric": "ndcg", "ndcg_eval_at": [10], "learning_rate": cfg.learning_rate,
             "num_leaves": cfg.leaves, "min_data_in_leaf": cfg.min_data_in_leaf,
@@ -134,7 +145,7 @@ def fit_ranker(features: list[np.ndarray], labels: list[np.ndarray], cfg: Ranker
                progress=None) -> tuple[list[str], list[int]]:
     """LambdaMART on the train queries' candidate rows, one model per fold: each fits the other folds and stops
     early on its own. Returns the models (LightGBM text) and their rounds."""
-    import lightgbm
+    lightgbm = import_lightgbm()
 
     if len(features) < max(2, cfg.folds):
         raise ValueError(f"a learned ranker needs at least {max(2, cfg.folds)} queries, got {len(features)}")
@@ -176,7 +187,7 @@ class LearnedRanker:
 
     @classmethod
     def load(cls, directory: Path, folds: int, depth: int) -> LearnedRanker:
-        import lightgbm
+        lightgbm = import_lightgbm()
 
         models = []
         for k in range(folds):

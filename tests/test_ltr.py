@@ -177,3 +177,15 @@ def test_index_trains_serves_and_benches_the_learned_ranker_on_judged_queries(tm
     model.write_text("x" * model.stat().st_size, encoding="utf-8")  # same size: only the parse can tell
     with pytest.raises(ArtifactCorrupt, match="fold-0.txt"):
         Searcher(workspace).ask("cordless drill", QueryConfig(mode="hybrid"))
+
+
+def test_lightgbm_that_cannot_load_is_one_line_naming_the_fix(monkeypatch):
+    import sys
+
+    from densesearch.errors import BadInput
+    from densesearch.ltr import import_lightgbm
+
+    monkeypatch.setitem(sys.modules, "lightgbm", None)  # as when its wheel finds no libgomp.so.1
+    with pytest.raises(BadInput, match="cannot load") as caught:
+        import_lightgbm()
+    assert "libgomp1" in caught.value.hint and "--ranker off" in caught.value.hint

@@ -26,8 +26,9 @@ from densesearch.ltr import (
     TitleTerms,
     candidate_features,
     fit_ranker,
-    import_lightgbm,
+    reorder,
     save_models,
+    title_texts,
 )
 from densesearch.manifest import Manifest, write_manifest
 from densesearch.metrics import ann_recall, graded_query_metrics, paired_randomization_p
@@ -358,21 +359,23 @@ def pick_mode(workspace: Workspace, encoder: Encoder, index, bm25: Bm25Index, id
         return ModeChoice(recommended="hybrid", fusion=Fusion(), dev_ndcg={}, candidates={}, p_vs_hybrid={},
                           queries=0)
     vectors = encode_each_query_once(encoder, judgments.queries, {} if encoded is None else encoded)
-    scores, found = index.search(vectors, FUSION_DEPTH)
-    dense = [([int(i) for i in row if i >= 0], [float(v) for i, v in zip(row, vals, strict=True) if i >= 0])
-             for row, vals in zip(found, scores, strict=True)]
-    return choose_mode(dense, ranked_lists(bm25, judgments.queries, FUSION_DEPTH),
+    return choose_mode(dense_lists(index, vectors), ranked_lists(bm25, judgments.queries, FUSION_DEPTH),
                        [judgments.qrels[q] for q in judgments.query_ids], ids, judgments.min_relevance,
                        ranked_lists(ngrams, judgments.queries, FUSION_DEPTH) if ngrams else None)
+
+
+def dense_lists(index, vectors: np.ndarray) -> Ranked:
+    """Each query vector's FAISS top ``FUSION_DEPTH`` as (item indices, scores), the form fusion takes."""
+    scores, found = index.search(vectors, FUSION_DEPTH)
+    return [([int(i) for i in row if i >= 0], [float(v) for i, v in zip(row, vals, strict=True) if i >= 0])
+            for row, vals in zip(found, scores, strict=True)]
 
 
 def served_stages(encoder: Encoder, index, bm25: Bm25Index, ngrams: Bm25Index, fusion: Fusion, queries: list[str],
                   encoded: dict[str, np.ndarray]) -> tuple[np.ndarray, list[FirstStage]]:
     """Each query's vector and its three lists and their fusion, as `query` serves them."""
     vectors = encode_each_query_once(encoder, queries, encoded)
-    scores, found = index.search(vectors, FUSION_DEPTH)
-    dense = [([int(i) for i in row if i >= 0], [float(v) for i, v in zip(row, vals, strict=True) if i >= 0])
-             for row, vals in zip(found, scores, strict=True)]
+    dense = dense_lists(index, vectors)
     words, grams = ranked_lists(bm25, queries, FUSION_DEPTH), ranked_lists(ngrams, queries, FUSION_DEPTH)
     stages = [FirstStage(d, w, g, fuse(d, w, fusion, FUSION_DEPTH, g if fusion.uses_ngrams else None))
               for d, w, g in zip(dense, words, grams, strict=True)]
@@ -411,30 +414,30 @@ def build_ranker(cfg: RankerConfig, workspace: Workspace, encoder: Encoder, inde
     if len(train.query_ids) < needed:
         return RankerReport(False, f"{len(train.query_ids)} train queries; it needs {needed}",
                             train_queries=len(train.query_ids))
-    if not load_judgments(workspace, "dev").query_ids:  # dev_judgments would fall back to the train queries
+    dev = first_queries(load_judgments(workspace, "dev"), MODE_QUERIES)  # the queries the mode was chosen on
+    if not dev.query_ids:
         return RankerReport(False, "no dev queries to check it on", train_queries=len(train.query_ids))
-    dev = dev_judgments(workspace)
     terms = TitleTerms(titles)
 
     def rows(judgments: Judgments, stage_name: str):
         query_vectors, stages = served_stages(encoder, index, bm25, ngrams, fusion, judgments.queries, encoded)
         found = []
         for n, (query, vector, stage) in enumerate(zip(judgments.queries, query_vectors, stages, strict=True)):
-            found.append(candidate_features(query, vector, stage, vectors, terms, cfg.depth))
+            found.append((stage, *candidate_features(query, vector, stage, vectors, terms, cfg.depth)))
             if progress and (n % 200 == 0 or n + 1 == len(stages)):
                 progress(stage_name, n + 1, len(stages))
         return found
 
     train_rows = rows(train, "ranker features: train queries")
     labels = [np.asarray([min(MAX_LABEL, max(0, train.qrels[q].get(ids[i], 0))) for i in items], dtype=np.float32)
-              for q, (items, _) in zip(train.query_ids, train_rows, strict=True)]
-    models, rounds = fit_ranker([features for _, features in train_rows], labels, cfg, progress)
-    ranker = LearnedRanker([import_lightgbm().Booster(model_str=text) for text in models], cfg.depth)
+              for q, (_, items, _) in zip(train.query_ids, train_rows, strict=True)]
+    models, rounds = fit_ranker([features for _, _, features in train_rows], labels, cfg, progress)
+    ranker = LearnedRanker.from_texts(models, cfg.depth)
     dev_rows = rows(dev, "ranker features: dev queries")
     qrels = [dev.qrels[q] for q in dev.query_ids]
-    fused = [[ids[i] for i in items[:10]] for items, _ in dev_rows]
-    learned = [[ids[items[j]] for j in np.argsort(-ranker.score(features), kind="stable")[:10]]
-               for items, features in dev_rows]
+    fused = [[ids[i] for i, _ in stage.fused[:10]] for stage, _, _ in dev_rows]
+    learned = [[ids[i] for i, _ in reorder(stage, items, ranker.score(features))[:10]]
+               for stage, items, features in dev_rows]
     before = graded_query_metrics(fused, qrels, dev.min_relevance, ks=(10,))["ndcg@10"]
     after = graded_query_metrics(learned, qrels, dev.min_relevance, ks=(10,))["ndcg@10"]
     p_value = paired_randomization_p(after, before)
@@ -454,8 +457,13 @@ def dev_judgments(workspace: Workspace) -> Judgments:
     judgments = load_judgments(workspace, "dev")
     if not judgments.query_ids:
         judgments = load_judgments(workspace, "train")
-    keep = judgments.query_ids[:MODE_QUERIES]
-    return replace(judgments, query_ids=keep, queries=judgments.queries[:MODE_QUERIES],
+    return first_queries(judgments, MODE_QUERIES)
+
+
+def first_queries(judgments: Judgments, count: int) -> Judgments:
+    """The judgments of the first ``count`` queries."""
+    keep = judgments.query_ids[:count]
+    return replace(judgments, query_ids=keep, queries=judgments.queries[:count],
                    qrels={q: judgments.qrels[q] for q in keep})
 
 
@@ -517,7 +525,7 @@ def run_index(cfg: IndexConfig, workspace: Workspace, progress=None) -> IndexRes
         ngrams.save(tmp / NGRAM_DIR)
         choice = pick_mode(workspace, encoder, index, bm25, catalog.ids, encoded, ngrams)
         ranker = build_ranker(cfg.ranker, workspace, encoder, index, bm25, ngrams, vectors,
-                              [row.get("title") or text for row, text in zip(catalog.rows, catalog.texts, strict=True)],
+                              title_texts(catalog.rows),
                               catalog.ids, choice.fusion, encoded, tmp / RANKER_DIR, progress)
         _write_items(tmp / ITEMS_FILE, catalog.rows)
         param_name = search_param_name(cfg.kind)

@@ -59,6 +59,11 @@ def trigrams_of(words: Sequence[str]) -> set[str]:
     return grams
 
 
+def title_texts(rows: Sequence[dict]) -> list[str]:
+    """Each catalog row's title (its text where it has none): what the word-match features read."""
+    return [row.get("title") or row["text"] for row in rows]
+
+
 class TitleTerms:
     """Lower-cased titles, their word and 3-gram sets (cached on use) and the catalog's word vocabulary.
 
@@ -186,9 +191,15 @@ class LearnedRanker:
         self.depth = depth
 
     @classmethod
-    def load(cls, directory: Path, folds: int, depth: int) -> LearnedRanker:
+    def from_texts(cls, models: list[str], depth: int) -> LearnedRanker:
+        """From models as LightGBM text (`fit_ranker`'s output)."""
         lightgbm = import_lightgbm()
+        return cls([lightgbm.Booster(model_str=text) for text in models], depth)
 
+    @classmethod
+    def load(cls, directory: Path, folds: int, depth: int) -> LearnedRanker:
+        """The published fold models; one that cannot be read or expects other features is `ArtifactCorrupt`."""
+        lightgbm = import_lightgbm()
         models = []
         for k in range(folds):
             path = directory / f"fold-{k}.txt"

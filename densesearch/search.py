@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from densesearch.artifacts import BM25_DIR, ITEMS_FILE, NGRAM_DIR, VECTORS_FILE, Artifact, open_artifact
-from densesearch.config import QueryConfig
+from densesearch.config import QueryConfig, RankerConfig
 from densesearch.cpu import openmp_threads, read_cpu
 from densesearch.encoders import EncoderSpec, choose_encoder
 from densesearch.errors import ArtifactCorrupt, ArtifactMismatch, BadInput
@@ -176,12 +176,12 @@ class Searcher:
     def ranker(self):
         """The learned ranker over the hybrid's candidates (`ltr`), loaded on first use, and the titles' terms."""
         if self._ranker is None:
-            from densesearch.ltr import RANKER_DIR, LearnedRanker, TitleTerms
+            from densesearch.ltr import RANKER_DIR, LearnedRanker, TitleTerms, title_texts
 
-            settings = self.manifest.extra["ranker"].get("settings") or {}
-            self._ranker = LearnedRanker.load(self.directory / RANKER_DIR, int(settings.get("folds", 5)),
-                                              int(settings.get("depth", 50)))
-            self._terms = TitleTerms([row.get("title") or row["text"] for row in self.items])
+            settings, defaults = self.manifest.extra["ranker"].get("settings") or {}, RankerConfig()
+            self._ranker = LearnedRanker.load(self.directory / RANKER_DIR, int(settings.get("folds", defaults.folds)),
+                                              int(settings.get("depth", defaults.depth)))
+            self._terms = TitleTerms(title_texts(self.items))
         return self._ranker
 
     def uses_ranker(self, cfg: QueryConfig) -> bool:

@@ -1,10 +1,11 @@
 """Where a dense run loses to BM25 on pooled judgments: nDCG@10 by query class, and a word-coverage ceiling.
 
-Usage: python scripts/pool_bias.py --trec DIR [--home PATH] [-w NAME] [--split dev] [--run finetuned-int8]
+Usage: python scripts/pool_bias.py --trec DIR [--home PATH] [-w NAME] [--split dev|test] [--run finetuned-int8]
        [--json]
 
 DIR is what `densesearch bench --split SPLIT --trec DIR` wrote on a prepared workspace of judged data
-(qrels.txt and one .trec file per system). Two tables come out:
+(qrels.txt and one .trec file per system). The queries are those of qrels.txt, and their texts come from
+the workspace split that holds them all (``--split`` to name it). Two tables come out:
 
 1. Every run's mean nDCG@10 (grades as gains, unjudged = 0, the bench metric) by query class: with or
    without a number; every word found in some catalog title or not (typos, joined words); 1, 2, 3 or
@@ -26,11 +27,12 @@ import json
 import re
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from densesearch.metrics import graded_query_metrics
 from densesearch.paths import Workspace, resolve_home
-from densesearch.prepare import load_catalog, load_judgments
+from densesearch.prepare import Judgments, load_catalog, load_judgments
 from densesearch.sparse import Tokenizer
 
 WEIGHTS = (0.0, 0.1, 0.3, 0.8)
@@ -54,6 +56,29 @@ def read_trec_run(path: Path) -> dict[str, list[tuple[str, float]]]:
             except ValueError:
                 raise SystemExit(f"{path}:{number}: rank and score must be numbers") from None
     return {q: [(item, score) for item, _, score in sorted(rows, key=lambda r: r[1])] for q, rows in runs.items()}
+
+
+def trec_query_ids(directory: Path) -> list[str]:
+    """The query ids of ``directory/qrels.txt`` in file order."""
+    path = directory / "qrels.txt"
+    if not path.is_file():
+        raise SystemExit(f"{directory}: no qrels.txt; run `densesearch bench --trec {directory}`")
+    with open(path, encoding="utf-8") as handle:
+        return list(dict.fromkeys(line.split()[0] for line in handle if line.strip()))
+
+
+def judgments_for(workspace: Workspace, query_ids: list[str], split: str | None, directory: Path) -> Judgments:
+    """The split's judgments cut to ``query_ids`` (bench --queries N scores the first N); the split is the one
+    holding every id when ``split`` is None."""
+    for name in [split] if split else ["dev", "test"]:
+        judgments = load_judgments(workspace, name)
+        text_of = dict(zip(judgments.query_ids, judgments.queries, strict=True))
+        if query_ids and all(q in text_of for q in query_ids):
+            return replace(judgments, query_ids=query_ids, queries=[text_of[q] for q in query_ids],
+                           qrels={q: judgments.qrels[q] for q in query_ids})
+    where = f"the {split} split" if split else "the dev or test split"
+    raise SystemExit(f"{directory}/qrels.txt: its queries are not {where} of this workspace; pass the --split, "
+                     "--home and -w that `bench` ran with")
 
 
 def query_classes(query: str, vocabulary: set[str]) -> list[str]:
@@ -117,18 +142,19 @@ def main() -> None:
     parser.add_argument("--trec", required=True, type=Path, help="the directory `bench --trec` wrote")
     parser.add_argument("--home", default=None)
     parser.add_argument("-w", "--workspace", default="default")
-    parser.add_argument("--split", default="dev")
+    parser.add_argument("--split", choices=("dev", "test"), default=None,
+                        help="the split bench scored (default: the one holding qrels.txt's queries)")
     parser.add_argument("--run", default="finetuned-int8", help="the run to re-order by word coverage")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     files = sorted(args.trec.glob("*.trec"))
     if not files:
-        raise SystemExit(f"{args.trec}: no .trec files; run `densesearch bench --split {args.split} --trec DIR`")
+        raise SystemExit(f"{args.trec}: no .trec files; run `densesearch bench --trec {args.trec}`")
     if args.run not in {f.stem for f in files}:
         raise SystemExit(f"{args.trec}: no {args.run}.trec; pick one of {', '.join(f.stem for f in files)}")
     workspace = Workspace(resolve_home(args.home), args.workspace)
     catalog = load_catalog(workspace)
-    judgments = load_judgments(workspace, args.split)
+    judgments = judgments_for(workspace, trec_query_ids(args.trec), args.split, args.trec)
     runs = {f.stem: read_trec_run(f) for f in files}
     vocabulary = {w for text in catalog.texts for w in _WORD.findall(text.lower())}
     classes = ndcg_by_class(runs, judgments.query_ids, judgments.queries, judgments.qrels, vocabulary,
@@ -136,10 +162,11 @@ def main() -> None:
     ceiling = coverage_reorder(runs[args.run], judgments.query_ids, judgments.queries, judgments.qrels,
                                dict(zip(catalog.ids, catalog.texts, strict=True)), judgments.min_relevance)
     if args.json:
-        print(json.dumps({"split": args.split, "classes": classes, "run": args.run, "coverage": ceiling}, indent=2))
+        print(json.dumps({"queries": len(judgments.query_ids), "classes": classes, "run": args.run,
+                          "coverage": ceiling}, indent=2))
         return
     names = list(runs)
-    print(f"nDCG@10 by query class ({len(judgments.query_ids):,} {args.split} queries)")
+    print(f"nDCG@10 by query class ({len(judgments.query_ids):,} queries of {args.trec}/qrels.txt)")
     print(f"{'class':28} {'queries':>7} " + " ".join(f"{n[:16]:>16}" for n in names))
     for cls, row in sorted(classes.items(), key=lambda kv: (kv[0] != "all", kv[0])):
         print(f"{cls:28} {row['queries']:>7} " + " ".join(f"{row[n]:>16.4f}" for n in names))

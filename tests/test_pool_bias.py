@@ -74,20 +74,34 @@ def test_script_end_to_end_on_a_prepared_beir_workspace(tmp_path):
     workspace_home = tmp_path / "home"
     workspace = Workspace(workspace_home)
     run_prepare(PrepareConfig(beir_path=root, min_relevance=5), workspace)
-    dev = load_judgments(workspace, "dev")
+    split = load_judgments(workspace, "test")  # two queries (carved from train)
     trec = tmp_path / "trec"
     trec.mkdir()
-    write_trec_qrels(trec / "qrels.txt", dev.qrels)
-    rankings = [sorted(dev.qrels[q], key=lambda d: -dev.qrels[q][d]) for q in dev.query_ids]
+    write_trec_qrels(trec / "qrels.txt", split.qrels)
+    rankings = [sorted(split.qrels[q], key=lambda d: -split.qrels[q][d]) for q in split.query_ids]
     for name in ("bm25", "finetuned-int8"):
-        write_trec_run(trec / f"{name}.trec", dev.query_ids, rankings,
+        write_trec_run(trec / f"{name}.trec", split.query_ids, rankings,
                        [[1.0 - 0.1 * r for r in range(len(row))] for row in rankings], name)
     done = subprocess.run([sys.executable, str(SCRIPT), "--trec", str(trec), "--home", str(workspace_home),
                            "--json"], capture_output=True, text=True, check=True)
     report = json.loads(done.stdout)
-    assert report["classes"]["all"]["queries"] == len(dev.query_ids)
+    assert report["classes"]["all"]["queries"] == len(split.query_ids)
     assert report["classes"]["all"]["bm25"] == pytest.approx(1.0)  # the ideal order for every query
     assert [row["weight"] for row in report["coverage"]] == [0.0, 0.1, 0.3, 0.8]
-    missing = subprocess.run([sys.executable, str(SCRIPT), "--trec", str(trec), "--home", str(workspace_home),
-                              "--run", "hybrid"], capture_output=True, text=True)
-    assert missing.returncode != 0 and "no hybrid.trec" in missing.stderr
+    assert report["queries"] == len(split.query_ids)  # the split was found from qrels.txt's queries
+
+    def fails(*extra: str) -> str:
+        done = subprocess.run([sys.executable, str(SCRIPT), "--trec", str(trec), "--home", str(workspace_home),
+                               *extra], capture_output=True, text=True)
+        assert done.returncode != 0
+        return done.stderr
+
+    assert "no hybrid.trec" in fails("--run", "hybrid")
+    assert "its queries are not the dev split" in fails("--split", "dev")
+    first = split.query_ids[0]
+    write_trec_qrels(trec / "qrels.txt", {first: split.qrels[first]})  # as `bench --queries 1` writes it
+    done = subprocess.run([sys.executable, str(SCRIPT), "--trec", str(trec), "--home", str(workspace_home),
+                           "--json"], capture_output=True, text=True, check=True)
+    assert json.loads(done.stdout)["classes"]["all"] == {"queries": 1, "bm25": 1.0, "finetuned-int8": 1.0}
+    (trec / "qrels.txt").unlink()
+    assert "no qrels.txt" in fails()

@@ -24,12 +24,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
+from densesearch.ltr import TitleTerms, words_of
 from densesearch.metrics import graded_query_metrics
 from densesearch.paths import Workspace, resolve_home
 from densesearch.prepare import Judgments, load_catalog, load_judgments
@@ -37,7 +37,6 @@ from densesearch.sparse import Tokenizer
 
 WEIGHTS = (0.0, 0.1, 0.3, 0.8)
 DEPTH = 100
-_WORD = re.compile(r"\w+")
 
 
 def read_trec_run(path: Path) -> dict[str, list[tuple[str, float]]]:
@@ -83,7 +82,7 @@ def judgments_for(workspace: Workspace, query_ids: list[str], split: str | None,
 
 def query_classes(query: str, vocabulary: set[str]) -> list[str]:
     """The classes a query falls in: number or not, all words known to the catalog or not, its length."""
-    words = _WORD.findall(query.lower())
+    words = words_of(query)  # the learned ranker's words: the class matches its query_unknown_words feature
     return ["has a number" if any(c.isdigit() for c in query) else "no number",
             "every word in the catalog" if all(w in vocabulary for w in words) else "a word no title has",
             f"{min(len(words), 4)}{'+' if len(words) >= 4 else ''} word{'s' if len(words) != 1 else ''}"]
@@ -116,21 +115,18 @@ def coverage_reorder(run: dict[str, list[tuple[str, float]]], query_ids: Sequenc
     """nDCG@10 and judged@10 of the run's top ``DEPTH`` re-ordered by score + weight x coverage, per weight."""
     tokenize = Tokenizer()
     terms: dict[str, set[str]] = {}
-
-    def title_terms(item: str) -> set[str]:
-        if item not in terms:
-            terms[item] = set(tokenize(title_of.get(item, "")))
-        return terms[item]
-
+    candidates = []  # per query: (item, score, coverage) of its top DEPTH, computed once for every weight
+    for query_id, query in zip(query_ids, queries, strict=True):
+        wanted = set(tokenize(query))
+        hits = run.get(query_id, [])[:DEPTH]
+        for item, _ in hits:
+            if item not in terms:
+                terms[item] = set(tokenize(title_of.get(item, "")))
+        candidates.append([(item, score, coverage(wanted, terms[item])) for item, score in hits])
     rows = []
     for weight in weights:
-        rankings = []
-        for query_id, query in zip(query_ids, queries, strict=True):
-            wanted = set(tokenize(query))
-            hits = run.get(query_id, [])[:DEPTH]
-            order = sorted(range(len(hits)),
-                           key=lambda i: (-(hits[i][1] + weight * coverage(wanted, title_terms(hits[i][0]))), i))
-            rankings.append([hits[i][0] for i in order])
+        # sorted() is stable: ties keep the run's order
+        rankings = [[item for item, _, _ in sorted(hits, key=lambda h: -(h[1] + weight * h[2]))] for hits in candidates]
         metrics = graded_query_metrics(rankings, [qrels[q] for q in query_ids], min_relevance, ks=(10,))
         rows.append({"weight": weight, "ndcg@10": float(metrics["ndcg@10"].mean()),
                      "judged@10": float(metrics["judged@10"].mean())})
@@ -156,7 +152,7 @@ def main() -> None:
     catalog = load_catalog(workspace)
     judgments = judgments_for(workspace, trec_query_ids(args.trec), args.split, args.trec)
     runs = {f.stem: read_trec_run(f) for f in files}
-    vocabulary = {w for text in catalog.texts for w in _WORD.findall(text.lower())}
+    vocabulary = TitleTerms(catalog.texts).vocabulary
     classes = ndcg_by_class(runs, judgments.query_ids, judgments.queries, judgments.qrels, vocabulary,
                             judgments.min_relevance)
     ceiling = coverage_reorder(runs[args.run], judgments.query_ids, judgments.queries, judgments.qrels,

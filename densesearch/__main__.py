@@ -1,3 +1,3 @@
-from densesearch.cli import main
+from densesearch.cli.app import main
 
 main()

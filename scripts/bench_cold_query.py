@@ -44,7 +44,7 @@ def main() -> None:
         env["DENSESEARCH_HOME"] = args.home
     cases = {
         "python -c pass": [sys.executable, "-c", "pass"],
-        "import densesearch.cli": [sys.executable, "-c", "import densesearch.cli"],
+        "import densesearch.cli.app": [sys.executable, "-c", "import densesearch.cli.app"],
         **{f"query --mode {mode}": [sys.executable, "-m", "densesearch", "query", QUERY, "-k", "10", "--mode", mode]
            for mode in ("bm25", "dense", "hybrid")},
     }

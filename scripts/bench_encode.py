@@ -20,13 +20,13 @@ from pathlib import Path
 
 import numpy as np
 
-from densesearch.artifacts import open_artifact
-from densesearch.cpu import int8_peak_ops, read_cpu, usable_cores
-from densesearch.encoders import RUNTIMES, load_onnx_encoder, ops_per_token
-from densesearch.evaluation import exact_topk
-from densesearch.export import encode_speeds
-from densesearch.paths import Workspace, resolve_home
-from densesearch.prepare import load_catalog, load_pairs
+from densesearch.build.export import encode_speeds
+from densesearch.core.artifacts import open_artifact
+from densesearch.core.cpu import int8_peak_ops, read_cpu, usable_cores
+from densesearch.core.paths import Workspace, resolve_home
+from densesearch.data.readers import load_catalog, load_pairs
+from densesearch.eval.evaluation import exact_topk
+from densesearch.retrieval.encoders import RUNTIMES, load_onnx_encoder, ops_per_token
 
 BATCHES = (16, 64)
 

@@ -20,11 +20,11 @@ import statistics
 import time
 from pathlib import Path
 
-from densesearch.encoders import load_torch_encoder, resolve_base_model
-from densesearch.evaluation import eval_catalog, exact_topk
-from densesearch.metrics import graded_query_metrics
-from densesearch.paths import Workspace, resolve_home
-from densesearch.prepare import load_catalog, load_judgments
+from densesearch.core.paths import Workspace, resolve_home
+from densesearch.data.readers import load_catalog, load_judgments
+from densesearch.eval.evaluation import eval_catalog, exact_topk
+from densesearch.eval.metrics import graded_query_metrics
+from densesearch.retrieval.encoders import load_torch_encoder, resolve_base_model
 
 LATENCY_QUERIES = 100
 

@@ -24,7 +24,7 @@ import sys
 import tempfile
 import time
 
-from densesearch.cpu import usable_cores
+from densesearch.core.cpu import usable_cores
 
 QUERIES = ("comfy summer dress for beach", "waterproof hiking boots for men", "silver hoop earrings",
            "kids halloween costume dinosaur", "high waisted yoga shorts with pockets", "polarized sunglasses",

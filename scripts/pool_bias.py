@@ -29,11 +29,11 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from densesearch.ltr import TitleTerms, words_of
-from densesearch.metrics import graded_query_metrics
-from densesearch.paths import Workspace, resolve_home
-from densesearch.prepare import Judgments, load_catalog, load_judgments
-from densesearch.sparse import Tokenizer
+from densesearch.core.paths import Workspace, resolve_home
+from densesearch.data.readers import Judgments, load_catalog, load_judgments
+from densesearch.eval.metrics import graded_query_metrics
+from densesearch.retrieval.ranker import TitleTerms, words_of
+from densesearch.retrieval.sparse import Tokenizer
 
 WEIGHTS = (0.0, 0.1, 0.3, 0.8)
 DEPTH = 100

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from densesearch.config import IndexConfig, PrepareConfig, QuantizeConfig, TrainConfig
-from densesearch.paths import Workspace
-from densesearch.sources import sample_meta_path
+from densesearch.core.config import IndexConfig, PrepareConfig, QuantizeConfig, TrainConfig
+from densesearch.core.paths import Workspace
+from densesearch.data.sources import sample_meta_path
 
 DATA = Path(__file__).parent / "data"
 TEST_REVIEWS = DATA / "reviews_Amazon_Fashion.test.jsonl"
@@ -48,7 +48,7 @@ def write_first_rows(path: Path, rows: int = 150) -> Path:
 
 def prepared_workspace(root: Path) -> Workspace:
     """A workspace under ``root`` prepared from the first 150 real sample rows."""
-    from densesearch.prepare import run_prepare
+    from densesearch.data.prepare import run_prepare
 
     ws = Workspace(root / "home")
     run_prepare(PrepareConfig(meta_path=write_first_rows(root / "meta.jsonl")), ws)
@@ -68,9 +68,9 @@ def read_jsonl(path: Path) -> list[dict]:
 @pytest.fixture(scope="session")
 def built(tmp_path_factory):
     """One workspace built once per test session: 150 real items, the real MiniLM (about a minute)."""
-    from densesearch.export import run_quantize
-    from densesearch.index import run_index
-    from densesearch.train import run_finetune
+    from densesearch.build.export import run_quantize
+    from densesearch.build.indexer import run_index
+    from densesearch.build.train import run_finetune
 
     root = tmp_path_factory.mktemp("pipeline")
     ws = prepared_workspace(root)

@@ -5,7 +5,7 @@ import random
 import numpy as np
 from datasets import Dataset
 
-from densesearch.batching import LengthGroupedBatchSampler, length_grouped_batches, pack_sorted
+from densesearch.build.batching import LengthGroupedBatchSampler, length_grouped_batches, pack_sorted
 
 
 def rows(n: int = 2000, items: int = 300, seed: int = 0):

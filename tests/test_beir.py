@@ -5,12 +5,13 @@ import json
 
 import pytest
 
-from densesearch.beir import read_beir, stable_fraction
-from densesearch.cli import run_cli
-from densesearch.config import BenchConfig, IndexConfig, PrepareConfig
-from densesearch.errors import BadInput
-from densesearch.metrics import graded_query_metrics
-from densesearch.prepare import load_catalog, load_judgments, load_pairs, run_prepare
+from densesearch.cli.app import run_cli
+from densesearch.core.config import BenchConfig, IndexConfig, PrepareConfig
+from densesearch.core.errors import BadInput
+from densesearch.data.beir import read_beir, stable_fraction
+from densesearch.data.prepare import run_prepare
+from densesearch.data.readers import load_catalog, load_judgments, load_pairs
+from densesearch.eval.metrics import graded_query_metrics
 
 PRODUCTS = [
     "cordless drill 20V with two batteries", "hammer drill masonry bits set", "impact driver kit brushless",
@@ -128,8 +129,8 @@ def test_graded_metrics_agree_with_ranx():
 
 def test_bench_on_judged_queries_writes_trec_files_ranx_agrees_with(tmp_path, workspace):
     ranx = pytest.importorskip("ranx")
-    from densesearch.bench import run_bench
-    from densesearch.index import run_index
+    from densesearch.bench.bench import run_bench
+    from densesearch.build.indexer import run_index
 
     run_prepare(PrepareConfig(beir_path=make_beir(tmp_path / "b", splits=("train", "dev", "test")),
                               min_relevance=5), workspace)

@@ -5,11 +5,11 @@ import shutil
 import numpy as np
 import pytest
 
-from densesearch.config import QuantizeConfig
-from densesearch.cpu import read_cpu
-from densesearch.encoders import load_onnx_encoder
-from densesearch.export import parity_check, parity_sample, recipe_ladder, set_int8_file
-from densesearch.prepare import load_catalog, load_pairs
+from densesearch.build.export import parity_check, parity_sample, recipe_ladder, set_int8_file
+from densesearch.core.config import QuantizeConfig
+from densesearch.core.cpu import read_cpu
+from densesearch.data.readers import load_catalog, load_pairs
+from densesearch.retrieval.encoders import load_onnx_encoder
 
 CPUS = {
     # name: (cpuinfo text, uname -m, expected label, first recipe)
@@ -124,8 +124,8 @@ def test_gate_refuses_an_encoder_that_bends_a_few_rows(built):
 def test_serving_on_another_cpu_says_so_once_and_serves(built):
     import json
 
-    from densesearch.config import QueryConfig
-    from densesearch.search import Searcher
+    from densesearch.core.config import QueryConfig
+    from densesearch.retrieval.searcher import Searcher
 
     ws = built["ws"]
     path = ws.artifact("onnx") / "manifest.json"

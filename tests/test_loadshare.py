@@ -1,10 +1,10 @@
-"""`serve --workers N` keeps its processes' keep-alive connections even (densesearch.loadshare)."""
+"""`serve --workers N` keeps its processes' keep-alive connections even (densesearch.serve.loadshare)."""
 
 import asyncio
 import os
 import time
 
-from densesearch.loadshare import ConnectionBalancer, LoadShare
+from densesearch.serve.loadshare import ConnectionBalancer, LoadShare
 
 
 def _clients(n: int, first: int = 0) -> list[tuple]:

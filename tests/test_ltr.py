@@ -5,18 +5,17 @@ import json
 import numpy as np
 import pytest
 
-from densesearch.config import RankerConfig
-from densesearch.errors import ArtifactCorrupt
-from densesearch.ltr import (
+from densesearch.build.ranker import fit_ranker, save_models
+from densesearch.core.config import RankerConfig
+from densesearch.core.errors import ArtifactCorrupt
+from densesearch.retrieval.fusion import EMPTY, RankedList, Stage
+from densesearch.retrieval.ranker import (
     FEATURES,
     MISSING_RANK,
-    FirstStage,
     LearnedRanker,
     TitleTerms,
     candidate_features,
-    fit_ranker,
     reorder,
-    save_models,
     trigrams_of,
 )
 
@@ -36,8 +35,9 @@ def test_trigrams_pad_each_word():
 def test_features_describe_each_candidate_of_the_three_lists_and_the_words():
     terms = TitleTerms(TITLES)
     vectors = np.eye(4, dtype=np.float32)
-    stage = FirstStage(dense=([2, 0], [0.9, 0.5]), bm25=([0], [7.0]), ngrams=([0, 3, 2], [5.0, 3.0, 1.0]),
-                       fused=[(0, 0.8), (2, 0.4), (3, 0.1)])
+    fused = RankedList([0, 2, 3], [0.8, 0.4, 0.1])
+    stage = Stage(dense=RankedList([2, 0], [0.9, 0.5]), words=RankedList([0], [7.0]),
+                  grams=RankedList([0, 3, 2], [5.0, 3.0, 1.0]), fused=fused, ordered=fused)
     items, rows = candidate_features("12 gauge angle", np.array([1, 0, 0.5, 0], dtype=np.float32), stage, vectors,
                                      terms, depth=2)
     assert items == [0, 2] and rows.shape == (2, len(FEATURES))
@@ -56,10 +56,11 @@ def test_features_describe_each_candidate_of_the_three_lists_and_the_words():
 
 
 def test_reorder_ranks_the_top_by_learned_score_and_keeps_the_tail_below_in_fused_order():
-    stage = FirstStage(([], []), ([], []), ([], []), [(5, 0.9), (6, 0.8), (7, 0.7), (8, 0.6), (9, 0.5)])
+    fused = RankedList([5, 6, 7, 8, 9], [0.9, 0.8, 0.7, 0.6, 0.5])
+    stage = Stage(EMPTY, EMPTY, EMPTY, fused, fused)
     merged = reorder(stage, [5, 6, 7], np.array([0.1, 2.0, 0.1]))
-    assert [item for item, _ in merged] == [6, 5, 7, 8, 9]  # ties keep the fused order
-    scores = [score for _, score in merged]
+    assert merged.ids == [6, 5, 7, 8, 9]  # ties keep the fused order
+    scores = merged.scores
     assert all(a >= b for a, b in zip(scores, scores[1:], strict=False)) and scores[3] < min(0.1, 2.0) - 1
     assert reorder(stage, [], np.zeros(0)) == stage.fused
 
@@ -132,11 +133,11 @@ def test_index_trains_serves_and_benches_the_learned_ranker_on_judged_queries(tm
     """Hand-made BEIR folder, the real MiniLM, real LightGBM: kept (--ranker on), served by hybrid and rerank's
     first stage, benched as its own row beside the fusion alone, carried over by `index --add`."""
     ranx = pytest.importorskip("ranx")
-    from densesearch.bench import run_bench
-    from densesearch.config import BenchConfig, IndexConfig, PrepareConfig, QueryConfig
-    from densesearch.index import run_add, run_index
-    from densesearch.prepare import run_prepare
-    from densesearch.search import Searcher
+    from densesearch.bench.bench import run_bench
+    from densesearch.build.indexer import run_add, run_index
+    from densesearch.core.config import BenchConfig, IndexConfig, PrepareConfig, QueryConfig
+    from densesearch.data.prepare import run_prepare
+    from densesearch.retrieval.searcher import Searcher
     from tests.test_beir import make_beir
 
     run_prepare(PrepareConfig(beir_path=make_beir(tmp_path / "b", splits=("train", "dev", "test")),
@@ -182,8 +183,8 @@ def test_index_trains_serves_and_benches_the_learned_ranker_on_judged_queries(tm
 def test_lightgbm_that_cannot_load_is_one_line_naming_the_fix(monkeypatch):
     import sys
 
-    from densesearch.errors import BadInput
-    from densesearch.ltr import import_lightgbm
+    from densesearch.core.errors import BadInput
+    from densesearch.retrieval.ranker import import_lightgbm
 
     monkeypatch.setitem(sys.modules, "lightgbm", None)  # as when its wheel finds no libgomp.so.1
     with pytest.raises(BadInput, match="cannot load") as caught:

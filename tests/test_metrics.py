@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from densesearch.metrics import (
+from densesearch.eval.metrics import (
     bootstrap_ci,
     collapse,
     graded_query_metrics,
@@ -14,7 +14,7 @@ from densesearch.metrics import (
     write_trec_qrels,
     write_trec_run,
 )
-from densesearch.search import rrf_fuse
+from densesearch.retrieval.fusion import rrf_fuse
 
 
 def test_hand_computed_cases():
@@ -30,8 +30,8 @@ def test_hand_computed_cases():
 
 def test_ties_are_broken_deterministically_in_fusion():
     fused = rrf_fuse([[1, 2, 3], [3, 1, 4]], 60, 10)
-    assert [i for i, _ in fused] == [1, 3, 2, 4]
-    assert rrf_fuse([[5], [7]], 60, 10) == [(5, 1 / 61), (7, 1 / 61)]  # equal scores: lower id first
+    assert fused.ids == [1, 3, 2, 4]
+    assert rrf_fuse([[5], [7]], 60, 10) == ([5, 7], [1 / 61, 1 / 61])  # equal scores: lower id first
 
 
 def test_variant_collapse_keeps_first_of_each_group():
@@ -46,9 +46,10 @@ def test_bootstrap_ci_contains_the_mean():
 
 def test_agrees_with_ranx_on_real_bm25_runs(workspace):
     ranx = pytest.importorskip("ranx")
-    from densesearch.config import PrepareConfig
-    from densesearch.prepare import load_catalog, load_pairs, run_prepare
-    from densesearch.sparse import Bm25Index
+    from densesearch.core.config import PrepareConfig
+    from densesearch.data.prepare import run_prepare
+    from densesearch.data.readers import load_catalog, load_pairs
+    from densesearch.retrieval.sparse import Bm25Index
 
     run_prepare(PrepareConfig(source="sample"), workspace)
     catalog, test = load_catalog(workspace), load_pairs(workspace, "test")
@@ -66,8 +67,8 @@ def test_agrees_with_ranx_on_real_bm25_runs(workspace):
 def test_trec_run_format(tmp_path):
     path = tmp_path / "run.trec"
     write_trec_run(path, ["q1"], [["b", "a", "c"]], [[1.0, 1.0, 0.9999995]], "tag")
-    # ranked by (-score, docid); ties at the written precision are written 1e-6 apart, in rank order
-    assert path.read_text().splitlines() == ["q1 Q0 a 1 1.000000 tag", "q1 Q0 b 2 0.999999 tag",
+    # in the order given (as served); ties at the written precision are written 1e-6 apart, in rank order
+    assert path.read_text().splitlines() == ["q1 Q0 b 1 1.000000 tag", "q1 Q0 a 2 0.999999 tag",
                                              "q1 Q0 c 3 0.999998 tag"]
 
 

@@ -3,11 +3,11 @@
 import json
 import shutil
 
-from densesearch.artifacts import NGRAM_DIR, open_artifact
-from densesearch.config import QueryConfig
-from densesearch.paths import Workspace
-from densesearch.search import Searcher
-from densesearch.sparse import NGRAM_B, NGRAM_K1, Bm25Index, NgramTokenizer
+from densesearch.core.artifacts import NGRAM_DIR, open_artifact
+from densesearch.core.config import QueryConfig
+from densesearch.core.paths import Workspace
+from densesearch.retrieval.searcher import Searcher
+from densesearch.retrieval.sparse import NGRAM_B, NGRAM_K1, Bm25Index, NgramTokenizer
 
 TITLES = ["cordless drill 18v with battery", "corded hammer drill", "cordless screwdriver set", "garden hose 50 ft"]
 
@@ -33,7 +33,8 @@ def test_index_publishes_the_ngram_index_and_hybrid_uses_it_when_its_fusion_says
     assert meta["tokenizer"] == "char-ngrams" and meta["n"] == 3 and meta["k1"] == NGRAM_K1
     searcher = Searcher(ws)
     items = [row["text"] for row in searcher.items]
-    assert searcher.ngrams.search(items[:1], 1)[0][0].tolist() == [0]  # loaded as saved: a title finds itself
+    # loaded as saved: a title finds itself
+    assert searcher.first_stage.grams.search(items[:1], 1)[0][0].tolist() == [0]
     path = artifact.path / "manifest.json"
     raw = json.loads(path.read_text())
     raw["extra"]["fusion"] = {"method": "wsum", "rrf_k": 60, "w_bm25": 0.3, "w_ngram": 0.4}

@@ -3,10 +3,10 @@ import os
 
 import pytest
 
-from densesearch.artifacts import artifact_health, open_artifact
-from densesearch.errors import ArtifactCorrupt, ArtifactMismatch, ArtifactStale, BadInput, MissingArtifact
-from densesearch.manifest import SCHEMA_VERSION, Manifest, read_manifest, write_manifest
-from densesearch.paths import (
+from densesearch.core.artifacts import artifact_health, open_artifact
+from densesearch.core.errors import ArtifactCorrupt, ArtifactMismatch, ArtifactStale, BadInput, MissingArtifact
+from densesearch.core.manifest import SCHEMA_VERSION, Manifest, read_manifest, write_manifest
+from densesearch.core.paths import (
     HOME_ENV,
     POINTER,
     Workspace,
@@ -186,3 +186,28 @@ def test_legacy_unversioned_artifact_names_the_command(tmp_path):
     (legacy / "manifest.json").write_text(json.dumps({"kind": "index", "schema": 1}))
     with pytest.raises(ArtifactMismatch, match="older densesearch.*densesearch index"):
         open_artifact(ws, "index")
+
+
+def test_each_artifact_kind_is_read_into_its_typed_record_and_a_wrong_field_is_one_corrupt_line():
+    from densesearch.core.config import IndexKind
+    from densesearch.core.errors import ArtifactCorrupt
+    from densesearch.core.manifest import IndexInfo, Manifest, RerankerInfo, parse_info
+
+    index = parse_info(Manifest(kind="index", settings={}, extra={
+        "kind": "hnsw-sq8", "encoder": {"backend": "onnx-int8"}, "search_param": {"efSearch": 96},
+        "ranker": {"kept": True}, "unknown": 1}))
+    assert isinstance(index, IndexInfo) and index.kind is IndexKind.HNSW_SQ8 and index.param == 96
+    assert index.has_ranker and index.recommended_mode == "dense"  # absent fields take their defaults
+    reranker = parse_info(Manifest(kind="reranker", settings={}, extra={"depth": 30, "weight": 1}))
+    assert reranker == RerankerInfo(depth=30, weight=1)  # an int is a fine float
+    bad = [("index", {"kind": "hnsw", "encoder": "x"}, "'encoder'"),
+           ("index", {"kind": "annoy", "encoder": {}}, "'kind'"),
+           ("index", {"encoder": {}}, "lacks its 'kind'"),
+           ("reranker", {"depth": "30", "weight": 1.0}, "'depth'"),
+           ("reranker", {"depth": True, "weight": 1.0}, "'depth'"),
+           ("onnx", {"int8_file": 3}, "'int8_file'"),
+           ("data", {"min_relevance": 1.5}, "'min_relevance'")]
+    for kind, extra, field in bad:
+        with pytest.raises(ArtifactCorrupt, match=field) as caught:
+            parse_info(Manifest(kind=kind, settings={}, extra=extra))
+        assert "densesearch" in str(caught.value) and "\n" not in str(caught.value)

@@ -13,16 +13,16 @@ import pytest
 from conftest import PIPELINE_TRAIN
 from typer.testing import CliRunner
 
-from densesearch.cli import app
-from densesearch.config import BenchConfig, QuantizeConfig, QueryConfig
-from densesearch.encoders import load_onnx_encoder, load_torch_encoder
-from densesearch.errors import ArtifactMismatch
-from densesearch.evaluation import exact_topk
-from densesearch.manifest import read_manifest
-from densesearch.metrics import ann_recall
-from densesearch.paths import Workspace
-from densesearch.prepare import load_catalog, load_pairs
-from densesearch.search import Searcher
+from densesearch.cli.app import app
+from densesearch.core.config import BenchConfig, QuantizeConfig, QueryConfig
+from densesearch.core.errors import ArtifactMismatch
+from densesearch.core.manifest import read_manifest
+from densesearch.core.paths import Workspace
+from densesearch.data.readers import load_catalog, load_pairs
+from densesearch.eval.evaluation import exact_topk
+from densesearch.eval.metrics import ann_recall
+from densesearch.retrieval.encoders import load_onnx_encoder, load_torch_encoder
+from densesearch.retrieval.searcher import Searcher
 
 runner = CliRunner()
 
@@ -76,8 +76,8 @@ def test_onnx_fp32_matches_torch_and_int8_parity_is_computed(built):
 
 
 def test_parity_gate_refuses_to_publish(built):
-    from densesearch.errors import DensesearchError
-    from densesearch.export import run_quantize
+    from densesearch.build.export import run_quantize
+    from densesearch.core.errors import DensesearchError
 
     ws = built["ws"]
     before = read_manifest(ws.artifact("onnx"), "onnx").fingerprint
@@ -87,7 +87,7 @@ def test_parity_gate_refuses_to_publish(built):
 
 
 def test_interrupted_training_keeps_the_previous_model(built):
-    from densesearch.train import run_finetune
+    from densesearch.build.train import run_finetune
 
     ws = built["ws"]
     before = read_manifest(ws.artifact("model"), "model").fingerprint
@@ -106,9 +106,9 @@ def test_onnx_query_path_imports_neither_torch_nor_sentence_transformers_nor_bm2
     code = textwrap.dedent(f"""
         import sys
         from pathlib import Path
-        from densesearch.paths import Workspace
-        from densesearch.search import Searcher
-        from densesearch.config import QueryConfig
+        from densesearch.core.paths import Workspace
+        from densesearch.retrieval.searcher import Searcher
+        from densesearch.core.config import QueryConfig
         answer = Searcher(Workspace(Path({str(built['ws'].home)!r}))).ask("summer dress", QueryConfig(mode="hybrid"))
         assert answer.hits, "no hits"
         heavy = ("torch", "sentence_transformers", "transformers", "bm25s", "scipy", "numba")
@@ -141,14 +141,14 @@ def test_a_searcher_leaves_the_process_openmp_setting_as_it_found_it(built):
         searcher = Searcher(built["ws"])
         for mode in ("dense", "hybrid"):
             searcher.ask("leather wallet", QueryConfig(k=5, mode=mode))
-        searcher.dense_many(searcher.encoder.encode_queries(["hat", "scarf"]), 5)
+        searcher.first_stage.dense.ids(searcher.encoder.encode_queries(["hat", "scarf"]), 5)
         assert faiss.omp_get_max_threads() == 3
     finally:
         faiss.omp_set_num_threads(before)
 
 
 def test_bm25s_and_rank_bm25_return_the_same_top10(built):
-    from densesearch.sparse import Bm25Index
+    from densesearch.retrieval.sparse import Bm25Index
 
     catalog = load_catalog(built["ws"])
     queries = [p.query for p in load_pairs(built["ws"], "train")][:40]
@@ -179,7 +179,7 @@ def test_k_larger_than_catalog_is_clamped(built):
     (["query", "hat", "--mode", "fuzzy"], "'--mode'", 2),
 ])
 def test_bad_queries_give_one_line_errors(built, capsys, args, message, code):
-    from densesearch.cli import run_cli
+    from densesearch.cli.app import run_cli
 
     assert run_cli([*args, "--home", str(built["ws"].home)]) == code
     err = capsys.readouterr().err
@@ -221,8 +221,8 @@ def test_interactive_session_through_stdin(built):
 
 
 def test_bench_report_compare_and_trec(built, tmp_path):
-    from densesearch.bench import compare_reports, load_report, run_bench, save_report
-    from densesearch.render import bench_markdown, to_jsonable
+    from densesearch.bench.bench import compare_reports, load_report, run_bench, save_report
+    from densesearch.cli.render import bench_markdown, to_jsonable
 
     ws = built["ws"]
     cfg = BenchConfig(split="test", batch_sizes=(1, 4), latency_runs=5, warmup_runs=1, bootstrap=100,
@@ -247,7 +247,9 @@ def test_bench_report_compare_and_trec(built, tmp_path):
     trec = tmp_path / "trec"
     assert {p.name for p in trec.iterdir()} == {"qrels.txt", "bm25.trec", "bm25-ngrams.trec", "base.trec",
                                                "finetuned-fp32.trec", "finetuned-int8.trec",
-                                               "finetuned-int8-exact.trec", "hybrid.trec"}
+                                               "finetuned-int8-exact.trec", "hybrid.trec", "relevance.json"}
+    relevance = json.loads((trec / "relevance.json").read_text())
+    assert relevance["min_relevance"] == 1 and "-l 1" in relevance["trec_eval"]  # trec_eval's relevance level
     line = (trec / "hybrid.trec").read_text().splitlines()[0].split()
     assert line[1] == "Q0" and line[3] == "1" and line[5] == "hybrid"
     ranx = pytest.importorskip("ranx")
@@ -283,9 +285,9 @@ def test_add_items_then_query_finds_them(built, tmp_path):
 
 def assert_catalog_vectors_are_cached(ws):
     """bench encoded the catalog once per torch encoder; the next read is the cached file, a damaged one is redone."""
-    from densesearch.bench import cached_catalog_vectors
-    from densesearch.encoders import choose_encoder
-    from densesearch.search import Searcher
+    from densesearch.bench.bench import cached_catalog_vectors
+    from densesearch.retrieval.encoders import choose_encoder
+    from densesearch.retrieval.searcher import Searcher
 
     cached = sorted(ws.vector_cache.glob("*.npy"))
     assert len(cached) == 2  # base and fine-tuned FP32 (the served encoder reuses the index's vectors)
@@ -306,7 +308,7 @@ def assert_catalog_vectors_are_cached(ws):
 def test_index_on_cuda_without_a_gpu_is_one_clear_line(built, capsys):
     import torch
 
-    from densesearch.cli import run_cli
+    from densesearch.cli.app import run_cli
 
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
@@ -317,8 +319,8 @@ def test_index_on_cuda_without_a_gpu_is_one_clear_line(built, capsys):
 
 
 def test_index_records_its_hnsw_build_parameters(built):
-    from densesearch.config import IndexConfig
-    from densesearch.index import ef_construction
+    from densesearch.build.indexer import ef_construction
+    from densesearch.core.config import IndexConfig
 
     assert built["index"].manifest.extra["hnsw"] == {"M": 32, "efConstruction": 200}
     assert ef_construction(IndexConfig(), 54_667) == 200 and ef_construction(IndexConfig(), 826_402) == 48

@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 from test_beir import make_beir
 
-from densesearch.config import PrepareConfig
-from densesearch.metrics import graded_ndcg_at, write_trec_qrels, write_trec_run
-from densesearch.paths import Workspace
-from densesearch.prepare import load_judgments, run_prepare
+from densesearch.core.config import PrepareConfig
+from densesearch.core.paths import Workspace
+from densesearch.data.prepare import run_prepare
+from densesearch.data.readers import load_judgments
+from densesearch.eval.metrics import graded_ndcg_at, write_trec_qrels, write_trec_run
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "pool_bias.py"
 

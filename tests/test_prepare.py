@@ -5,11 +5,12 @@ import pytest
 from conftest import TEST_REVIEWS, read_jsonl
 from typer.testing import CliRunner
 
-from densesearch import prepare as prepare_module
-from densesearch.cli import app
-from densesearch.config import PrepareConfig
-from densesearch.itemtext import normalise
-from densesearch.prepare import load_catalog, load_pairs, run_prepare
+from densesearch.cli.app import app
+from densesearch.core.config import PrepareConfig
+from densesearch.data import prepare as prepare_module
+from densesearch.data.itemtext import normalise
+from densesearch.data.prepare import run_prepare
+from densesearch.data.readers import load_catalog, load_pairs
 
 runner = CliRunner()
 

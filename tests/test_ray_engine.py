@@ -13,13 +13,13 @@ pytestmark = pytest.mark.slow
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'densesearch[ray]')")
 
-from densesearch.artifacts import VECTORS_FILE, open_artifact  # noqa: E402
-from densesearch.config import IndexConfig  # noqa: E402
-from densesearch.distributed import RayPlan, encode_with_ray  # noqa: E402
-from densesearch.encoders import choose_encoder  # noqa: E402
-from densesearch.evaluation import exact_topk  # noqa: E402
-from densesearch.index import encode_to_memmap  # noqa: E402
-from densesearch.prepare import load_catalog, load_pairs  # noqa: E402
+from densesearch.build.distributed import RayPlan, encode_with_ray  # noqa: E402
+from densesearch.build.indexer import encode_to_memmap  # noqa: E402
+from densesearch.core.artifacts import VECTORS_FILE, open_artifact  # noqa: E402
+from densesearch.core.config import IndexConfig  # noqa: E402
+from densesearch.data.readers import load_catalog, load_pairs  # noqa: E402
+from densesearch.eval.evaluation import exact_topk  # noqa: E402
+from densesearch.retrieval.encoders import choose_encoder  # noqa: E402
 
 
 def test_ray_actors_encode_what_the_local_engine_encodes(built, tmp_path):
@@ -51,8 +51,8 @@ def test_ray_actors_encode_what_the_local_engine_encodes(built, tmp_path):
 def test_index_with_the_ray_engine_publishes_the_same_index(built, tmp_path):
     import shutil
 
-    from densesearch.index import run_index
-    from densesearch.paths import Workspace
+    from densesearch.build.indexer import run_index
+    from densesearch.core.paths import Workspace
 
     shutil.copytree(built["ws"].home, tmp_path / "home")  # a copy: the session's workspace stays as built
     ws = Workspace(tmp_path / "home", built["ws"].name)

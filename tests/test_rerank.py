@@ -3,30 +3,28 @@
 import numpy as np
 import pytest
 
-from densesearch.artifacts import open_artifact
-from densesearch.cli import run_cli
-from densesearch.config import BenchConfig, IndexConfig, PrepareConfig, QueryConfig, RerankConfig
-from densesearch.errors import MissingArtifact
-from densesearch.prepare import Judgments, run_prepare
-from densesearch.rerank import (
+from densesearch.build.reranker import (
     Batch,
-    Interpolation,
     QueryGroup,
     capped_groups,
     choose_interpolation,
     cross_encoder_loss,
     cross_parity,
     grouped_batches,
-    interpolate,
-    reranked,
     scales_for,
-    sigmoid,
     spearman,
     top10_overlap,
     training_groups,
     training_rows,
 )
-from densesearch.search import Fusion
+from densesearch.cli.app import run_cli
+from densesearch.core.artifacts import open_artifact
+from densesearch.core.config import BenchConfig, IndexConfig, PrepareConfig, QueryConfig, RerankConfig
+from densesearch.core.errors import MissingArtifact
+from densesearch.data.prepare import run_prepare
+from densesearch.data.readers import Judgments
+from densesearch.retrieval.crossencoder import Interpolation, interpolate, reranked, sigmoid
+from densesearch.retrieval.fusion import Fusion
 from tests.test_beir import make_beir
 
 
@@ -164,9 +162,9 @@ def test_parity_gate_fails_an_export_that_changes_the_served_top_10_or_loses_dev
 
 def test_onnx_export_of_a_cross_encoder_reproduces_torch(tmp_path):
     """The real MiniLM with a relevance head: optimum's FP32 export and an INT8 copy, scored with segment ids."""
-    from densesearch.encoders import FP32_FILE, resolve_base_model
-    from densesearch.export import U8U8, export_onnx, quantize_int8
-    from densesearch.rerank import OnnxCrossScorer, TorchCrossScorer, load_cross_encoder
+    from densesearch.build.export import U8U8, export_onnx, quantize_int8
+    from densesearch.retrieval.crossencoder import OnnxCrossScorer, TorchCrossScorer, load_cross_encoder
+    from densesearch.retrieval.encoders import FP32_FILE, resolve_base_model
 
     model = load_cross_encoder(resolve_base_model("sentence-transformers/all-MiniLM-L6-v2"), 64, "cpu")
     model.save(str(tmp_path))
@@ -186,10 +184,10 @@ def test_onnx_export_of_a_cross_encoder_reproduces_torch(tmp_path):
 @pytest.mark.slow
 def test_reranker_trains_is_served_and_benched_with_a_trec_file_ranx_agrees_with(tmp_path, workspace, capsys):
     ranx = pytest.importorskip("ranx")
-    from densesearch.bench import run_bench
-    from densesearch.index import run_index
-    from densesearch.rerank import run_train_reranker
-    from densesearch.search import Searcher
+    from densesearch.bench.bench import run_bench
+    from densesearch.build.indexer import run_index
+    from densesearch.build.reranker import run_train_reranker
+    from densesearch.retrieval.searcher import Searcher
 
     run_prepare(PrepareConfig(beir_path=make_beir(tmp_path / "b", splits=("train", "dev", "test")),
                               min_relevance=5), workspace)
@@ -213,6 +211,11 @@ def test_reranker_trains_is_served_and_benched_with_a_trec_file_ranx_agrees_with
     assert type(served_searcher.reranker.scorer).__name__ == "OnnxCrossScorer"
     assert answer.mode == "rerank" and len(answer.hits) == 3 and "cross-encoder" in answer.answered_by
     assert [h.score for h in answer.hits] == sorted((h.score for h in answer.hits), reverse=True)
+    # a server answering rerank queries loads the cross-encoder's scorer, never its trainer or exporter
+    from test_architecture import SERVE_QUERIES, forbidden_in, loaded_modules_after
+
+    code = SERVE_QUERIES.format(home=str(workspace.home), name=workspace.name, modes=["rerank", "hybrid"])
+    assert forbidden_in(loaded_modules_after(code, tmp_path)) == []
     trec = tmp_path / "trec"
     report = run_bench(BenchConfig(split="dev", latency_runs=2, warmup_runs=1, bootstrap=50, trec_path=trec),
                        workspace)
@@ -236,7 +239,7 @@ def test_a_reranker_loss_without_reranker_is_one_line_naming_the_fix(tmp_path, c
 def test_finetune_reranker_trains_the_grouped_loss_from_the_command_line(tmp_path, workspace, capsys):
     import json
 
-    from densesearch.index import run_index
+    from densesearch.build.indexer import run_index
 
     run_prepare(PrepareConfig(beir_path=make_beir(tmp_path / "b", splits=("train", "dev")), min_relevance=5),
                 workspace)

@@ -18,12 +18,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from densesearch.artifacts import artifact_health, open_artifact
-from densesearch.cli import run_cli
-from densesearch.config import QueryConfig
-from densesearch.errors import BadInput
-from densesearch.paths import Workspace
-from densesearch.search import Searcher
+from densesearch.cli.app import run_cli
+from densesearch.core.artifacts import artifact_health, open_artifact
+from densesearch.core.config import QueryConfig
+from densesearch.core.errors import BadInput
+from densesearch.core.paths import Workspace
+from densesearch.retrieval.searcher import Searcher
 
 
 def one_line_run(capsys, *argv) -> tuple[int, str]:
@@ -177,7 +177,7 @@ def _hold_lock(ws: Workspace, seconds: float) -> subprocess.Popen:
     code = textwrap.dedent(f"""
         import time
         from pathlib import Path
-        from densesearch.paths import Workspace
+        from densesearch.core.paths import Workspace
         with Workspace(Path({str(ws.home)!r}), {ws.name!r}).writing():
             print("locked", flush=True)
             time.sleep({seconds})
@@ -282,7 +282,7 @@ def test_unknown_words_give_no_bm25_hits_and_hybrid_equals_dense(searcher):
 
 
 def test_markup_in_queries_and_titles_is_shown_not_parsed(built, searcher, capsys):
-    from densesearch.render import Output, answer_table
+    from densesearch.cli.render import Output, answer_table
 
     code = run_cli(["query", "[/bold] dress [red]", "-k", "2", "--home", str(built["ws"].home)])
     out = capsys.readouterr().out

@@ -5,12 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from densesearch.config import IndexConfig, ScaleConfig
-from densesearch.errors import BadInput
-from densesearch.evaluation import exact_topk
-from densesearch.index import IVFPQ_MIN_VECTORS, new_faiss_index
-from densesearch.render import scale_markdown, scale_tables
-from densesearch.scale import (
+from densesearch.bench.scale import (
     VectorSynthesizer,
     exact_ground_truth,
     nearest_neighbour_cosine,
@@ -18,8 +13,13 @@ from densesearch.scale import (
     save_scale_report,
     synthetic_documents,
 )
-from densesearch.search import rerank_exact
-from densesearch.sparse import _best_matching
+from densesearch.build.indexer import IVFPQ_MIN_VECTORS, new_faiss_index
+from densesearch.cli.render import scale_markdown, scale_tables
+from densesearch.core.config import IndexConfig, ScaleConfig
+from densesearch.core.errors import BadInput
+from densesearch.eval.evaluation import exact_topk
+from densesearch.retrieval.dense import rerank_exact
+from densesearch.retrieval.sparse import _best_matching
 
 
 def real_vectors(built) -> np.ndarray:
@@ -37,7 +37,7 @@ def test_synthetic_vectors_are_unit_length_and_calibrated_to_real_neighbours(bui
 
 
 def test_chunked_ground_truth_equals_exact_search(monkeypatch):
-    import densesearch.scale as scale
+    import densesearch.bench.scale as scale
 
     monkeypatch.setattr(scale, "CHUNK", 128)  # several chunks over 1,000 vectors
     rng = np.random.default_rng(0)
@@ -100,7 +100,7 @@ def test_scale_run_measures_every_kind_and_bm25(built):
 
 
 def test_scale_needs_an_index(workspace):
-    from densesearch.errors import MissingArtifact
+    from densesearch.core.errors import MissingArtifact
 
     with pytest.raises(MissingArtifact, match="densesearch index"):
         run_scale(ScaleConfig(vectors=5000), workspace)

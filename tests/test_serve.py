@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from densesearch.artifacts import open_artifact
-from densesearch.config import IndexConfig, QueryConfig
-from densesearch.index import run_add
-from densesearch.paths import Workspace
-from densesearch.render import answer_table
-from densesearch.serve import MAX_K, SearchFastPath, SearchService, create_app, search_params
+from densesearch.build.indexer import run_add
+from densesearch.cli.render import answer_table
+from densesearch.core.artifacts import open_artifact
+from densesearch.core.config import IndexConfig, QueryConfig
+from densesearch.core.paths import Workspace
+from densesearch.serve.app import MAX_K, SearchFastPath, SearchService, create_app, search_params
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 
@@ -27,8 +27,8 @@ def client(built):
 
 
 def test_search_answers_with_the_query_json_schema(client, built):
-    from densesearch.render import to_jsonable
-    from densesearch.search import Searcher
+    from densesearch.cli.render import to_jsonable
+    from densesearch.retrieval.searcher import Searcher
 
     response = client.get("/search", params={"q": "comfy summer dress for beach", "k": 10, "mode": "dense"})
     assert response.status_code == 200
@@ -178,7 +178,7 @@ def test_new_index_is_served_without_restart_and_without_a_failed_request(built,
 def test_result_table_fits_80_columns_one_line_per_hit(built):
     from rich.console import Console
 
-    from densesearch.search import Searcher
+    from densesearch.retrieval.searcher import Searcher
 
     answer = Searcher(built["ws"]).ask("comfy summer dress for beach", QueryConfig(k=10, mode="dense"))
     console = Console(width=80, record=True, markup=False, force_terminal=False)
@@ -254,8 +254,8 @@ def test_server_loads_without_torch(built):
         import sys
         from pathlib import Path
         from fastapi.testclient import TestClient
-        from densesearch.paths import Workspace
-        from densesearch.serve import MAX_K, SearchFastPath, SearchService, create_app, search_params
+        from densesearch.core.paths import Workspace
+        from densesearch.serve.app import MAX_K, SearchFastPath, SearchService, create_app, search_params
         client = TestClient(create_app(SearchService(Workspace(Path({str(built['ws'].home)!r})))))
         assert client.get("/search", params={{"q": "summer dress", "mode": "hybrid"}}).json()["hits"]
         heavy = [m for m in ("torch", "sentence_transformers", "transformers", "bm25s", "scipy") if m in sys.modules]
@@ -286,7 +286,7 @@ def test_serve_with_two_worker_processes(built):
             except httpx.HTTPError:
                 time.sleep(0.2)
         assert len(processes) == 2 and server.pid not in processes
-        from densesearch.search import Searcher
+        from densesearch.retrieval.searcher import Searcher
 
         expected = Searcher(built["ws"]).ask("leather wallet", QueryConfig(k=5, mode="dense"))
         hits = httpx.get(f"{base}/search", params={"q": "leather wallet", "k": 5, "mode": "dense"}).json()["hits"]
@@ -311,7 +311,7 @@ def _alive(pid: int) -> bool:
 def test_serve_with_workers_and_no_index_says_which_command_to_run(tmp_path):
     from typer.testing import CliRunner
 
-    from densesearch.cli import app
+    from densesearch.cli.app import app
 
     result = CliRunner().invoke(app, ["serve", "--workers", "2", "--home", str(tmp_path)])
     assert result.exit_code != 0 and "densesearch index" in result.output

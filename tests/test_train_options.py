@@ -3,11 +3,11 @@
 import pytest
 from conftest import PIPELINE_TRAIN, prepared_workspace
 
-from densesearch.encoders import load_torch_encoder
-from densesearch.manifest import read_manifest
-from densesearch.paths import Workspace
-from densesearch.prepare import load_catalog, load_pairs
-from densesearch.train import mine_bm25_negatives, run_finetune
+from densesearch.build.train import mine_bm25_negatives, run_finetune
+from densesearch.core.manifest import read_manifest
+from densesearch.core.paths import Workspace
+from densesearch.data.readers import load_catalog, load_pairs
+from densesearch.retrieval.encoders import load_torch_encoder
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,299 @@
+"""Serving: load an index with its encoder (checking they match) and answer dense, BM25 or hybrid queries."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from densesearch.core.artifacts import BM25_DIR, ITEMS_FILE, NGRAM_DIR, VECTORS_FILE, Artifact, open_artifact
+from densesearch.core.config import Mode, QueryConfig, RankerConfig
+from densesearch.core.cpu import read_cpu
+from densesearch.core.errors import ArtifactCorrupt, ArtifactMismatch, BadInput
+from densesearch.core.manifest import IndexInfo, OnnxInfo
+from densesearch.core.paths import Workspace
+from densesearch.retrieval.dense import DenseIndex
+from densesearch.retrieval.encoders import EncoderSpec, choose_encoder
+from densesearch.retrieval.firststage import FirstStage, ranked_lists
+from densesearch.retrieval.fusion import Fusion, RankedList, Stage
+from densesearch.retrieval.ranker import RANKER_DIR, LearnedOrder, LearnedRanker, TitleTerms, title_texts
+from densesearch.retrieval.sparse import Bm25Index
+
+MODES = tuple(Mode)
+MAX_QUERY_CHARS = 10_000
+
+
+@dataclass
+class Hit:
+    rank: int
+    score: float
+    item_id: str
+    group_id: str
+    title: str
+    store: str
+    snippet: str
+    price: float | None = None
+    rating: float | None = None
+    image: str = ""
+
+
+@dataclass
+class Answer:
+    query: str
+    mode: str
+    k: int
+    hits: list[Hit]
+    encode_ms: float
+    search_ms: float
+    total_ms: float
+    answered_by: str
+    notes: list[str] = field(default_factory=list)
+
+    def as_json(self) -> dict:
+        """The `query --json` schema as plain JSON values, built directly (the server does this per request)."""
+        return {"query": self.query, "mode": self.mode, "k": self.k, "hits": [dict(vars(hit)) for hit in self.hits],
+                "encode_ms": self.encode_ms, "search_ms": self.search_ms, "total_ms": self.total_ms,
+                "answered_by": self.answered_by, "notes": list(self.notes)}
+
+
+def validate_query(text: str) -> str:
+    """Reject empty, over-long or non-UTF-8 queries with a one-line reason."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise BadInput("query is not valid UTF-8", hint="re-encode the query as UTF-8") from exc
+    if not text.strip():
+        raise BadInput("query is empty", hint="give some words to search for")
+    if len(text) > MAX_QUERY_CHARS:
+        raise BadInput(f"query is {len(text):,} characters long (max {MAX_QUERY_CHARS:,})", hint="shorten it")
+    return text.strip()
+
+
+def check_encoder_matches(spec: EncoderSpec, workspace: Workspace, override: str | None) -> None:
+    """Fail when the encoder asked for (``--model``) is not the one the index was built with."""
+    if override is None:
+        return
+    wanted = choose_encoder(override, workspace)
+    if wanted.fingerprint != spec.fingerprint or wanted.backend != spec.backend:
+        raise ArtifactMismatch(
+            f"the index was built with {spec.label} ({spec.fingerprint[:12]}), "
+            f"not with {wanted.label} ({wanted.fingerprint[:12]})",
+            hint=f"run `densesearch index --model {override}` to rebuild it")
+
+
+def read_items(artifact: Artifact) -> list[dict]:
+    """The index's item table (display fields and text), checked row by row."""
+    items = list(artifact.iter_jsonl(ITEMS_FILE))
+    for lineno, row in enumerate(items, start=1):
+        if not isinstance(row.get("item_id"), str) or not isinstance(row.get("text"), str):
+            raise ArtifactCorrupt("index", f"{ITEMS_FILE}:{lineno}", "lacks item_id or text")
+    return items
+
+
+def cpu_note(spec: EncoderSpec, onnx: OnnxInfo) -> str | None:
+    """A note when an ONNX Runtime INT8 model quantized for one CPU is served on another (it still runs correctly;
+    OpenVINO picks its kernels for the CPU it runs on, so its models need no note)."""
+    built = onnx.cpu.get("isa")
+    here = read_cpu().isa
+    catalog_runtime = onnx.int8_runtime or "onnxruntime"
+    runtimes = {catalog_runtime, onnx.query_int8_runtime or catalog_runtime}
+    if spec.backend != "onnx-int8" or "onnxruntime" not in runtimes or not built or built == here:
+        return None
+    return (f"the INT8 encoder was quantized for {built} CPUs and this one is {here}: serving it anyway; "
+            "`densesearch quantize` makes one matched to this CPU")
+
+
+class Searcher:
+    """An index loaded for serving; the encoder, BM25, the ranker and the cross-encoder load lazily, on first use."""
+
+    def __init__(self, workspace: Workspace, threads: int = 1, model: str | None = None) -> None:
+        self.artifact = open_artifact(workspace, "index")
+        self.manifest = self.artifact.manifest
+        self.info: IndexInfo = self.artifact.info
+        try:
+            self.spec = EncoderSpec(**self.info.encoder)
+        except TypeError as exc:
+            raise ArtifactCorrupt("index", "manifest.json", "records an unreadable encoder") from exc
+        self.kind = self.info.kind
+        check_encoder_matches(self.spec, workspace, model)
+        self.workspace = workspace
+        self.directory = self.artifact.path
+        self.threads = threads
+        self.items = read_items(self.artifact)
+        self.fusion = Fusion.from_record(self.info.fusion)  # read once: every hybrid query uses it
+        self.notes: list[str] = []
+        if self.spec.artifact == "onnx":
+            note = cpu_note(self.spec, open_artifact(workspace, "onnx").info)
+            if note:
+                self.notes.append(note)
+        self._encoder = None
+        self._stage: FirstStage | None = None
+        self._reranker = None
+
+    @property
+    def encoder(self):
+        if self._encoder is None:
+            self._encoder = self.spec.load(self.workspace, self.threads)
+        return self._encoder
+
+    @property
+    def first_stage(self) -> FirstStage:
+        """The dense index, both BM25 indexes and the learned ranker, as every mode and `bench` search them."""
+        if self._stage is None:
+            self._stage = self._load_first_stage()
+        return self._stage
+
+    def _load_first_stage(self) -> FirstStage:
+        index = self.artifact.load_faiss()
+        if index.ntotal != len(self.items):
+            raise ArtifactCorrupt("index", ITEMS_FILE, f"has {len(self.items):,} rows for {index.ntotal:,} vectors")
+        vectors = self.artifact.load_npy(VECTORS_FILE)
+        dense = DenseIndex(index, self.kind, vectors, self.info.param, self.threads)
+        grams = Bm25Index.load(self.artifact, NGRAM_DIR) if self.has_ngrams else None
+        return FirstStage(dense, Bm25Index.load(self.artifact, BM25_DIR), grams,
+                          self._load_ranker(vectors) if self.has_ranker else None)
+
+    def _load_ranker(self, vectors: np.ndarray) -> LearnedOrder:
+        settings, defaults = self.info.ranker.get("settings") or {}, RankerConfig()
+        ranker = LearnedRanker.load(self.directory / RANKER_DIR, int(settings.get("folds", defaults.folds)),
+                                    int(settings.get("depth", defaults.depth)))
+        return LearnedOrder(ranker, TitleTerms(title_texts(self.items)), vectors)
+
+    @property
+    def has_ngrams(self) -> bool:
+        """Indexes built before the 3-gram index existed lack it."""
+        return (self.directory / NGRAM_DIR / "bm25.json").is_file()
+
+    @property
+    def reranker(self):
+        """The published cross-encoder (`finetune --reranker`), loaded on first use."""
+        if self._reranker is None:
+            from densesearch.retrieval.crossencoder import CrossScorer
+
+            self._reranker = CrossScorer(self.workspace, self.threads)
+        return self._reranker
+
+    @property
+    def has_ranker(self) -> bool:
+        """Whether `index` trained a learned ranker and kept it (dev said it beats the fusion alone)."""
+        return self.info.has_ranker
+
+    def uses_ranker(self, cfg: QueryConfig) -> bool:
+        """Hybrid re-ordered by the learned ranker: when the index has one, unless the query turns it off or
+        asks for RRF with its own constant (the ranker learned the index's fusion)."""
+        return self.has_ranker and cfg.ranker and cfg.rrf_k is None
+
+    @property
+    def default_mode(self) -> Mode:
+        mode = self.info.recommended_mode
+        return Mode(mode) if mode in MODES else Mode.DENSE
+
+    def stages(self, texts: Sequence[str], vectors: np.ndarray, depth: int, cfg: QueryConfig,
+               grams: bool = False) -> list[Stage]:
+        """The first stage of a batch of queries exactly as `query` serves them (fusion and ranker per ``cfg``)."""
+        return self.first_stage.run(texts, vectors, depth, self._fusion_for(cfg), self.uses_ranker(cfg),
+                                    cfg.ef_search, grams)
+
+    def ask(self, text: str, cfg: QueryConfig) -> Answer:
+        """Answer one query: validate, encode, search, fuse, collapse variants, time each step."""
+        text = validate_query(text)
+        mode, k, notes = self._checked(cfg)
+        depth = min(len(self.items), max(cfg.candidates, k) * (3 if cfg.collapse_variants else 1))
+        self.load_for(mode)
+        started = time.perf_counter()
+        vector = self.encoder.encode_queries([text]) if mode != Mode.BM25 else None
+        encoded = time.perf_counter()
+        ids, scores = self._search(mode, text, vector, cfg, depth if cfg.collapse_variants else k, depth)
+        if cfg.collapse_variants:
+            ids, scores = self._collapse(ids, scores)
+        searched = time.perf_counter()
+        hits = [self._hit(rank, i, s) for rank, (i, s) in enumerate(zip(ids[:k], scores[:k], strict=True), 1)]
+        return Answer(query=text, mode=mode, k=k, hits=hits, encode_ms=(encoded - started) * 1000,
+                      search_ms=(searched - encoded) * 1000, total_ms=(searched - started) * 1000,
+                      answered_by=self._answered_by(mode, cfg), notes=notes)
+
+    def _checked(self, cfg: QueryConfig) -> tuple[Mode, int, list[str]]:
+        """The query's mode and k (capped at the catalog's size, with a note), or a one-line error."""
+        if cfg.k <= 0:
+            raise BadInput(f"k must be positive, got {cfg.k}", hint="use -k 10")
+        mode = cfg.mode or self.default_mode
+        if mode not in MODES:
+            raise BadInput(f"unknown mode {mode!r}", hint="use dense, bm25, hybrid or rerank")
+        if cfg.k > len(self.items):
+            return Mode(mode), len(self.items), [f"k={cfg.k} is larger than the catalog; showing all "
+                                                 f"{len(self.items)} items"]
+        return Mode(mode), cfg.k, []
+
+    def _search(self, mode: Mode, text: str, vector: np.ndarray | None, cfg: QueryConfig, k: int,
+                depth: int) -> RankedList:
+        """One query's ranked list in ``mode``: ``k`` items for a single list, ``depth`` fused candidates."""
+        stage = self.first_stage
+        if mode == Mode.DENSE:
+            return stage.dense.search(vector, k, cfg.ef_search)[0]
+        if mode == Mode.BM25:
+            return ranked_lists(stage.words, [text], k)[0]
+        if mode == Mode.HYBRID:
+            return self.stages([text], vector, depth, cfg)[0].ordered
+        ordered = self.stages([text], vector, max(depth, self._interpolation(cfg).depth), cfg)[0].ordered
+        return self.rerank(text, ordered.ids, ordered.scores, cfg)
+
+    def _interpolation(self, cfg: QueryConfig):
+        """The reranker's choice on dev, at the query's ``--rerank`` depth; an ``--rrf-k`` first stage scores by
+        rank, so it meets the cross-encoder min-max scaled."""
+        chosen = self.reranker.interpolation
+        if cfg.rerank:
+            chosen = replace(chosen, depth=cfg.rerank)
+        return replace(chosen, scale="min-max") if cfg.rrf_k is not None else chosen
+
+    def rerank(self, text: str, ids: list[int], scores: list[float], cfg: QueryConfig) -> RankedList:
+        """The hybrid list with its top N re-scored by first stage + weight x cross-encoder."""
+        from densesearch.retrieval.crossencoder import reranked
+
+        interpolation = self._interpolation(cfg)
+        cross = self.reranker.score(text, [self.items[i]["text"] for i in ids[: interpolation.depth]])
+        return RankedList(*reranked(ids, scores, cross, interpolation))
+
+    def _answered_by(self, mode: str, cfg: QueryConfig) -> str:
+        dense = f"{self.spec.label} + {self.kind}"
+        if mode == Mode.BM25:
+            return "BM25"
+        if mode == Mode.DENSE:
+            return dense
+        hybrid = f"{dense} and BM25, {self._fusion_for(cfg).label}"
+        if self.uses_ranker(cfg):
+            hybrid += ", re-ordered by the learned ranker"
+        return f"{hybrid}, re-scored by a {self._interpolation(cfg).label}" if mode == Mode.RERANK else hybrid
+
+    def _fusion_for(self, cfg: QueryConfig) -> Fusion:
+        """The index's fusion, or RRF with the query's own ``--rrf-k``."""
+        return self.fusion if cfg.rrf_k is None else Fusion("rrf", rrf_k=cfg.rrf_k)
+
+    def load_for(self, mode: str) -> None:
+        """Load what ``mode`` needs before the clock starts, so timings show query work, not start-up."""
+        if mode != Mode.BM25:
+            _ = self.encoder
+        _ = self.first_stage
+        if mode == Mode.RERANK:
+            _ = self.reranker
+
+    def _collapse(self, ids: list[int], scores: list[float]) -> RankedList:
+        seen, out_ids, out_scores = set(), [], []
+        for i, s in zip(ids, scores, strict=True):
+            group = self.items[i]["group_id"]
+            if group not in seen:
+                seen.add(group)
+                out_ids.append(i)
+                out_scores.append(s)
+        return RankedList(out_ids, out_scores)
+
+    def _hit(self, rank: int, index: int, score: float) -> Hit:
+        row = self.items[index]
+        text = row["text"]
+        body = text[len(row["title"]):].strip() if text.startswith(row["title"]) else text
+        brand = f"Brand: {row.get('store')}." if row.get("store") else ""
+        body = body[len(brand):].strip() if brand and body.startswith(brand) else body  # the store has a column
+        return Hit(rank=rank, score=float(score), item_id=row["item_id"], group_id=row["group_id"],
+                   title=row["title"], store=row.get("store") or "", snippet=body[:160],
+                   price=row.get("price"), rating=row.get("rating"), image=row.get("image") or "")

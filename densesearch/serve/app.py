@@ -1,0 +1,343 @@
+"""`serve`: the searcher behind HTTP (FastAPI) with a search page, health, metrics and hot reload.
+
+One process loads the served index once (the ONNX encoder path: no torch) and answers every request
+from it. It follows the workspace's ``CURRENT`` pointer: when `densesearch index` publishes a new
+version, the next request after the check interval starts loading it in a background thread, and it
+is swapped in atomically once loaded; requests in flight finish on the version they started with, and a version
+that fails to load is reported by ``/health`` while the old one keeps serving.
+
+With ``workers`` > 1, that many processes share the port (uvicorn's supervisor) and each answers its
+requests inline, on its own core: no thread hand-off and no GIL shared between searches; keep-alive
+connections are moved between them until each holds its share (``densesearch.loadshare``). Well-formed
+``GET /search`` requests skip FastAPI's per-request machinery (``SearchFastPath``). Measured throughput
+and tail latency: docs/results.md, "Serving over HTTP".
+"""
+
+import asyncio
+import gc
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import parse_qs
+
+from densesearch.core.config import QueryConfig
+from densesearch.core.cpu import usable_cores
+from densesearch.core.errors import DensesearchError
+from densesearch.core.paths import Workspace
+from densesearch.retrieval.searcher import MAX_QUERY_CHARS, MODES, Searcher
+from densesearch.serve.loadshare import ConnectionBalancer, LoadShare
+
+MAX_K = 1000
+MAX_BATCH = 64
+RELOAD_CHECK_SECONDS = 1.0
+LATENCY_BUCKETS_MS = (1, 2, 3, 5, 7.5, 10, 15, 25, 50, 100, 250, 1000)
+PAGE_RESOURCE = "serve/web/index.html"
+GIL_SWITCH_SECONDS = 0.0005
+WORKER_SETTINGS_ENV = "DENSESEARCH_SERVE_WORKER"  # how `serve --workers N` hands its settings to each process
+
+
+@dataclass
+class LoadedIndex:
+    """One loaded index version and its item lookup."""
+
+    version: Path
+    searcher: Searcher
+    by_id: dict[str, dict]
+
+
+@dataclass
+class Metrics:
+    """Request counters and latency histograms per mode, in Prometheus text format."""
+
+    requests: dict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))
+    buckets: dict[str, list[int]] = field(default_factory=dict)
+    sums: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    reloads: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def observe(self, mode: str, status: str, ms: float) -> None:
+        with self.lock:
+            self.requests[(mode, status)] += 1
+            counts = self.buckets.setdefault(mode, [0] * (len(LATENCY_BUCKETS_MS) + 1))
+            counts[next((n for n, edge in enumerate(LATENCY_BUCKETS_MS) if ms <= edge), len(LATENCY_BUCKETS_MS))] += 1
+            self.sums[mode] += ms / 1000
+
+    def text(self, items: int) -> str:
+        with self.lock:
+            lines = ["# HELP densesearch_requests_total Search requests by mode and outcome.",
+                     "# TYPE densesearch_requests_total counter"]
+            lines += [f'densesearch_requests_total{{mode="{m}",status="{s}"}} {n}'
+                      for (m, s), n in sorted(self.requests.items())]
+            lines += ["# HELP densesearch_request_seconds Search latency inside the server.",
+                      "# TYPE densesearch_request_seconds histogram"]
+            for mode, counts in sorted(self.buckets.items()):
+                running = 0
+                for edge, count in zip((*LATENCY_BUCKETS_MS, float("inf")), counts, strict=True):
+                    running += count
+                    le = "+Inf" if edge == float("inf") else f"{edge / 1000:g}"
+                    lines.append(f'densesearch_request_seconds_bucket{{mode="{mode}",le="{le}"}} {running}')
+                lines.append(f'densesearch_request_seconds_sum{{mode="{mode}"}} {self.sums[mode]:.6f}')
+                lines.append(f'densesearch_request_seconds_count{{mode="{mode}"}} {running}')
+            lines += ["# TYPE densesearch_index_reloads_total counter",
+                      f"densesearch_index_reloads_total {self.reloads}",
+                      "# TYPE densesearch_index_items gauge", f"densesearch_index_items {items}"]
+        return "\n".join(lines) + "\n"
+
+
+class SearchService:
+    """The served index, following the workspace's published version."""
+
+    def __init__(self, workspace: Workspace, threads: int = 1, check_seconds: float = RELOAD_CHECK_SECONDS,
+                 workers: int = 0) -> None:
+        self.workspace = workspace
+        self.threads = threads
+        self.workers = workers or usable_cores()
+        self.check_seconds = check_seconds
+        self.metrics = Metrics()
+        self.reload_error: str | None = None
+        self._swap = threading.Lock()
+        self._checked = time.monotonic()
+        self.current = self._load()
+
+    def _load(self) -> LoadedIndex:
+        version = self.workspace.artifact("index")
+        searcher = Searcher(self.workspace, threads=self.threads)
+        searcher.load_for("hybrid")  # encoder and BM25 now, not on a user's first request
+        return LoadedIndex(version=version, searcher=searcher, by_id={row["item_id"]: row for row in searcher.items})
+
+    def index(self) -> LoadedIndex:
+        """The version to answer with; now and then starts loading a newer published one in the background."""
+        now = time.monotonic()
+        if now - self._checked >= self.check_seconds and self._swap.acquire(blocking=False):
+            self._checked = now
+            if self.workspace.artifact("index") != self.current.version:
+                threading.Thread(target=self._reload, name="densesearch-reload", daemon=True).start()
+            else:
+                self._swap.release()
+        return self.current
+
+    def _reload(self) -> None:
+        """Load the newly published version off the request path, then swap it in (one reference assignment)."""
+        try:
+            self.current = self._load()
+            self.metrics.reloads += 1
+            self.reload_error = None
+        except DensesearchError as exc:  # keep serving the old version; /health says why
+            self.reload_error = str(exc)
+        finally:
+            self._swap.release()
+
+    def search(self, text: str, k: int, mode: str | None) -> dict[str, Any]:
+        loaded = self.index()
+        started = time.perf_counter()
+        try:
+            answer = loaded.searcher.ask(text, QueryConfig(k=k, mode=mode, threads=self.threads))
+        except DensesearchError:
+            self.metrics.observe(mode or "default", "error", (time.perf_counter() - started) * 1000)
+            raise
+        self.metrics.observe(answer.mode, "ok", (time.perf_counter() - started) * 1000)
+        return answer.as_json()
+
+    def health(self) -> dict[str, Any]:
+        searcher = self.current.searcher
+        return {"status": "degraded" if self.reload_error else "ok", "reload_error": self.reload_error,
+                "process": os.getpid(),
+                "index_version": self.current.version.name, "index": searcher.manifest.fingerprint,
+                "data": searcher.manifest.upstream.get("data"), "encoder": searcher.spec.fingerprint,
+                "encoder_label": searcher.spec.label, "items": len(searcher.items),
+                "default_mode": searcher.default_mode, "notes": searcher.notes}
+
+
+class SearchFastPath:
+    """ASGI middleware that answers well-formed ``GET /search`` requests without FastAPI's per-request machinery.
+
+    The route is the hot path of a search box. FastAPI's parameter validation, dependency resolution and
+    anyio's thread hand-off cost about as much event-loop time as the search itself (an A/B on 2 cores:
+    +11% QPS and about 2 ms off p99 with this path; docs/results.md). Anything it does not recognise as
+    valid (a missing or over-long ``q``, a ``k`` out of range, an unknown mode) goes on to the FastAPI route,
+    so errors, validation messages and the OpenAPI schema stay FastAPI's.
+    """
+
+    def __init__(self, app, service: "SearchService", executor: ThreadPoolExecutor | None) -> None:
+        self.app = app
+        self.service = service
+        self.executor = executor  # None: answer inline, on the event loop's thread
+
+    async def __call__(self, scope, receive, send) -> None:
+        params = search_params(scope) if scope["type"] == "http" else None
+        if params is None:
+            await self.app(scope, receive, send)
+            return
+        status, body = await run_on(self.executor, self.answer, *params)
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+    def answer(self, text: str, k: int, mode: str | None) -> tuple[int, bytes]:
+        """Status and JSON body, serialised off the event loop when a worker thread runs this."""
+        try:
+            return 200, json.dumps(self.service.search(text, k, mode), ensure_ascii=False).encode()
+        except DensesearchError as exc:
+            return 400, json.dumps({"error": str(exc)}, ensure_ascii=False).encode()
+
+
+async def run_on(executor: ThreadPoolExecutor | None, function, *args):
+    """``function(*args)`` on one of the executor's threads, or right here when there is no executor."""
+    if executor is None:
+        return function(*args)
+    return await asyncio.get_running_loop().run_in_executor(executor, function, *args)
+
+
+def search_params(scope) -> tuple[str, int, str | None] | None:
+    """``(q, k, mode)`` of a valid ``GET /search``, or None for anything the FastAPI route should handle."""
+    if scope["method"] != "GET" or scope["path"] != "/search":
+        return None
+    try:
+        query = parse_qs(scope["query_string"].decode("utf-8"), keep_blank_values=True, strict_parsing=False,
+                         errors="strict", max_num_fields=16)
+    except (UnicodeDecodeError, ValueError):
+        return None
+    texts, ks, modes = query.get("q", []), query.get("k", ["10"]), query.get("mode", [None])
+    if len(texts) != 1 or len(ks) != 1 or len(modes) != 1 or len(texts[0]) > MAX_QUERY_CHARS:
+        return None
+    k, mode = ks[0], modes[0]
+    if not (k.isascii() and k.isdigit() and 1 <= int(k) <= MAX_K) or mode not in (None, *MODES):
+        return None
+    return texts[0], int(k), mode
+
+
+def search_page() -> str:
+    return (resources.files("densesearch") / PAGE_RESOURCE).read_text(encoding="utf-8")
+
+
+def create_app(service: SearchService, inline: bool = False, share: LoadShare | None = None):
+    """The FastAPI application over one SearchService.
+
+    ``inline`` answers each search on the event loop's own thread: right for a process that owns one core
+    (``serve --workers N``), where handing work to a thread only adds cost. ``share`` moves keep-alive
+    connections away from a process that holds more than its share of them (``densesearch.loadshare``).
+    """
+    from fastapi import Body, FastAPI, Query, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+
+    # Searches run in worker threads, one per core: ONNX Runtime, FAISS and numpy release the GIL, so two
+    # requests encode in parallel while the event loop keeps parsing and answering.
+    executor = None if inline else ThreadPoolExecutor(service.workers, thread_name_prefix="densesearch-search")
+
+    @asynccontextmanager
+    async def lifespan(_app):
+        yield
+        if executor is not None:
+            executor.shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPI(title="densesearch", version=_version(), lifespan=lifespan,
+                  description="Dense, BM25 and hybrid search over one densesearch workspace.")
+
+    async def answer(q: str, k: int, mode: str | None) -> dict[str, Any]:
+        return await run_on(executor, service.search, q, k, mode)
+    Mode = Literal["dense", "bm25", "hybrid", "rerank"]
+
+    @app.exception_handler(DensesearchError)
+    async def refused(request: Request, exc: DensesearchError) -> JSONResponse:
+        return JSONResponse(status_code=400, content={"error": str(exc)})
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {"loc": ("request",), "msg": "invalid request"}
+        where = ".".join(str(part) for part in first.get("loc", ())[1:]) or "request"
+        return JSONResponse(status_code=422, content={"error": f"{where}: {first.get('msg', 'invalid')}"})
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page() -> str:
+        return search_page()
+
+    @app.get("/search", summary="Top-k items for one query (the `query --json` schema, with timings)")
+    async def search(q: Annotated[str, Query(max_length=MAX_QUERY_CHARS)],
+                     k: Annotated[int, Query(ge=1, le=MAX_K)] = 10, mode: Mode | None = None) -> Response:
+        # already plain JSON types: serialised directly, without FastAPI's per-field encoder
+        return Response(json.dumps(await answer(q, k, mode), ensure_ascii=False), media_type="application/json")
+
+    @app.post("/search", summary="Top-k items for a batch of queries")
+    async def search_batch(queries: Annotated[list[Annotated[str, Body(max_length=MAX_QUERY_CHARS)]],
+                                              Body(embed=True, min_length=1, max_length=MAX_BATCH)],
+                           k: Annotated[int, Body(ge=1, le=MAX_K)] = 10,
+                           mode: Annotated[Mode | None, Body()] = None) -> dict[str, Any]:
+        return {"answers": [await answer(q, k, mode) for q in queries]}
+
+    @app.get("/items/{item_id}", summary="One catalog item as indexed")
+    async def item(item_id: str) -> dict[str, Any]:
+        row = service.index().by_id.get(item_id)
+        if row is None:
+            return JSONResponse(status_code=404, content={"error": f"no item {item_id!r} in the index"})
+        return row
+
+    @app.get("/health", summary="Served artifacts and their fingerprints")
+    async def health() -> JSONResponse:
+        report = service.health()
+        return JSONResponse(status_code=200 if report["status"] == "ok" else 503, content=report)
+
+    @app.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics")
+    async def metrics() -> str:
+        return service.metrics.text(len(service.current.searcher.items))
+
+    app.add_middleware(SearchFastPath, service=service, executor=executor)
+    if share is not None:
+        app.add_middleware(ConnectionBalancer, share=share)  # added last: the outermost layer
+    return app
+
+
+def _version() -> str:
+    from densesearch import __version__
+
+    return __version__
+
+
+def loaded_service(workspace: Workspace, threads: int) -> SearchService:
+    """The service with its index loaded, in a process set up to serve it: the loaded objects kept out of the
+    garbage collector's scans (a full collection over a large catalog's rows is a latency spike on some unlucky
+    request), and a short GIL switch interval. Threads hand the GIL to each other between native calls (encoder,
+    FAISS); at CPython's default 5 ms a request that needs it for a few Python lines can wait that long."""
+    sys.setswitchinterval(GIL_SWITCH_SECONDS)
+    service = SearchService(workspace, threads=threads)
+    gc.collect()
+    gc.freeze()
+    return service
+
+
+def serve(workspace: Workspace, host: str, port: int, threads: int = 1, workers: int = 1) -> None:
+    """Load the index and serve until interrupted (``workers`` processes sharing the port)."""
+    import uvicorn
+
+    options = {"host": host, "port": port, "log_level": "warning", "access_log": False}  # uvloop, httptools if there
+    if workers == 1:
+        uvicorn.run(create_app(loaded_service(workspace, threads)), **options)
+        return
+    from densesearch.core.artifacts import open_artifact
+
+    open_artifact(workspace, "index")  # a missing or damaged index: one clear line here, not one per process
+    with tempfile.TemporaryDirectory(prefix="densesearch-serve-") as shares:
+        os.environ[WORKER_SETTINGS_ENV] = json.dumps({"home": str(workspace.home), "name": workspace.name,
+                                                      "threads": threads, "workers": workers, "shares": shares})
+        uvicorn.run("densesearch.serve:worker_app", factory=True, workers=workers, **options)
+
+
+def worker_app():
+    """One process of ``serve --workers N`` (uvicorn imports and calls this in each process it starts)."""
+    settings = json.loads(os.environ[WORKER_SETTINGS_ENV])
+    workspace = Workspace(Path(settings["home"]), settings["name"])
+    share = LoadShare(Path(settings["shares"]), settings["workers"])
+    return create_app(loaded_service(workspace, settings["threads"]), inline=True, share=share)
+
+
+__all__ = ["SearchService", "create_app", "serve", "worker_app"]

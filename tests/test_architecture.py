@@ -1,0 +1,92 @@
+"""The house's shape, checked mechanically: layers point down, no import circles, small functions."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "densesearch"
+MAX_COMPLEXITY = 15
+
+# What a serving process must never load: builders, the bench, data preparation, the CLI, training libraries.
+SERVING_FORBIDDEN = ("densesearch.build", "densesearch.bench", "densesearch.eval", "densesearch.data",
+                     "densesearch.cli", "optimum", "nncf", "datasets")
+
+
+def tool(name: str) -> str:
+    path = Path(sys.executable).with_name(name)
+    found = str(path) if path.exists() else shutil.which(name)
+    if not found:
+        pytest.skip(f"{name} is not installed (pip install -e '.[dev]')")
+    return found
+
+
+def test_import_contracts_hold():
+    """pyproject.toml's import-linter contracts: layers point down; serving imports no builder (lazy imports too)."""
+    done = subprocess.run([tool("lint-imports")], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+
+
+def test_no_import_circles_between_modules():
+    """No module reaches itself through imports, counting imports inside functions."""
+    grimp = pytest.importorskip("grimp")
+    graph = grimp.build_graph("densesearch", include_external_packages=False)
+    circles = []
+    for module in sorted(graph.modules):
+        for imported in graph.find_modules_directly_imported_by(module):
+            chain = graph.find_shortest_chain(importer=imported, imported=module)
+            if chain and module != imported:
+                circles.append(" -> ".join((module, *chain)))
+    assert not circles, "\n".join(circles)
+
+
+def test_no_function_is_more_complex_than_fifteen():
+    radon = pytest.importorskip("radon.complexity")
+    too_complex = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for block in radon.cc_visit(path.read_text(encoding="utf-8")):
+            if block.complexity > MAX_COMPLEXITY:
+                too_complex.append(f"{path.relative_to(ROOT)}:{block.lineno} {block.name} {block.complexity}")
+    assert not too_complex, "\n".join(too_complex)
+
+
+def test_no_function_takes_more_than_eight_parameters():
+    """ruff's PLR0913 at pyproject.toml's max-args (Typer commands, whose parameters are their options, exempt)."""
+    done = subprocess.run([tool("ruff"), "check", "--select", "PLR0913", "densesearch", "scripts"], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-3000:]
+
+
+def loaded_modules_after(code: str, cwd: Path) -> set[str]:
+    done = subprocess.run([sys.executable, "-c", code + "\nimport sys\nprint('\\n'.join(sorted(sys.modules)))"],
+                          cwd=cwd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return set(done.stdout.split())
+
+
+def forbidden_in(modules: set[str]) -> list[str]:
+    return sorted(m for m in modules if any(m == f or m.startswith(f + ".") for f in SERVING_FORBIDDEN))
+
+
+SERVE_QUERIES = """
+from fastapi.testclient import TestClient
+from pathlib import Path
+from densesearch.core.paths import Workspace
+from densesearch.serve.app import create_app, loaded_service
+service = loaded_service(Workspace(Path({home!r}), {name!r}), 1)
+client = TestClient(create_app(service))
+for mode in {modes!r}:
+    response = client.get("/search", params={{"q": "warm winter hat", "k": 3, "mode": mode}})
+    assert response.status_code == 200, response.text
+    assert response.json()["hits"], mode
+"""
+
+
+def test_a_served_dense_bm25_and_hybrid_search_loads_no_builder(built):
+    """A server answering every first-stage mode (the learned ranker included when the index kept one) never
+    imports the builders, the bench, data preparation or training libraries."""
+    code = SERVE_QUERIES.format(home=str(built["ws"].home), name=built["ws"].name, modes=["dense", "bm25", "hybrid"])
+    assert forbidden_in(loaded_modules_after(code, ROOT)) == []

@@ -14,6 +14,19 @@ from typer.core import TyperCommand, TyperGroup
 
 from densesearch import __version__
 from densesearch.cli.render import Output
+from densesearch.core.config import (
+    Bm25Backend,
+    Device,
+    Engine,
+    HardNegatives,
+    IndexKind,
+    Isa,
+    Loss,
+    Mode,
+    RankerMode,
+    RerankLoss,
+    Runtime,
+)
 from densesearch.core.errors import BadInput, DensesearchError
 from densesearch.core.paths import DEFAULT_WORKSPACE, Workspace, resolve_home
 
@@ -199,12 +212,12 @@ def finetune(
         min=1e-9, max=1.0, callback=finite, help="Peak learning rate (default: 1e-4 judged data, 5e-5 pairs).")] = None,
     warmup_ratio: Annotated[float, typer.Option(min=0.0, max=1.0, callback=finite)] = 0.1,
     seed: Annotated[int, typer.Option(min=0)] = 13,
-    device: Annotated[Literal["auto", "cpu", "cuda"], typer.Option(help="auto | cpu | cuda")] = "auto",
-    loss: Annotated[Literal["mnrl", "cached-mnrl"], typer.Option(help="mnrl | cached-mnrl")] = "mnrl",
+    device: Annotated[Device, typer.Option(help="Where training runs.")] = Device.AUTO,
+    loss: Annotated[Loss, typer.Option(help="The training loss.")] = Loss.MNRL,
     mini_batch_size: Annotated[int, typer.Option(min=1, max=65536, help="GradCache mini-batch for cached-mnrl.")] = 16,
-    hard_negatives: Annotated[Literal["auto", "none", "judged", "bm25", "mixed"], typer.Option(
+    hard_negatives: Annotated[HardNegatives, typer.Option(
         help="One hard negative per pair: judged (low grades), bm25 (mined, guarded), mixed (both), none. "
-             "auto: bm25 for judged data (measured best on Home Depot dev), none for pairs.")] = "auto",
+             "auto: bm25 for judged data (measured best on Home Depot dev), none for pairs.")] = HardNegatives.AUTO,
     positive_grade: Annotated[int | None, typer.Option(
         min=0, help="Judged data: items graded at least this are positives (default: min relevance - 1).")] = None,
     low_grade: Annotated[int, typer.Option(
@@ -217,7 +230,7 @@ def finetune(
                                                       "it learns from the served first stage's hits; served "
                                                       "in INT8 ONNX when it passes the parity gate; then "
                                                       "`query --mode rerank`).")] = False,
-    reranker_loss: Annotated[Literal["pointwise", "grouped"] | None, typer.Option(
+    reranker_loss: Annotated[RerankLoss | None, typer.Option(
         help="With --reranker: pointwise (BCE per pair; the default) or grouped (per query, a softmax over its "
              "items plus the BCE; equal on Home Depot dev, 1.25x the training time).")] = None,
     home: HomeOpt = None, workspace: WorkspaceOpt = DEFAULT_WORKSPACE, json: JsonOpt = False,
@@ -279,14 +292,14 @@ def _report(out: Output, result: Any, tables: list, say) -> None:
 @handles_errors
 def quantize(
     model: Annotated[str, typer.Option(help="finetuned | base | PATH")] = "finetuned",
-    isa: Annotated[Literal["auto", "amx", "avx512_vnni", "avx_vnni", "avx512", "avx2", "x86", "arm64"], typer.Option(
-        help="CPU to quantize for (auto: this one).")] = "auto",
+    isa: Annotated[Isa, typer.Option(
+        help="CPU to quantize for (auto: this one).")] = Isa.AUTO,
     force: Annotated[bool, Flag("--force", help="Publish INT8 even if the parity gate fails.")] = False,
     fallback_fp32: Annotated[bool, Flag("--fallback-fp32",
                                                 help="When no INT8 recipe passes, serve FP32 ONNX.")] = False,
-    runtime: Annotated[Literal["auto", "onnxruntime", "openvino"], typer.Option(
+    runtime: Annotated[Runtime, typer.Option(
         help="INT8 runtime (auto: race ONNX Runtime and OpenVINO on this CPU, serve the faster that passes).")
-    ] = "auto",
+    ] = Runtime.AUTO,
     threads: Threads = 0,
     home: HomeOpt = None, workspace: WorkspaceOpt = DEFAULT_WORKSPACE, json: JsonOpt = False,
 ) -> None:
@@ -310,27 +323,27 @@ def quantize(
 @handles_errors
 def index(
     model: Annotated[str | None, typer.Option(help="int8 | onnx | finetuned | base | PATH (default: best)")] = None,
-    kind: Annotated[Literal["hnsw", "flat", "hnsw-sq8", "ivfpq", "ivf-hnsw"], typer.Option(
-        help="hnsw | flat | hnsw-sq8 | ivfpq | ivf-hnsw (IVF lists, HNSW over the centroids)")] = "hnsw",
+    kind: Annotated[IndexKind, typer.Option(
+        help="The FAISS structure (ivf-hnsw: IVF lists, HNSW over the centroids).")] = IndexKind.HNSW,
     m: Annotated[int, typer.Option("--m", min=2, max=256, help="HNSW neighbours per node.")] = 32,
     ef_construction: Annotated[int | None, typer.Option(
         min=8, max=4096, help="HNSW build beam width (default: 200; 48 above 200,000 items).")] = None,
-    bm25: Annotated[Literal["bm25s", "rank-bm25"], typer.Option(help="bm25s | rank-bm25")] = "bm25s",
+    bm25: Annotated[Bm25Backend, typer.Option(help="The BM25 implementation.")] = Bm25Backend.BM25S,
     add: Annotated[Path | None, typer.Option("--add", exists=True, dir_okay=False, readable=True,
                                              help="Append items (.jsonl metadata) to the index.")] = None,
-    device: Annotated[Literal["auto", "cpu", "cuda"], typer.Option(
-        help="Where a torch encoder (--model finetuned|base) encodes the catalog; FP16 on a GPU.")] = "auto",
-    engine: Annotated[Literal["local", "ray"], typer.Option(
-        help="local | ray: encode the catalog with Ray Data actors (pip install 'densesearch[ray]').")] = "local",
+    device: Annotated[Device, typer.Option(
+        help="Where a torch encoder (--model finetuned|base) encodes the catalog; FP16 on a GPU.")] = Device.AUTO,
+    engine: Annotated[Engine, typer.Option(
+        help="ray: encode the catalog with Ray Data actors (pip install 'densesearch\\[ray]').")] = Engine.LOCAL,
     address: Annotated[str | None, typer.Option(help="Ray cluster address (default: a local Ray).")] = None,
     workers: Annotated[int, typer.Option(min=1, max=4096, help="Ray encoder actors.")] = 2,
     batch_size: Annotated[int | None, typer.Option(
         min=1, max=4096, help="Catalog texts per encoder batch (default: 16 on a CPU, 256 on a GPU).")] = None,
     reencode: Annotated[bool, Flag("--reencode", help="Encode the catalog even when the published index's "
                                                       "vectors could be copied.")] = False,
-    ranker: Annotated[Literal["auto", "on", "off"], typer.Option(
+    ranker: Annotated[RankerMode, typer.Option(
         help="Learned ranker (LambdaMART) over hybrid's top 50, trained on the train judgments. auto: on graded "
-             "data, kept when dev nDCG@10 beats the fusion significantly; on: kept regardless.")] = "auto",
+             "data, kept when dev nDCG@10 beats the fusion significantly; on: kept regardless.")] = RankerMode.AUTO,
     threads: Threads = 0,
     home: HomeOpt = None, workspace: WorkspaceOpt = DEFAULT_WORKSPACE, json: JsonOpt = False,
 ) -> None:
@@ -363,7 +376,7 @@ def index(
 def query(
     text: Annotated[str | None, typer.Argument(help="The query; none opens a prompt (or reads piped stdin).")] = None,
     k: Annotated[int, typer.Option("-k", "--k", min=1, max=100_000, help="Items to return.")] = 10,
-    mode: Annotated[Literal["dense", "bm25", "hybrid", "rerank"] | None, typer.Option(
+    mode: Annotated[Mode | None, typer.Option(
         help="dense | bm25 | hybrid | rerank (hybrid re-scored by the cross-encoder; default: best on dev).")] = None,
     rerank: Annotated[int | None, typer.Option(
         min=1, max=1000, help="Re-score this many hybrid hits with the cross-encoder (implies --mode rerank; "

@@ -9,7 +9,7 @@ import math
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.progress import (
@@ -23,6 +23,18 @@ from rich.progress import (
 )
 from rich.table import Table
 from rich.text import Text
+
+if TYPE_CHECKING:  # the result types of each stage, for annotations only (rendering imports no stage)
+    from densesearch.bench.bench import BenchReport
+    from densesearch.bench.scale import DenseScaleResult, ScaleReport
+    from densesearch.build.export import QuantizeResult
+    from densesearch.build.indexer import IndexResult
+    from densesearch.build.ranker import RankerReport
+    from densesearch.build.reranker import RerankerResult
+    from densesearch.build.train import TrainResult
+    from densesearch.data.prepare import PrepareResult
+    from densesearch.data.sources import ReadStats
+    from densesearch.retrieval.searcher import Answer
 
 BEST = "bold green"
 
@@ -124,7 +136,7 @@ def rate(value: float, unit: str) -> str:
     return f"{value:,.0f} {unit}" if value >= 10 else f"{value:.2f} {unit}"
 
 
-def prepare_table(result: Any) -> Table:
+def prepare_table(result: PrepareResult) -> Table:
     """Summary of a `prepare` run."""
     rows: list[tuple[str, Any]] = [("source", result.manifest.extra["source"]),
                                    ("metadata lines read", result.meta_stats.lines),
@@ -142,7 +154,7 @@ def prepare_table(result: Any) -> Table:
     return kv_table("densesearch prepare", rows)
 
 
-def _bad(stats: Any) -> str:
+def _bad(stats: ReadStats) -> str:
     if not stats.bad:
         return "0"
     examples = ", ".join(f"line {line}: {reason}" for line, reason in stats.bad_examples[:3])
@@ -184,7 +196,7 @@ def metrics_table(title: str, rows: dict[str, dict[str, float]], columns: Sequen
     return table
 
 
-def finetune_tables(result: Any) -> list[Table]:
+def finetune_tables(result: TrainResult) -> list[Table]:
     summary = kv_table("densesearch finetune", [
         ("base model", result.base_model), ("training pairs used", result.pairs_used),
         ("steps", result.steps), ("device", result.device), ("max sequence length", result.max_seq_length),
@@ -202,7 +214,7 @@ def finetune_tables(result: Any) -> list[Table]:
     return [summary, dev]
 
 
-def reranker_table(result: Any) -> Table:
+def reranker_table(result: RerankerResult) -> Table:
     """`finetune --reranker`: what was trained, and dev nDCG@10 of the first stage against it re-scored."""
     chosen = result.interpolation
     return kv_table("densesearch finetune --reranker", [
@@ -228,7 +240,7 @@ def training_data_label(recipe: dict) -> str:
     return f"query/item pairs; negatives: {recipe.get('negatives', 'none')}"
 
 
-def int8_runtimes(result: Any) -> str:
+def int8_runtimes(result: QuantizeResult) -> str:
     if not result.runtime:
         return "-"
     text = f"{result.runtime} ({result.recipe})"
@@ -237,13 +249,13 @@ def int8_runtimes(result: Any) -> str:
     return text
 
 
-def served_for(runtime: str, result: Any) -> str:
+def served_for(runtime: str, result: QuantizeResult) -> str:
     uses = [use for use, chosen in (("catalog", result.runtime), ("queries", result.query_runtime or result.runtime))
             if chosen == runtime]
     return " + ".join(uses)
 
 
-def quantize_tables(result: Any) -> list[Table]:
+def quantize_tables(result: QuantizeResult) -> list[Table]:
     int8 = (f"{result.int8_bytes / 2**20:.1f} MiB ({result.size_ratio:.1%} of FP32)" if not result.fell_back_to_fp32
             else "none: no recipe passed, FP32 ONNX is served")
     gate = ("passed" if result.passed else "FAILED (published with --force)" if result.forced
@@ -283,7 +295,7 @@ def quantize_tables(result: Any) -> list[Table]:
     return tables
 
 
-def encode_speed(result: Any) -> str:
+def encode_speed(result: IndexResult) -> str:
     """Items/s, with real tokens/s and the share of the CPU's rough INT8 peak where known."""
     if not result.items_per_second:
         return "no encode: the published index's vectors were copied"
@@ -297,7 +309,7 @@ def encode_speed(result: Any) -> str:
     return text + ")"
 
 
-def ranker_summary(report: Any) -> str:
+def ranker_summary(report: RankerReport | None) -> str:
     """`index`'s learned ranker in one line: kept or not, why, and dev nDCG@10 against the fusion alone."""
     if report is None:
         return "-"
@@ -308,7 +320,7 @@ def ranker_summary(report: Any) -> str:
     return line
 
 
-def index_tables(result: Any) -> list[Table]:
+def index_tables(result: IndexResult) -> list[Table]:
     rows = [("encoder", f"{result.encoder.label} ({result.encoder.backend})"), ("index kind", result.kind),
             ("vectors", result.vectors), ("encode speed", encode_speed(result)),
             ("build time", seconds(result.build_seconds)),
@@ -333,7 +345,7 @@ def index_tables(result: Any) -> list[Table]:
     return tables
 
 
-def answer_table(answer: Any, wide: bool = False) -> Table:
+def answer_table(answer: Answer, wide: bool = False) -> Table:
     """One row per hit: rank, score, title cut to fit, store, price (80 columns); ``wide`` shows everything."""
     from rich import box
 
@@ -366,7 +378,7 @@ def answer_table(answer: Any, wide: bool = False) -> Table:
 QUALITY_COLUMNS = ("recall@1", "recall@5", "recall@10", "recall@50", "recall@100", "mrr@10", "ndcg@10")
 
 
-def _source_label(report: Any) -> str:
+def _source_label(report: BenchReport) -> str:
     return {"reviews": "review -> item queries", "judged": "judged queries (graded relevance)"}.get(
         report.query_source, "LISTING-PROXY queries (held-out listing sentences, not reviews)")
 
@@ -378,7 +390,7 @@ TERMINAL_NAMES = {"recall@10": "R@10", "recall@100": "R@100", "mrr@10": "MRR", "
                   "judged_ndcg@10": "J-nDCG", "judged@10": "J@10"}
 
 
-def _quality_columns(report: Any) -> tuple[str, ...]:
+def _quality_columns(report: BenchReport) -> tuple[str, ...]:
     """The terminal columns: judged-only nDCG and judged@10 too where judgments are graded."""
     from densesearch.eval.metrics import POOL_METRICS  # here, not at import: numpy stays off the CLI's start-up
 
@@ -393,7 +405,7 @@ def _system_label(system: str) -> str:
     return system.replace(" ONNX", "").replace(", character 3-grams", " 3-grams")
 
 
-def bench_quality_table(report: Any) -> Table:
+def bench_quality_table(report: BenchReport) -> Table:
     """The headline metrics, narrow enough for 80 columns (every metric is in report.md and --json).
 
     Graded reports show judged-only nDCG and judged@10 in the room of the R@10 interval (in report.md).
@@ -431,7 +443,7 @@ def _quality_caption(graded: bool) -> str:
               "`index` chose on dev (named in report.md); R@1/5/50 and variant-aware scores: report.md")
 
 
-def bench_latency_table(report: Any) -> Table:
+def bench_latency_table(report: BenchReport) -> Table:
     table = Table(title=f"latency (ms; {report.machine['threads']} threads; {report.machine['cpu']})",
                   title_justify="left")
     for column in ("stage", "backend", "batch", "p50", "p90", "p99", "mean", "QPS"):
@@ -454,7 +466,7 @@ def histogram_text(samples: Sequence[float], bins: int = 12, width: int = 40) ->
                      for n, c in enumerate(counts))
 
 
-def bench_histograms(report: Any) -> list[Any]:
+def bench_histograms(report: BenchReport) -> list[Any]:
     from rich.panel import Panel
 
     return [Panel(histogram_text(s.samples_ms), title=f"{s.stage} · {s.backend} · batch {s.batch_size}",
@@ -462,7 +474,7 @@ def bench_histograms(report: Any) -> list[Any]:
             for s in report.latency if s.batch_size == 1 and s.stage in ("encode", "end-to-end")]
 
 
-def bench_markdown(report: Any) -> str:
+def bench_markdown(report: BenchReport) -> str:
     from densesearch.eval.metrics import POOL_METRICS
 
     columns = [c for c in (*QUALITY_COLUMNS, *POOL_METRICS) if all(c in q.strict for q in report.quality)]
@@ -501,12 +513,12 @@ def _mib(n: int) -> str:
     return f"{n / 2**20:,.1f}"
 
 
-def _param(result: Any) -> str:
+def _param(result: DenseScaleResult) -> str:
     short = {"efSearch": "ef", "nprobe": "nprobe"}
     return ", ".join(f"{short.get(k, k)}={v}" for k, v in result.search_param.items()) or "exact"
 
 
-def scale_tables(report: Any) -> list[Table]:
+def scale_tables(report: ScaleReport) -> list[Table]:
     """Dense kinds at N vectors, their sweeps, and BM25 at N documents."""
     dense = Table(title=f"index kinds at {report.vectors:,} synthetic vectors (dim {report.dim}; recall@10 vs exact "
                         f"over {report.ground_truth_queries:,} real queries)", title_justify="left",
@@ -542,7 +554,7 @@ def scale_tables(report: Any) -> list[Table]:
     return tables
 
 
-def scale_markdown(report: Any) -> str:
+def scale_markdown(report: ScaleReport) -> str:
     lines = [f"# densesearch bench --scale {report.vectors} ({report.run_id})", "",
              f"{report.vectors:,} synthetic vectors of dim {report.dim}: {report.seed_items:,} real {report.encoder} "
              f"item embeddings plus covariance-shaped noise (median cosine to parent {report.parent_cosine:.3f}; "

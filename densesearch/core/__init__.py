@@ -1,1 +1,1 @@
-"""densesearch.core"""
+"""The ground layer: errors, settings and enums, paths, typed manifests, the artifact door, CPU facts."""

@@ -27,10 +27,10 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 from urllib.parse import parse_qs
 
-from densesearch.core.config import QueryConfig
+from densesearch.core.config import Mode, QueryConfig
 from densesearch.core.cpu import usable_cores
 from densesearch.core.errors import DensesearchError
 from densesearch.core.paths import Workspace
@@ -246,7 +246,6 @@ def create_app(service: SearchService, inline: bool = False, share: LoadShare | 
 
     async def answer(q: str, k: int, mode: str | None) -> dict[str, Any]:
         return await run_on(executor, service.search, q, k, mode)
-    Mode = Literal["dense", "bm25", "hybrid", "rerank"]
 
     @app.exception_handler(DensesearchError)
     async def refused(request: Request, exc: DensesearchError) -> JSONResponse:

@@ -226,23 +226,26 @@ INFO_TYPES: dict[str, type] = {"data": DataInfo, "model": ModelInfo, "onnx": Onn
                                "reranker": RerankerInfo}
 
 
+def _fits_one(value: Any, option: Any) -> bool:
+    """Whether a JSON value fits one type: int for float, a member's value for an enum, never bool for a number."""
+    base = typing.get_origin(option) or option
+    if option is type(None):
+        return value is None
+    if not isinstance(base, type):
+        return False
+    if issubclass(base, enum.Enum):
+        return value in {member.value for member in base}
+    if base in (int, float) and isinstance(value, bool):
+        return False
+    if base is float:
+        return isinstance(value, int | float)
+    return isinstance(value, base)
+
+
 def _fits(value: Any, hint: Any) -> bool:
-    """Whether a JSON value fits a field's type (int for float, None for optional, a member for an enum)."""
+    """Whether a JSON value fits a field's type (any member of a union)."""
     options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
-    for option in options:
-        base = typing.get_origin(option) or option
-        if option is type(None) and value is None:
-            return True
-        if isinstance(base, type) and issubclass(base, enum.Enum):
-            if value in {member.value for member in base}:
-                return True
-        elif base is float and isinstance(value, int | float) and not isinstance(value, bool):
-            return True
-        elif base is int and isinstance(value, int) and not isinstance(value, bool):
-            return True
-        elif isinstance(base, type) and base not in (int, float) and isinstance(value, base):
-            return True
-    return False
+    return any(_fits_one(value, option) for option in options)
 
 
 def parse_info(manifest: Manifest) -> Any:

@@ -67,8 +67,11 @@ def loaded_modules_after(code: str, cwd: Path) -> set[str]:
     return set(done.stdout.split())
 
 
-def forbidden_in(modules: set[str]) -> list[str]:
-    return sorted(m for m in modules if any(m == f or m.startswith(f + ".") for f in SERVING_FORBIDDEN))
+def forbidden_in(modules: set[str], torch_served: bool = False) -> list[str]:
+    """The forbidden modules loaded. A workspace that serves a torch encoder (nothing quantized) loads
+    sentence-transformers, which imports `datasets`: there only densesearch's own builders are forbidden."""
+    forbidden = [f for f in SERVING_FORBIDDEN if f.startswith("densesearch.") or not torch_served]
+    return sorted(m for m in modules if any(m == f or m.startswith(f + ".") for f in forbidden))
 
 
 SERVE_QUERIES = """

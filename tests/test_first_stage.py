@@ -9,7 +9,7 @@ from densesearch.bench.bench import run_bench
 from densesearch.build.indexer import run_index
 from densesearch.build.tuning import dev_judgments
 from densesearch.core.artifacts import open_artifact
-from densesearch.core.config import BenchConfig, IndexConfig, IndexKind, QueryConfig
+from densesearch.core.config import BenchConfig, IndexConfig, IndexKind, QueryConfig, RankerConfig
 from densesearch.core.paths import Workspace
 from densesearch.eval.metrics import graded_query_metrics
 from densesearch.retrieval.searcher import Searcher
@@ -86,5 +86,5 @@ def test_ivfpq_tunes_benches_and_serves_the_exactly_rescored_lists(tmp_path, wor
         lines = [f"q{q}\td{(q * 97 + j) % 10_000}\t{1 + j % 2}" for q in rows for j in range(3)]
         (beir / "qrels" / f"{split}.tsv").write_text("query-id\tcorpus-id\tscore\n" + "\n".join(lines) + "\n")
     run_prepare(PrepareConfig(beir_path=beir), workspace)
-    run_index(IndexConfig(kind=IndexKind.IVFPQ, model="base", ranker="off"), workspace)
+    run_index(IndexConfig(kind=IndexKind.IVFPQ, model="base", ranker=RankerConfig(mode="off")), workspace)
     check_tuned_and_benched_equal_served(workspace, tmp_path)

@@ -211,11 +211,13 @@ def test_reranker_trains_is_served_and_benched_with_a_trec_file_ranx_agrees_with
     assert type(served_searcher.reranker.scorer).__name__ == "OnnxCrossScorer"
     assert answer.mode == "rerank" and len(answer.hits) == 3 and "cross-encoder" in answer.answered_by
     assert [h.score for h in answer.hits] == sorted((h.score for h in answer.hits), reverse=True)
-    # a server answering rerank queries loads the cross-encoder's scorer, never its trainer or exporter
+    # a server answering rerank queries loads the cross-encoder's scorer, never its trainer or exporter (this
+    # workspace serves the base model in torch: nothing was quantized)
     from test_architecture import SERVE_QUERIES, forbidden_in, loaded_modules_after
 
     code = SERVE_QUERIES.format(home=str(workspace.home), name=workspace.name, modes=["rerank", "hybrid"])
-    assert forbidden_in(loaded_modules_after(code, tmp_path)) == []
+    loaded = loaded_modules_after(code, tmp_path)
+    assert "densesearch.retrieval.crossencoder" in loaded and forbidden_in(loaded, torch_served=True) == []
     trec = tmp_path / "trec"
     report = run_bench(BenchConfig(split="dev", latency_runs=2, warmup_runs=1, bootstrap=50, trec_path=trec),
                        workspace)

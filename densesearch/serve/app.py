@@ -328,7 +328,7 @@ def serve(workspace: Workspace, host: str, port: int, threads: int = 1, workers:
     with tempfile.TemporaryDirectory(prefix="densesearch-serve-") as shares:
         os.environ[WORKER_SETTINGS_ENV] = json.dumps({"home": str(workspace.home), "name": workspace.name,
                                                       "threads": threads, "workers": workers, "shares": shares})
-        uvicorn.run("densesearch.serve:worker_app", factory=True, workers=workers, **options)
+        uvicorn.run("densesearch.serve.app:worker_app", factory=True, workers=workers, **options)
 
 
 def worker_app():

@@ -7,6 +7,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -190,8 +191,9 @@ class BenchContext:
     depth: int
     progress: object = None
 
-    @property
+    @cached_property
     def ids(self) -> list[str]:
+        """Each catalog row's item id (the TREC runs name items by id)."""
         return [row["item_id"] for row in self.searcher.items]
 
     def run(self, name: str, search: str, trec_name: str, lists: list[RankedList], ann: float | None = None
@@ -264,7 +266,7 @@ def system_runs(ctx: BenchContext, encoders: dict[str, Encoder]) -> list[SystemR
         encoder = spec.load(ctx.workspace, ctx.cfg.threads)
         is_served = spec.fingerprint == searcher.spec.fingerprint and spec.backend == searcher.spec.backend
         encoders["served" if is_served else spec.backend] = encoder
-        item_vectors = (searcher.artifact.load_npy(VECTORS_FILE) if is_served
+        item_vectors = (searcher.dense.vectors if is_served
                         else cached_catalog_vectors(ctx.workspace, spec, encoder, searcher.items))
         query_vectors = encoder.encode_queries(queries)  # one at a time, as served
         exact, exact_scores = exact_topk(query_vectors, np.asarray(item_vectors), ctx.depth)
@@ -345,7 +347,7 @@ def measure_latency(searcher: Searcher, encoders: dict[str, Encoder], cfg: Bench
     kind = searcher.kind
     for batch in cfg.batch_sizes:
         blocks = [np.stack(block) for block in cyclic_batches(list(vectors), batch)]
-        search = searcher.first_stage.dense.ids
+        search = searcher.dense.ids
         stats.append(latency_stats(kind, "search", batch, time_calls(lambda v, s=search: s(v, 10), blocks,
                                                                      cfg.latency_runs, cfg.warmup_runs)))
     for mode in ("dense", "hybrid", "bm25") + (("rerank",) if has_artifact(searcher.workspace, "reranker") else ()):
@@ -357,7 +359,7 @@ def measure_latency(searcher: Searcher, encoders: dict[str, Encoder], cfg: Bench
     for batch in (b for b in cfg.batch_sizes if b > 1):
         batches = cyclic_batches(texts, batch)
         stats.append(latency_stats(f"{searcher.spec.backend} dense", "end-to-end", batch,
-                                   time_calls(lambda b, bs=batch: searcher.first_stage.dense.ids(
+                                   time_calls(lambda b, bs=batch: searcher.dense.ids(
                                        searcher.encoder.encode_queries(b, bs), 10), batches,
                                        cfg.latency_runs, cfg.warmup_runs)))
     return stats

@@ -452,6 +452,11 @@ class QuantizeJob:
     torch_encoder: object
     progress: object = None
 
+    @property
+    def ladder(self) -> list[Recipe]:
+        """ONNX Runtime's INT8 recipes for this CPU, in the order they are tried (none when it is not raced)."""
+        return recipe_ladder(self.cpu) if "onnxruntime" in self.runtimes else []
+
     def say(self, what: str, step: int, total: int) -> None:
         if self.progress:
             self.progress(what, step, total)
@@ -494,7 +499,7 @@ def export_checked(job: QuantizeJob, tmp: Path) -> Gated:
 
 def gate_onnxruntime(job: QuantizeJob, tmp: Path, gated: Gated) -> None:
     """ONNX Runtime's dynamic INT8: this CPU's recipes in order until one passes the gate (``--force``: the last)."""
-    ladder = recipe_ladder(job.cpu) if "onnxruntime" in job.runtimes else []
+    ladder = job.ladder
     for step, recipe in enumerate(ladder):
         job.say(f"quantizing ({recipe.name}) and checking parity", step, len(ladder) + 1)
         int8_file = quantize_int8(tmp, recipe, job.cfg.per_channel)
@@ -513,7 +518,7 @@ def gate_openvino(job: QuantizeJob, workspace: Workspace, tmp: Path, gated: Gate
     """OpenVINO's static INT8, calibrated on catalog texts and training queries, behind the same gate."""
     if "openvino" not in job.runtimes:
         return
-    job.say("quantizing (OpenVINO static INT8) and checking parity", 1, 2)
+    job.say("quantizing (OpenVINO static INT8) and checking parity", len(job.ladder), len(job.ladder) + 1)
     texts = calibration_texts(job.catalog, workspace, job.cfg.calibration_texts, job.cfg.seed)
     int8_file = quantize_openvino(tmp, texts, gated.fp32)
     set_int8_file(tmp, int8_file, "openvino")
@@ -540,7 +545,7 @@ class Served:
 def race_and_choose(job: QuantizeJob, tmp: Path, gated: Gated) -> Served:
     """Race the gated models on this CPU; the faster in batches encodes the catalog, the quicker per query answers
     queries, and a mixed pair must pass the gate together."""
-    job.say("racing the INT8 runtimes on this CPU", 1, 1)
+    job.say("racing the INT8 runtimes on this CPU", len(job.ladder) + 1, len(job.ladder) + 1)
     trials = race_runtimes(gated.contestants, job.sample, job.cfg)
     chosen = fastest(trials)
     if chosen is None and not job.cfg.fallback_fp32:

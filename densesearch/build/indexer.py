@@ -282,7 +282,7 @@ class CatalogVectors:
 
 def plan_index(cfg: IndexConfig, workspace: Workspace) -> IndexPlan:
     """Check the settings, read the prepared data and load the encoder the index is built with."""
-    if cfg.kind not in tuple(IndexKind):
+    if cfg.kind not in KINDS:
         raise BadInput(f"unknown index kind {cfg.kind!r}", hint=f"use one of {', '.join(IndexKind)}")
     data, catalog = load_data_manifest(workspace), load_catalog(workspace)
     spec = choose_encoder(cfg.model, workspace)

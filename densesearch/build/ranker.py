@@ -9,9 +9,10 @@ from pathlib import Path
 import numpy as np
 
 from densesearch.build.tuning import MODE_QUERIES, MODE_SIGNIFICANCE, Tuning, first_queries
+from densesearch.core.artifacts import open_artifact
 from densesearch.core.config import RankerConfig, RankerMode
 from densesearch.core.paths import Workspace
-from densesearch.data.readers import Judgments, load_data_manifest, load_judgments
+from densesearch.data.readers import Judgments, load_judgments
 from densesearch.eval.metrics import graded_query_metrics, paired_randomization_p
 from densesearch.retrieval.fusion import Fusion, Stage
 from densesearch.retrieval.ranker import (
@@ -94,6 +95,10 @@ def build_ranker(cfg: RankerConfig, tuning: Tuning, fusion: Fusion, out: Path, p
     if skip:
         return skip
     train = load_judgments(tuning.workspace, "train")
+    needed = max(cfg.min_queries if cfg.mode == RankerMode.AUTO else 0, cfg.folds, 2)
+    if len(train.query_ids) < needed:
+        return RankerReport(False, f"{len(train.query_ids)} train queries; it needs {needed}",
+                            train_queries=len(train.query_ids))
     dev = first_queries(load_judgments(tuning.workspace, "dev"), MODE_QUERIES)  # the queries the mode was chosen on
     if not dev.query_ids:
         return RankerReport(False, "no dev queries to check it on", train_queries=len(train.query_ids))
@@ -116,15 +121,11 @@ def build_ranker(cfg: RankerConfig, tuning: Tuning, fusion: Fusion, out: Path, p
 
 
 def skip_reason(cfg: RankerConfig, workspace: Workspace) -> RankerReport | None:
-    """Why no ranker is trained here (turned off, ungraded data, too few train queries), or None."""
+    """Why no ranker is trained here (turned off, or ungraded data in auto mode), or None."""
     if cfg.mode == RankerMode.OFF:
         return RankerReport(False, "turned off (--ranker off)")
-    if cfg.mode == RankerMode.AUTO and not load_data_manifest(workspace).extra.get("graded"):
+    if cfg.mode == RankerMode.AUTO and not open_artifact(workspace, "data").info.graded:
         return RankerReport(False, "the data has no graded judgments (--ranker on trains on its pairs anyway)")
-    train = len(load_judgments(workspace, "train").query_ids)
-    needed = max(cfg.min_queries if cfg.mode == RankerMode.AUTO else 0, cfg.folds, 2)
-    if train < needed:
-        return RankerReport(False, f"{train} train queries; it needs {needed}", train_queries=train)
     return None
 
 

@@ -362,13 +362,7 @@ def index(
         ws = workspace_of(home, workspace)
         result = run_add(cfg, ws, progress) if add else run_index(cfg, ws, progress)
     out.note(f"encoder: {result.encoder.label} ({result.encoder.backend})")
-    for note in result.notes:
-        out.note(note)
-    for table in index_tables(result):
-        out.table(table)
-    out.data(result)
-
-
+    _report(out, result, index_tables(result), out.note)
 
 
 @app.command(cls=Command)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from densesearch.retrieval.dense import DenseIndex
-from densesearch.retrieval.fusion import RankedList, Stage, fuse
+from densesearch.retrieval.fusion import EMPTY, Fusion, RankedList, Stage, fuse
 from densesearch.retrieval.ranker import LearnedOrder
 from densesearch.retrieval.sparse import Bm25Index
 
@@ -33,18 +33,16 @@ class FirstStage:
     grams: Bm25Index | None
     ranker: LearnedOrder | None = None
 
-    def lists(self, texts: Sequence[str], vectors: np.ndarray | None, depth: int, grams: bool = True,
+    def lists(self, texts: Sequence[str], vectors: np.ndarray, depth: int, grams: bool = True,
               param: int | None = None) -> list[Stage]:
         """Each query's dense, word and (when ``grams`` and the index has them) 3-gram lists, unfused."""
         texts = list(texts)
-        dense = self.dense.search(vectors, depth, param) if vectors is not None else [RankedList([], [])] * len(
-            texts)
+        dense = self.dense.search(vectors, depth, param)
         words = ranked_lists(self.words, texts, depth)
         third = ranked_lists(self.grams, texts, depth) if grams and self.grams is not None else [None] * len(texts)
-        return [Stage(d, w, g, RankedList([], []), RankedList([], []))
-                for d, w, g in zip(dense, words, third, strict=True)]
+        return [Stage(d, w, g, EMPTY, EMPTY) for d, w, g in zip(dense, words, third, strict=True)]
 
-    def run(self, texts: Sequence[str], vectors: np.ndarray, depth: int, fusion, learned: bool = True,
+    def run(self, texts: Sequence[str], vectors: np.ndarray, depth: int, fusion: Fusion, learned: bool = True,
             param: int | None = None, grams: bool = False) -> list[Stage]:
         """The whole first stage for a batch of queries: lists, ``fusion``, and the learned ranker's order when
         ``learned`` and the index has one (``grams``: search the 3-gram list even when neither needs it)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 
 import numpy as np
 
@@ -129,7 +130,6 @@ class Searcher:
             if note:
                 self.notes.append(note)
         self._encoder = None
-        self._stage: FirstStage | None = None
         self._reranker = None
 
     @property
@@ -138,22 +138,25 @@ class Searcher:
             self._encoder = self.spec.load(self.workspace, self.threads)
         return self._encoder
 
-    @property
-    def first_stage(self) -> FirstStage:
-        """The dense index, both BM25 indexes and the learned ranker, as every mode and `bench` search them."""
-        if self._stage is None:
-            self._stage = self._load_first_stage()
-        return self._stage
-
-    def _load_first_stage(self) -> FirstStage:
+    @cached_property
+    def dense(self) -> DenseIndex:
+        """The FAISS index at its tuned search parameter, with the catalog's memory-mapped vectors."""
         index = self.artifact.load_faiss()
         if index.ntotal != len(self.items):
             raise ArtifactCorrupt("index", ITEMS_FILE, f"has {len(self.items):,} rows for {index.ntotal:,} vectors")
-        vectors = self.artifact.load_npy(VECTORS_FILE)
-        dense = DenseIndex(index, self.kind, vectors, self.info.param, self.threads)
+        return DenseIndex(index, self.kind, self.artifact.load_npy(VECTORS_FILE), self.info.param, self.threads)
+
+    @cached_property
+    def words(self) -> Bm25Index:
+        return Bm25Index.load(self.artifact, BM25_DIR)
+
+    @cached_property
+    def first_stage(self) -> FirstStage:
+        """The dense index, both BM25 indexes and the learned ranker, as hybrid, rerank and `bench` search them
+        (dense and BM25 queries load only their own index)."""
         grams = Bm25Index.load(self.artifact, NGRAM_DIR) if self.has_ngrams else None
-        return FirstStage(dense, Bm25Index.load(self.artifact, BM25_DIR), grams,
-                          self._load_ranker(vectors) if self.has_ranker else None)
+        ranker = self._load_ranker(self.dense.vectors) if self.has_ranker else None
+        return FirstStage(self.dense, self.words, grams, ranker)
 
     def _load_ranker(self, vectors: np.ndarray) -> LearnedOrder:
         settings, defaults = self.info.ranker.get("settings") or {}, RankerConfig()
@@ -229,11 +232,10 @@ class Searcher:
     def _search(self, mode: Mode, text: str, vector: np.ndarray | None, cfg: QueryConfig, k: int,
                 depth: int) -> RankedList:
         """One query's ranked list in ``mode``: ``k`` items for a single list, ``depth`` fused candidates."""
-        stage = self.first_stage
         if mode == Mode.DENSE:
-            return stage.dense.search(vector, k, cfg.ef_search)[0]
+            return self.dense.search(vector, k, cfg.ef_search)[0]
         if mode == Mode.BM25:
-            return ranked_lists(stage.words, [text], k)[0]
+            return ranked_lists(self.words, [text], k)[0]
         if mode == Mode.HYBRID:
             return self.stages([text], vector, depth, cfg)[0].ordered
         ordered = self.stages([text], vector, max(depth, self._interpolation(cfg).depth), cfg)[0].ordered
@@ -274,7 +276,12 @@ class Searcher:
         """Load what ``mode`` needs before the clock starts, so timings show query work, not start-up."""
         if mode != Mode.BM25:
             _ = self.encoder
-        _ = self.first_stage
+        if mode == Mode.DENSE:
+            _ = self.dense
+        elif mode == Mode.BM25:
+            _ = self.words
+        else:
+            _ = self.first_stage
         if mode == Mode.RERANK:
             _ = self.reranker
 

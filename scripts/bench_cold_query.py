@@ -1,11 +1,16 @@
-"""Cold `densesearch query` wall time: process start to printed table, one fresh process per run.
+"""Cold `densesearch query` wall time against the script a user would write by hand, one fresh process per run.
 
-Usage: python scripts/bench_cold_query.py [--runs 7] [--home PATH] [--mode dense|bm25|hybrid]
+Usage: python scripts/bench_cold_query.py [--runs 7] [--home PATH] [-w NAME] [--json]
 
-Prints a table of median / min / max seconds for: a bare Python start, importing the CLI, and the
-full query per mode, so the cost of start-up can be told from the cost of the query itself. Needs a
-built workspace (`densesearch quickstart`). The page cache is warm after the first run; the first
-run is reported separately as "first".
+Cases, each run ``--runs`` times after one untimed run that warms the page cache:
+- ``python -c pass`` and ``import densesearch.cli.app``: what start-up alone costs;
+- ``hand-written script``: the same dense search written directly on onnxruntime, tokenizers and faiss over the
+  workspace's own files (the query INT8 model, its tokenizer, the FAISS index at its tuned efSearch, the item
+  titles) -- the reference a cold `query` is measured against;
+- ``query --mode bm25|dense|hybrid``: the product, process start to printed table.
+
+The table gives each case's median and its ratio to the hand-written script's median, measured in one run.
+Needs a built workspace (`densesearch quickstart`).
 """
 
 from __future__ import annotations
@@ -16,9 +21,34 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 QUERY = "comfy summer dress for beach"
+
+HAND_WRITTEN = '''
+import json, sys
+import faiss, numpy as np, onnxruntime as ort
+from tokenizers import Tokenizer
+
+model, tokenizer_file, max_length, index_file, ef_search, items_file, query = sys.argv[1:]
+tokenizer = Tokenizer.from_file(tokenizer_file)
+tokenizer.enable_truncation(max_length=int(max_length))
+session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+ids = np.array([tokenizer.encode(query).ids], dtype=np.int64)
+feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+if "token_type_ids" in {i.name for i in session.get_inputs()}:
+    feeds["token_type_ids"] = np.zeros_like(ids)
+vector = session.run(None, feeds)[0].mean(axis=1)
+vector /= np.linalg.norm(vector, axis=1, keepdims=True)
+index = faiss.read_index(index_file)
+faiss.ParameterSpace().set_index_parameter(index, "efSearch", int(ef_search))
+scores, found = index.search(vector.astype(np.float32), 10)
+titles = [json.loads(line)["title"] for line in open(items_file, encoding="utf-8")]
+for rank, (item, score) in enumerate(zip(found[0], scores[0]), 1):
+    print(rank, round(float(score), 4), titles[item])
+'''
 
 
 def wall_seconds(command: list[str], env: dict[str, str]) -> float:
@@ -33,28 +63,55 @@ def measure(command: list[str], env: dict[str, str], runs: int) -> dict[str, flo
     return {"first": first, "median": statistics.median(samples), "min": min(samples), "max": max(samples)}
 
 
+def hand_written_arguments(home: Path, workspace: str) -> list[str]:
+    """The workspace's served files, found through densesearch before any timing starts."""
+    from densesearch.core.artifacts import DENSE_FILE, ITEMS_FILE, open_artifact
+    from densesearch.core.paths import Workspace
+
+    ws = Workspace(home, workspace)
+    index, onnx = open_artifact(ws, "index"), open_artifact(ws, "onnx")
+    model = onnx.info.query_int8_file or onnx.info.int8_file
+    if index.info.encoder.get("backend") != "onnx-int8" or not model or index.info.kind not in ("hnsw", "hnsw-sq8"):
+        raise SystemExit("the reference script searches an INT8 encoder's HNSW index: build one with "
+                         "`densesearch quantize` and `densesearch index`")
+    config = json.loads((onnx.path / "encoder.json").read_text(encoding="utf-8"))
+    return [str(onnx.path / model), str(onnx.path / "tokenizer.json"), str(config["max_seq_length"]),
+            str(index.path / DENSE_FILE), str(index.info.param), str(index.path / ITEMS_FILE), QUERY]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--home", default=None, help="artifact root (default: $DENSESEARCH_HOME or the cache dir)")
+    parser.add_argument("-w", "--workspace", default="default")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    from densesearch.core.paths import resolve_home
+
     env = dict(os.environ)
-    if args.home:
-        env["DENSESEARCH_HOME"] = args.home
-    cases = {
-        "python -c pass": [sys.executable, "-c", "pass"],
-        "import densesearch.cli.app": [sys.executable, "-c", "import densesearch.cli.app"],
-        **{f"query --mode {mode}": [sys.executable, "-m", "densesearch", "query", QUERY, "-k", "10", "--mode", mode]
-           for mode in ("bm25", "dense", "hybrid")},
-    }
-    results = {name: measure(command, env, args.runs) for name, command in cases.items()}
+    home = resolve_home(args.home)
+    env["DENSESEARCH_HOME"] = str(home)
+    with tempfile.TemporaryDirectory() as scratch:
+        script = Path(scratch) / "hand_written.py"
+        script.write_text(HAND_WRITTEN, encoding="utf-8")
+        cases = {
+            "python -c pass": [sys.executable, "-c", "pass"],
+            "import densesearch.cli.app": [sys.executable, "-c", "import densesearch.cli.app"],
+            "hand-written script": [sys.executable, str(script), *hand_written_arguments(home, args.workspace)],
+            **{f"query --mode {mode}": [sys.executable, "-m", "densesearch", "query", QUERY, "-k", "10", "--mode",
+                                        mode, "-w", args.workspace] for mode in ("bm25", "dense", "hybrid")},
+        }
+        results = {name: measure(command, env, args.runs) for name, command in cases.items()}
+    reference = results["hand-written script"]["median"]
+    for result in results.values():
+        result["vs_hand_written"] = result["median"] / reference
     if args.json:
         print(json.dumps(results, indent=2))
         return
-    print(f"{'case':<26}{'first s':>9}{'median s':>10}{'min s':>8}{'max s':>8}")
+    print(f"{'case':<28}{'first s':>9}{'median s':>10}{'min s':>8}{'max s':>8}{'vs script':>11}")
     for name, r in results.items():
-        print(f"{name:<26}{r['first']:>9.3f}{r['median']:>10.3f}{r['min']:>8.3f}{r['max']:>8.3f}")
+        print(f"{name:<28}{r['first']:>9.3f}{r['median']:>10.3f}{r['min']:>8.3f}{r['max']:>8.3f}"
+              f"{r['vs_hand_written']:>10.2f}x")
 
 
 if __name__ == "__main__":

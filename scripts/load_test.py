@@ -1,10 +1,12 @@
 """Bounded load test of `densesearch serve` on loopback: QPS, p50/p99 and errors per mode, then during a republish.
 
-Usage: python scripts/load_test.py [--home PATH] [-w NAME] [--clients 8] [--seconds 30] [--workers N] [--json]
+Usage: python scripts/load_test.py [--home PATH] [-w NAME] [--clients 8] [--seconds 30] [--workers N]
+                                  [--no-republish] [--json]
 
 Starts `densesearch serve` on a free 127.0.0.1 port for an already built workspace (`densesearch
 quickstart`), drives it with N concurrent keep-alive HTTP connections for a fixed time per mode,
-then repeats dense mode while `densesearch index` rebuilds and republishes the index. The load comes
+then (unless --no-republish) repeats dense mode while `densesearch index` rebuilds and republishes the
+index. Each mode's QPS is also given as a share of dense mode's, measured in the same run. The load comes
 from `wrk` (Debian package; a C client that leaves the CPU to the server) when installed, else from
 an asyncio httpx client (heavier: on 2 cores it takes CPU from the server). Only loopback is
 contacted; every loop ends by itself.
@@ -117,6 +119,18 @@ def wait_until_up(base: str, process: subprocess.Popen, timeout: float = 120) ->
     raise SystemExit("the server did not start in time")
 
 
+def republish_phase(phase, workspace: str, home: list[str]) -> dict:
+    """Dense mode while `densesearch index --reencode` republishes, run as an operator would beside a live server:
+    lowest CPU priority, one thread."""
+    nice = ["nice", "-n", "19"] if shutil.which("nice") else []
+    rebuild = subprocess.Popen([*nice, sys.executable, "-m", "densesearch", "index", "--threads", "1", "--reencode",
+                                "-w", workspace, *home], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    during = phase("dense")
+    during["mode"] = "dense, during index republish"
+    during["republish_exit_code"] = rebuild.wait(timeout=600)
+    return during
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--home", default=None)
@@ -127,6 +141,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=usable_cores(),
                         help="server processes (`serve --workers`; default: one per core)")
     parser.add_argument("--tool", choices=("auto", "wrk", "httpx"), default="auto")
+    parser.add_argument("--no-republish", action="store_true", help="skip the phase during an index republish")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     home = ["--home", args.home] if args.home else []
@@ -148,20 +163,15 @@ def main() -> None:
         wait_until_up(base, server)
         for mode in ("dense", "hybrid", "bm25"):
             results.append(phase(mode))
-        # the republish runs as an operator would run it beside a live server: lowest CPU priority, one thread
-        nice = ["nice", "-n", "19"] if shutil.which("nice") else []
-        rebuild = subprocess.Popen([*nice, sys.executable, "-m", "densesearch", "index", "--threads", "1", "--reencode",
-                                    "-w", args.workspace, *home],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        during = phase("dense")
-        during["mode"] = "dense, during index republish"
-        rebuilt = rebuild.wait(timeout=600)
-        during["republish_exit_code"] = rebuilt
-        results.append(during)
+        if not args.no_republish:
+            results.append(republish_phase(phase, args.workspace, home))
         health = __import__("httpx").get(f"{base}/health", timeout=5).json()
     finally:
         server.terminate()
         server.wait(timeout=30)
+    dense_qps = results[0]["qps"]
+    for row in results:
+        row["share_of_dense_qps"] = row["qps"] / dense_qps if dense_qps else 0.0
     if args.json:
         print(json.dumps({"tool": tool, "clients": args.clients, "seconds": args.seconds, "workers": args.workers,
                           "threads": args.threads, "results": results,
@@ -170,10 +180,10 @@ def main() -> None:
         return
     print(f"{tool}, {args.clients} connections, {args.seconds:.0f} s per phase, loopback, server processes "
           f"{args.workers}, encoder threads {args.threads}; served index {health['index'][:12]}")
-    print(f"{'mode':32} {'requests':>9} {'QPS':>7} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
+    print(f"{'mode':32} {'requests':>9} {'QPS':>7} {'vs dense':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
     for row in results:
-        print(f"{row['mode']:32} {row['requests']:>9,} {row['qps']:>7.0f} {row['p50_ms']:>8.2f} {row['p99_ms']:>8.2f} "
-              f"{row['errors']:>7}")
+        print(f"{row['mode']:32} {row['requests']:>9,} {row['qps']:>7.0f} {row['share_of_dense_qps']:>8.0%} "
+              f"{row['p50_ms']:>8.2f} {row['p99_ms']:>8.2f} {row['errors']:>7}")
 
 
 if __name__ == "__main__":

@@ -93,3 +93,33 @@ def test_a_served_dense_bm25_and_hybrid_search_loads_no_builder(built):
     imports the builders, the bench, data preparation or training libraries."""
     code = SERVE_QUERIES.format(home=str(built["ws"].home), name=built["ws"].name, modes=["dense", "bm25", "hybrid"])
     assert forbidden_in(loaded_modules_after(code, ROOT)) == []
+
+
+ONE_SHOT_QUERY = """
+import runpy, sys
+sys.argv = ["densesearch", "query", "warm winter hat", "-k", "3", "--mode", {mode!r}, "--home", {home!r},
+            "-w", {name!r}]
+try:
+    runpy.run_module("densesearch", run_name="__main__")
+except SystemExit as done:
+    assert not done.code, done.code
+"""
+# Heavy libraries no one-shot query needs: training, the catalog's OpenVINO runtime, the BM25 builder.
+QUERY_FORBIDDEN = ("torch", "transformers", "sentence_transformers", "openvino", "optimum", "nncf", "datasets",
+                   "bm25s", "scipy", "sklearn", "densesearch.build", "densesearch.bench", "densesearch.data.prepare")
+# What each mode must not load beyond those: a dense query reads no BM25 index and runs no ranker; a BM25 query
+# encodes nothing and searches no vectors.
+MODE_FORBIDDEN = {"dense": ("Stemmer", "lightgbm", "densesearch.retrieval.crossencoder"),
+                  "bm25": ("onnxruntime", "faiss", "lightgbm", "tokenizers", "densesearch.retrieval.crossencoder"),
+                  "hybrid": ("densesearch.retrieval.crossencoder",)}
+
+
+@pytest.mark.parametrize("mode", ["dense", "bm25", "hybrid"])
+def test_a_one_shot_query_imports_only_what_its_mode_needs(built, mode):
+    """`densesearch query --mode M` in a fresh process loads the query encoder's runtime and its own indexes only:
+    never the catalog encoder's runtime (OpenVINO), training libraries or the BM25 builder."""
+    ws = built["ws"]
+    loaded = loaded_modules_after(ONE_SHOT_QUERY.format(mode=mode, home=str(ws.home), name=ws.name), ROOT)
+    assert "densesearch.retrieval.searcher" in loaded
+    forbidden = QUERY_FORBIDDEN + MODE_FORBIDDEN[mode]
+    assert sorted(m for m in loaded if any(m == f or m.startswith(f + ".") for f in forbidden)) == []

@@ -65,6 +65,28 @@ def test_openvino_encoder_answers_many_threads_at_once(openvino_dir):
     np.testing.assert_allclose(got, expected, atol=1e-5)
 
 
+def test_a_dual_encoder_builds_its_catalog_runtime_only_for_catalog_texts(openvino_dir, tmp_path):
+    """OpenVINO for catalog batches, ONNX Runtime for single queries: a process that only answers queries never
+    compiles the OpenVINO model (a cold query paid 0.46 s for it)."""
+    dual = tmp_path / "onnx"
+    shutil.copytree(openvino_dir, dual)
+    query_file = next(path.name for path in dual.glob("model_qint8_*.onnx"))
+    set_int8_file(dual, OPENVINO_FILE, "openvino", query_file, "onnxruntime")
+    encoder = load_onnx_encoder(dual, int8=True, fingerprint="")
+    assert (encoder.runtime, encoder.query_runtime) == ("openvino", "onnxruntime")
+    query = encoder.encode_queries(["red summer dress"])
+    assert "catalog" not in vars(encoder) and encoder.tokens_encoded == 0
+    assert query.shape == (1, encoder.dim)
+    catalog = encoder.encode(["red summer dress", "leather wallet for men"], batch_size=2)
+    assert isinstance(encoder.catalog, OpenVinoEncoder) and encoder.tokens_encoded > 0
+    assert float(catalog[0] @ query[0]) > 0.97  # two INT8 models of one FP32 model
+    (dual / OPENVINO_FILE).write_text("<net>not a model")  # a damaged catalog model is named when it is needed
+    from densesearch.core.errors import ArtifactCorrupt
+
+    with pytest.raises(ArtifactCorrupt, match=OPENVINO_FILE):
+        load_onnx_encoder(dual, int8=True, fingerprint="").encode(["a text"])
+
+
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no CPU affinity on this platform")
 def test_encoders_default_to_the_cores_this_process_may_use(openvino_dir):
     """A container's CPU set, not the host's core count: 16 threads on 2 allowed cores thrash."""
@@ -169,8 +191,7 @@ def test_rebuilding_the_index_reuses_its_vectors_unless_something_changed(built,
     assert older.throughput is not None and not older.notes
     other_batch = run_index(IndexConfig(kind="flat", batch_size=7), ws)  # batching may move INT8 vectors
     assert other_batch.throughput is not None and not other_batch.notes
-    vectors = open_artifact(ws, "index").load_npy("vectors.npy")
-    with open(vectors.filename, "r+b") as handle:  # damage the published vectors: never copied
+    with open(open_artifact(ws, "index").file("vectors.npy"), "r+b") as handle:  # damaged vectors: never copied
         handle.seek(-4, 2)
         handle.write(b"\x00\x00\xc0\x7f")
     again = run_index(IndexConfig(kind="flat", batch_size=7), ws)

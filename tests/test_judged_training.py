@@ -61,6 +61,24 @@ def test_weighted_fusion_normalises_each_list_and_rrf_is_the_default():
     assert Fusion.from_manifest({}) == Fusion("rrf", 60, 0.5)
 
 
+def test_weighted_fusion_sums_exactly_as_a_running_dict_does():
+    """The numpy fusion adds each item's float64 terms in list order, as a dict summed list by list would: the same
+    scores to the bit and the same order (ties by lower index), FAISS's -1 padding and repeated items included."""
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        lists = [RankedList(rng.integers(-1, 60, int(rng.integers(0, 40))).tolist(), []) for _ in range(3)]
+        lists = [RankedList(ids, sorted(rng.choice([0.5, 1.0, 2.0, *rng.random(4)], len(ids)).tolist(), reverse=True))
+                 for ids, _ in lists]
+        weights = rng.dirichlet(np.ones(3)).tolist()
+        expected: dict[int, float] = {}
+        for (ids, values), weight in zip(lists, weights, strict=True):
+            for item, value in zip(ids, min_max(list(values)), strict=True):
+                if item >= 0:
+                    expected[item] = expected.get(item, 0.0) + weight * value
+        ordered = sorted(expected.items(), key=lambda pair: (-pair[1], pair[0]))[:25]
+        assert weighted_fuse(lists, weights, 25) == RankedList([i for i, _ in ordered], [v for _, v in ordered])
+
+
 def _lists(rng, queries, relevant_rank_dense, relevant_rank_bm25):
     """Synthetic dense and BM25 lists over 1,000 items where item q*10 is the relevant one for query q."""
     dense, sparse = [], []

@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import read_jsonl, write_first_rows
 
 from densesearch.build.ranker import fit_ranker, save_models
 from densesearch.core.config import RankerConfig
@@ -17,6 +18,7 @@ from densesearch.retrieval.ranker import (
     candidate_features,
     reorder,
     trigrams_of,
+    words_of,
 )
 
 TITLES = ["Simpson Strong-Tie 12-Gauge Angle", "BEHR Premium Deck Stain 1-gal. Cedar", "Angle Grinder 4-1/2 in.",
@@ -55,6 +57,55 @@ def test_features_describe_each_candidate_of_the_three_lists_and_the_words():
     assert 0 < column(typo, "query_trigrams_in_title")[0] < 1  # 3-grams still match a misspelt word
 
 
+def per_candidate_row(query: str, qv: np.ndarray, stage: Stage, vectors: np.ndarray, titles: list[str],
+                      vocabulary, rank: int) -> list[float]:
+    """One candidate's features, written out plainly with Python sets: the definition the block code must meet."""
+    item, title = stage.fused.ids[rank], titles[stage.fused.ids[rank]].lower()
+    words, title_words = words_of(query), set(words_of(title))
+    query_set, grams, title_grams = set(words), trigrams_of(words), trigrams_of(words_of(title))
+    numbers = {w for w in query_set if any(c.isdigit() for c in w)}
+    cosines = vectors[np.asarray(stage.fused.ids[:20])] @ qv  # one product over the block, as served
+    row = [stage.fused.scores[rank], rank, float(cosines[rank])]
+    for ranked in (stage.dense, stage.words, stage.grams):
+        ids, scores = ranked or EMPTY
+        low, high = (min(scores), max(scores)) if scores else (0, 0)
+        place = {i: n for n, i in enumerate(ids)}.get(item)
+        row += ([MISSING_RANK, 0.0, 0.0] if place is None else
+                [place, scores[place], (scores[place] - low) / (high - low) if high > low else 1.0])
+    shared = len(grams & title_grams)
+    return row + [len(query_set), len(query), sum(c.isdigit() for c in query),
+                  sum(w not in vocabulary for w in query_set), len(title_words), sum(c.isdigit() for c in title),
+                  len(query_set & title_words) / max(1, len(query_set)),
+                  shared / max(1, len(grams)), shared / max(1, len(title_grams)),
+                  len(numbers & title_words) / len(numbers) if numbers else -1.0,
+                  sum(f"{a} {b}" in title for a, b in zip(words, words[1:], strict=False)),
+                  float(bool(words) and words[-1] in title_words), float(bool(words) and words[0] in title_words),
+                  len(title_words & query_set) / max(1, len(title_words))]
+
+
+def test_block_features_equal_each_candidates_features_written_out(tmp_path):
+    """The features computed over the candidate block equal, to the float32 bit, the per-candidate definition, on
+    real titles, random lists (with FAISS's -1 padding) and queries with numbers, repeats and unknown words."""
+    titles = [row["title"] for row in read_jsonl(write_first_rows(tmp_path / "items.jsonl", 300))]
+    terms, rng = TitleTerms(titles), np.random.default_rng(7)
+    vectors = rng.normal(size=(len(titles), 8)).astype(np.float32)
+    queries = ["12 pack cotton socks socks", "zzqx unknown 2-pack", "women's summer dress", "a", "!!", titles[5]]
+    for query in queries:
+        def random_list():
+            ids = rng.choice(len(titles), size=int(rng.integers(0, 40)), replace=False).tolist() + [-1]
+            return RankedList(ids, sorted(rng.random(len(ids)).tolist(), reverse=True))
+        dense, words, grams = random_list(), random_list(), random_list()
+        fused = RankedList(rng.choice(len(titles), size=30, replace=False).tolist(),
+                           sorted(rng.random(30).tolist(), reverse=True))
+        stage = Stage(dense, words, grams if len(query) % 2 else None, fused, fused)
+        qv = rng.normal(size=8).astype(np.float32)
+        items, rows = candidate_features(query, qv, stage, vectors, terms, depth=20)
+        expected = np.asarray([per_candidate_row(query, qv, stage, vectors, titles, terms.vocabulary, r)
+                               for r in range(20)], dtype=np.float32)
+        assert items == fused.ids[:20]
+        np.testing.assert_array_equal(rows, expected)
+
+
 def test_reorder_ranks_the_top_by_learned_score_and_keeps_the_tail_below_in_fused_order():
     fused = RankedList([5, 6, 7, 8, 9], [0.9, 0.8, 0.7, 0.6, 0.5])
     stage = Stage(EMPTY, EMPTY, EMPTY, fused, fused)
@@ -80,28 +131,32 @@ def synthetic_queries(rng, queries: int, candidates: int = 20):
 def test_lambdamart_learns_the_feature_that_decides_the_grade_and_round_trips(tmp_path):
     rng = np.random.default_rng(0)
     features, labels = synthetic_queries(rng, 200)
-    cfg = RankerConfig(folds=2, min_data_in_leaf=20, max_rounds=60, early_stopping=20)
-    models, rounds = fit_ranker(features, labels, cfg)
-    assert len(models) == 2 and all(r >= 1 for r in rounds)
-    save_models(tmp_path / "ranker", models)
-    ranker = LearnedRanker.load(tmp_path / "ranker", folds=2, depth=50)
     fresh, grades = synthetic_queries(rng, 20)
-    for rows, grade in zip(fresh, grades, strict=True):
-        ranked = grade[np.argsort(-ranker.score(rows), kind="stable")]
-        assert (np.diff(ranked) <= 0).all()  # the learned order sorts the candidates by grade
+    for refit in (1, 0):  # one model refit on every query at the folds' mean rounds, or the fold models
+        cfg = RankerConfig(folds=2, min_data_in_leaf=20, max_rounds=60, early_stopping=20, refit=refit,
+                           feature_fraction=1.0)  # a one-tree fold model must see the one feature that decides
+        models, rounds = fit_ranker(features, labels, cfg)
+        assert len(rounds) == 2 and all(r >= 1 for r in rounds) and len(models) == (1 if refit else 2)
+        files = save_models(tmp_path / f"ranker-{refit}", models)
+        ranker = LearnedRanker.load(tmp_path / f"ranker-{refit}", files, depth=50)
+        if refit:
+            assert ranker.models[0].num_trees() == round(np.mean(rounds))
+        for rows, grade in zip(fresh, grades, strict=True):
+            ranked = grade[np.argsort(-ranker.score(rows), kind="stable")]
+            assert (np.diff(ranked) <= 0).all()  # the learned order sorts the candidates by grade
 
 
 def test_a_damaged_or_foreign_ranker_file_is_one_clear_error(tmp_path):
     rng = np.random.default_rng(1)
     features, labels = synthetic_queries(rng, 40)
-    models, _ = fit_ranker(features, labels, RankerConfig(folds=2, min_data_in_leaf=5, max_rounds=5))
-    save_models(tmp_path / "ranker", models)
-    (tmp_path / "ranker" / "fold-1.txt").write_text("tree\nnot a model", encoding="utf-8")
-    with pytest.raises(ArtifactCorrupt, match="fold-1.txt"):
-        LearnedRanker.load(tmp_path / "ranker", folds=2, depth=50)
-    (tmp_path / "ranker" / "fold-1.txt").unlink()
-    with pytest.raises(ArtifactCorrupt, match="fold-1.txt"):
-        LearnedRanker.load(tmp_path / "ranker", folds=2, depth=50)
+    models, _ = fit_ranker(features, labels, RankerConfig(folds=2, min_data_in_leaf=5, max_rounds=5, refit=0))
+    files = save_models(tmp_path / "ranker", models)
+    (tmp_path / "ranker" / "model-1.txt").write_text("tree\nnot a model", encoding="utf-8")
+    with pytest.raises(ArtifactCorrupt, match="model-1.txt"):
+        LearnedRanker.load(tmp_path / "ranker", files, depth=50)
+    (tmp_path / "ranker" / "model-1.txt").unlink()
+    with pytest.raises(ArtifactCorrupt, match="model-1.txt"):
+        LearnedRanker.load(tmp_path / "ranker", files, depth=50)
 
 
 def test_a_model_trained_on_other_features_is_refused(tmp_path):
@@ -110,9 +165,9 @@ def test_a_model_trained_on_other_features_is_refused(tmp_path):
     rng = np.random.default_rng(3)
     other = lightgbm.train({"objective": "lambdarank", "verbose": -1, "min_data_in_leaf": 2},
                            lightgbm.Dataset(rng.random((40, 3)), rng.integers(0, 3, 40), group=[10] * 4), 3)
-    save_models(tmp_path / "ranker", [other.model_to_string()])
+    files = save_models(tmp_path / "ranker", [other.model_to_string()])
     with pytest.raises(ArtifactCorrupt, match="expects 3 features, not 26"):
-        LearnedRanker.load(tmp_path / "ranker", folds=1, depth=50)
+        LearnedRanker.load(tmp_path / "ranker", files, depth=50)
 
 
 def test_too_few_queries_to_train_is_an_error_not_a_model():
@@ -147,7 +202,8 @@ def test_index_trains_serves_and_benches_the_learned_ranker_on_judged_queries(tm
     assert result.ranker.kept and result.ranker.train_queries == 6 and len(result.ranker.rounds) == 2
     recorded = json.loads((result.path / "manifest.json").read_text())["extra"]["ranker"]
     assert recorded["features"] == list(FEATURES) and recorded["settings"]["folds"] == 2
-    assert "ranker/fold-0.txt" in json.loads((result.path / "manifest.json").read_text())["files"]
+    assert recorded["model_files"] == ["model-0.txt"]  # one model refit on every train query
+    assert "ranker/model-0.txt" in json.loads((result.path / "manifest.json").read_text())["files"]
 
     searcher = Searcher(workspace)
     learned = searcher.ask("cordless drill", QueryConfig(k=5, mode="hybrid"))
@@ -174,9 +230,9 @@ def test_index_trains_serves_and_benches_the_learned_ranker_on_judged_queries(tm
     answer = Searcher(workspace).ask("zorblax cordless drill", QueryConfig(k=3, mode="hybrid"))
     assert "learned ranker" in answer.answered_by and answer.hits[0].item_id == "NEW1"
 
-    model = workspace.artifact("index") / "ranker" / "fold-0.txt"
+    model = workspace.artifact("index") / "ranker" / "model-0.txt"
     model.write_text("x" * model.stat().st_size, encoding="utf-8")  # same size: only the parse can tell
-    with pytest.raises(ArtifactCorrupt, match="fold-0.txt"):
+    with pytest.raises(ArtifactCorrupt, match="model-0.txt"):
         Searcher(workspace).ask("cordless drill", QueryConfig(mode="hybrid"))
 
 

@@ -221,7 +221,7 @@ def test_interactive_session_through_stdin(built):
 
 
 def test_bench_report_compare_and_trec(built, tmp_path):
-    from densesearch.bench.bench import compare_reports, load_report, run_bench, save_report
+    from densesearch.bench.bench import REFERENCE_PATH, compare_reports, load_report, run_bench, save_report
     from densesearch.cli.render import bench_markdown, to_jsonable
 
     ws = built["ws"]
@@ -241,6 +241,8 @@ def test_bench_report_compare_and_trec(built, tmp_path):
         assert lo <= q["strict"]["recall@10"] <= hi
     assert {s["stage"] for s in report["latency"]} == {"encode", "search", "end-to-end"}
     assert {s["stage"] for s in report["latency"] if s["batch_size"] == 4} == {"encode", "search", "end-to-end"}
+    reference = [s for s in report["latency"] if s["backend"] == REFERENCE_PATH]  # the seed's path, in one run
+    assert len(reference) == 1 and reference[0]["stage"] == "end-to-end" and reference[0]["p50_ms"] > 0
     rows = compare_reports(to_jsonable(first), report)
     assert rows and all(r["delta"] == 0 for r in rows)
     assert_catalog_vectors_are_cached(ws)

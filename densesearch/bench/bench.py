@@ -37,11 +37,12 @@ from densesearch.eval.metrics import (
     write_trec_run,
 )
 from densesearch.eval.timing import LatencyStats, cyclic_batches, latency_stats, machine_info, time_calls
-from densesearch.retrieval.encoders import Encoder, EncoderSpec, base_spec, choose_encoder
+from densesearch.retrieval.encoders import Encoder, EncoderSpec, TorchEncoder, base_spec, choose_encoder
 from densesearch.retrieval.fusion import RankedList
 from densesearch.retrieval.searcher import Searcher
 
 REPORT_SCHEMA = 1
+REFERENCE_PATH = "reference (ST encode + FAISS)"  # the seed system: sentence-transformers, FAISS
 RERANK_LATENCY_RUNS = 50  # a cross-encoder pass costs ~100x a dense query: fewer timed runs
 LATENCY_QUERIES = ("comfy summer dress for beach", "waterproof hiking boots for men",
                    "silver hoop earrings for sensitive ears", "kids halloween costume dinosaur",
@@ -220,6 +221,7 @@ def bench_context(cfg: BenchConfig, workspace: Workspace, progress=None) -> Benc
         raise BadInput(f"cannot write reports under {workspace.bench_runs}", hint="use a writable --home")
     searcher = Searcher(workspace, threads=cfg.threads)
     searcher.load_for("hybrid")  # a damaged encoder or BM25 fails now, not after minutes of work
+    getattr(searcher.encoder, "catalog", None)  # and the catalog's INT8 runtime, which queries never load
     judgments = load_judgments(workspace, cfg.split)
     if cfg.queries:
         judgments = replace(judgments, query_ids=judgments.query_ids[: cfg.queries],
@@ -333,23 +335,37 @@ def source_notes(query_source: str | None, judgments: Judgments) -> list[str]:
 
 
 def measure_latency(searcher: Searcher, encoders: dict[str, Encoder], cfg: BenchConfig) -> list[LatencyStats]:
-    """Encode, search and end-to-end latency per backend and batch size (warm-up runs first)."""
-    stats = []
+    """Encode, search and end-to-end latency per backend and batch size (warm-up runs first), and the reference
+    system's serving path beside the product's."""
     texts = list(LATENCY_QUERIES)
-    for name, encoder in encoders.items():
-        backend = searcher.spec.backend if name == "served" else name
-        for batch in cfg.batch_sizes:
-            batches = cyclic_batches(texts, batch)
-            samples = time_calls(lambda b, e=encoder, bs=batch: e.encode_queries(b, bs), batches,
-                                 cfg.latency_runs, cfg.warmup_runs)
-            stats.append(latency_stats(backend, "encode", batch, samples))
+    stats = encode_latency(encoders, searcher.spec.backend, texts, cfg)
     vectors = searcher.encoder.encode_queries(texts)
-    kind = searcher.kind
     for batch in cfg.batch_sizes:
         blocks = [np.stack(block) for block in cyclic_batches(list(vectors), batch)]
         search = searcher.dense.ids
-        stats.append(latency_stats(kind, "search", batch, time_calls(lambda v, s=search: s(v, 10), blocks,
-                                                                     cfg.latency_runs, cfg.warmup_runs)))
+        stats.append(latency_stats(searcher.kind, "search", batch, time_calls(lambda v, s=search: s(v, 10), blocks,
+                                                                              cfg.latency_runs, cfg.warmup_runs)))
+    stats += served_latency(searcher, texts, cfg)
+    if isinstance(encoders.get("torch"), TorchEncoder):
+        stats.append(reference_latency(searcher, encoders["torch"], texts, cfg))
+    return stats
+
+
+def encode_latency(encoders: dict[str, Encoder], served_backend: str, texts: list[str],
+                   cfg: BenchConfig) -> list[LatencyStats]:
+    stats = []
+    for name, encoder in encoders.items():
+        backend = served_backend if name == "served" else name
+        for batch in cfg.batch_sizes:
+            samples = time_calls(lambda b, e=encoder, bs=batch: e.encode_queries(b, bs), cyclic_batches(texts, batch),
+                                 cfg.latency_runs, cfg.warmup_runs)
+            stats.append(latency_stats(backend, "encode", batch, samples))
+    return stats
+
+
+def served_latency(searcher: Searcher, texts: list[str], cfg: BenchConfig) -> list[LatencyStats]:
+    """`Searcher.ask` end to end per mode (one query a request), and batched dense search."""
+    stats = []
     for mode in ("dense", "hybrid", "bm25") + (("rerank",) if has_artifact(searcher.workspace, "reranker") else ()):
         config = QueryConfig(k=10, mode=mode, threads=cfg.threads)
         runs = cfg.latency_runs if mode != "rerank" else min(cfg.latency_runs, RERANK_LATENCY_RUNS)
@@ -357,12 +373,24 @@ def measure_latency(searcher: Searcher, encoders: dict[str, Encoder], cfg: Bench
                                    time_calls(lambda q, c=config: searcher.ask(q, c), texts, runs,
                                               min(cfg.warmup_runs, runs))))
     for batch in (b for b in cfg.batch_sizes if b > 1):
-        batches = cyclic_batches(texts, batch)
         stats.append(latency_stats(f"{searcher.spec.backend} dense", "end-to-end", batch,
                                    time_calls(lambda b, bs=batch: searcher.dense.ids(
-                                       searcher.encoder.encode_queries(b, bs), 10), batches,
+                                       searcher.encoder.encode_queries(b, bs), 10), cyclic_batches(texts, batch),
                                        cfg.latency_runs, cfg.warmup_runs)))
     return stats
+
+
+def reference_latency(searcher: Searcher, encoder: TorchEncoder, texts: list[str], cfg: BenchConfig) -> LatencyStats:
+    """The reference system's serving path on the same fine-tuned model and the same FAISS index: one
+    sentence-transformers ``encode`` call, then the index's own ``search``."""
+    model, index = encoder.model, searcher.dense.index
+
+    def answer(text: str) -> None:
+        vector = model.encode([text], normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
+        index.search(np.asarray(vector, dtype=np.float32), 10)
+
+    return latency_stats(REFERENCE_PATH, "end-to-end", 1, time_calls(answer, texts, cfg.latency_runs,
+                                                                      cfg.warmup_runs))
 
 
 def check_writable_dir(path: Path) -> None:

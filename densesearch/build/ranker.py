@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -35,8 +35,10 @@ def lightgbm_params(cfg: RankerConfig, seed: int) -> dict:
 
 def fit_ranker(features: list[np.ndarray], labels: list[np.ndarray], cfg: RankerConfig,
                progress=None) -> tuple[list[str], list[int]]:
-    """LambdaMART on the train queries' candidate rows, one model per fold: each fits the other folds and stops
-    early on its own. Returns the models (LightGBM text) and their rounds."""
+    """LambdaMART on the train queries' candidate rows: one model per fold fits the other folds and stops early
+    on its own; with ``cfg.refit`` models, that many more fit every query for the folds' mean rounds, without
+    bagging or feature sampling, and are returned instead of the folds'. Returns the models (LightGBM text) and
+    the folds' rounds."""
     lightgbm = import_lightgbm()
 
     if len(features) < max(2, cfg.folds):
@@ -52,6 +54,7 @@ def fit_ranker(features: list[np.ndarray], labels: list[np.ndarray], cfg: Ranker
                                 free_raw_data=True)
 
     models, rounds = [], []
+    steps = cfg.folds + cfg.refit
     for k, held in enumerate(folds):
         fit = np.concatenate([fold for j, fold in enumerate(folds) if j != k])
         booster = lightgbm.train(lightgbm_params(cfg, cfg.seed * 100 + k), dataset(fit), cfg.max_rounds,
@@ -60,14 +63,23 @@ def fit_ranker(features: list[np.ndarray], labels: list[np.ndarray], cfg: Ranker
         rounds.append(int(booster.best_iteration or booster.current_iteration()))
         models.append(booster.model_to_string(num_iteration=rounds[-1]))
         if progress:
-            progress("training the learned ranker", k + 1, cfg.folds)
-    return models, rounds
+            progress("training the learned ranker", k + 1, steps)
+    refits, whole = [], replace(cfg, bagging_fraction=1.0, feature_fraction=1.0)  # no sampling noise in a refit
+    for k in range(cfg.refit):
+        refits.append(lightgbm.train(lightgbm_params(whole, cfg.seed * 100 + cfg.folds + k), dataset(order),
+                                     max(1, round(float(np.mean(rounds))))).model_to_string())
+        if progress:
+            progress("training the learned ranker", cfg.folds + k + 1, steps)
+    return refits or models, rounds
 
 
-def save_models(directory: Path, models: list[str]) -> None:
+def save_models(directory: Path, models: list[str]) -> list[str]:
+    """Write each model as ``model-<k>.txt``; returns the file names (the index manifest records them)."""
     directory.mkdir(parents=True, exist_ok=True)
-    for k, text in enumerate(models):
-        (directory / f"fold-{k}.txt").write_text(text, encoding="utf-8")
+    names = [f"model-{k}.txt" for k in range(len(models))]
+    for name, text in zip(names, models, strict=True):
+        (directory / name).write_text(text, encoding="utf-8")
+    return names
 
 
 @dataclass
@@ -79,6 +91,7 @@ class RankerReport:
     train_queries: int = 0
     dev_queries: int = 0
     rounds: list[int] = field(default_factory=list)
+    model_files: list[str] = field(default_factory=list)  # in the ranker directory; the served score is their mean
     dev_ndcg_fusion: float | None = None
     dev_ndcg_ranker: float | None = None
     p_vs_fusion: float | None = None
@@ -113,11 +126,10 @@ def build_ranker(cfg: RankerConfig, tuning: Tuning, fusion: Fusion, out: Path, p
     kept = cfg.mode == RankerMode.ON or better
     reason = ("dev nDCG@10 significantly higher than the fusion's" if better
               else "kept as asked (--ranker on)" if kept else "not significantly better than the fusion on dev")
-    if kept:
-        save_models(out, models)
+    files = save_models(out, models) if kept else []
     return RankerReport(kept, reason, train_queries=len(train.query_ids), dev_queries=len(dev.query_ids),
-                        rounds=rounds, dev_ndcg_fusion=float(before.mean()), dev_ndcg_ranker=float(after.mean()),
-                        p_vs_fusion=p_value, seconds=time.perf_counter() - started)
+                        rounds=rounds, model_files=files, dev_ndcg_fusion=float(before.mean()),
+                        dev_ndcg_ranker=float(after.mean()), p_vs_fusion=p_value, seconds=time.perf_counter() - started)
 
 
 def skip_reason(cfg: RankerConfig, workspace: Workspace) -> RankerReport | None:

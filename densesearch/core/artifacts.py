@@ -77,8 +77,11 @@ class Artifact:
                 yield row
 
     def load_npy(self, name: str, mmap: bool = True) -> np.ndarray:
+        """A saved array, memory-mapped read-only by default and returned as a plain ndarray view of the map (a
+        ``np.memmap`` pays Python overhead on every slice: 0.1 ms of each 3-gram BM25 query)."""
         try:
-            return np.load(self.file(name), mmap_mode="r" if mmap else None, allow_pickle=False)
+            array = np.load(self.file(name), mmap_mode="r" if mmap else None, allow_pickle=False)
+            return array.view(np.ndarray) if isinstance(array, np.memmap) else array
         except FileNotFoundError as exc:
             raise self.corrupt(name, "is missing") from exc
         except (ValueError, OSError, EOFError) as exc:

@@ -238,7 +238,10 @@ class RankerConfig:
 
     mode: RankerMode = RankerMode.AUTO
     depth: int = 50               # fused candidates the ranker re-orders
-    folds: int = 5                # one model per fold of the train queries (early-stopped on the held-out fold)
+    folds: int = 5                # the train queries' folds: each fold's model early-stops on its held-out fold
+    refit: int = 1                # models refit on every train query at the folds' mean rounds, without bagging or
+                                  # feature sampling, and served instead of the fold models (0: serve the folds);
+                                  # issue 30: dev nDCG@10 within 0.0012 of the folds' at a fifth of the trees
     learning_rate: float = 0.05
     leaves: int = 15
     min_data_in_leaf: int = 100

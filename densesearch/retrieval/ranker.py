@@ -5,7 +5,7 @@ queries and keeps it only when dev says it beats the fusion alone (docs/results.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from itertools import pairwise
@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from densesearch.core.errors import ArtifactCorrupt, BadInput
-from densesearch.retrieval.fusion import EMPTY, RankedList, Stage, min_max
+from densesearch.retrieval.fusion import EMPTY, RankedList, Stage
 
 RANKER_DIR = "ranker"
 MISSING_RANK = 1000  # the rank feature of an item absent from one list
@@ -51,7 +51,8 @@ def title_texts(rows: Sequence[dict]) -> list[str]:
 
 
 class TitleTerms:
-    """Lower-cased titles, their word and 3-gram sets (cached on use) and the catalog's word vocabulary.
+    """Lower-cased titles, the catalog's word vocabulary (each word an id) and, cached on use, each title's word
+    ids, 3-gram codes and digit count: what the word-match features read.
 
     Query word pairs are looked up in the lower-cased title as written: "12 gauge" does not match "12-gauge".
     Matching the title's words joined by spaces instead measured the same on Home Depot dev (0.4557 against
@@ -59,77 +60,142 @@ class TitleTerms:
 
     def __init__(self, titles: Sequence[str]) -> None:
         self.titles = [title.lower() for title in titles]
-        self.vocabulary: set[str] = set()
+        self.word_ids: dict[str, int] = {}
         for title in self.titles:
-            self.vocabulary.update(words_of(title))
+            for word in words_of(title):
+                self.word_ids.setdefault(word, len(self.word_ids))
         self.terms = lru_cache(maxsize=TERMS_CACHE)(self._terms)  # bounded: a served catalog may be large
 
-    def _terms(self, item: int) -> tuple[set[str], set[str]]:
-        words = words_of(self.titles[item])
-        return set(words), trigrams_of(words)
+    @property
+    def vocabulary(self) -> Mapping[str, int]:
+        """Every word of some title (a mapping: ``word in vocabulary`` is the test)."""
+        return self.word_ids
+
+    def _terms(self, item: int) -> tuple[np.ndarray, np.ndarray, int]:
+        title = self.titles[item]
+        words = words_of(title)
+        return (np.fromiter({self.word_ids[word] for word in words}, dtype=np.int64),
+                gram_codes(trigrams_of(words)), sum(c.isdigit() for c in title))
 
 
-def list_features(ranked: RankedList | None) -> dict[int, tuple[float, float, float]]:
-    """Per item of one list: (rank, score, min-max scaled score)."""
+def gram_codes(grams: Iterable[str]) -> np.ndarray:
+    """Each 3-gram as one integer (three code points of 21 bits): equal grams, equal codes, with no vocabulary."""
+    return np.fromiter((ord(g[0]) << 42 | ord(g[1]) << 21 | ord(g[2]) for g in grams), dtype=np.int64)
+
+
+def list_block(ranked: RankedList | None, items: np.ndarray) -> np.ndarray:
+    """Per candidate, its (rank, score, min-max scaled score) in one list; (MISSING_RANK, 0, 0) when absent."""
+    block = np.tile(np.array([MISSING_RANK, 0.0, 0.0]), (len(items), 1))
     ids, scores = ranked or EMPTY
-    return {item: (float(rank), float(score), scaled)
-            for rank, (item, score, scaled) in enumerate(zip(ids, scores, min_max(list(scores)), strict=True))}
+    if not len(ids):
+        return block
+    ids, scores = np.asarray(ids, dtype=np.int64), np.asarray(scores, dtype=np.float64)
+    low, high = scores.min(), scores.max()
+    scaled = (scores - low) / (high - low) if high > low else np.ones_like(scores)
+    order = np.argsort(ids, kind="stable")
+    at = np.searchsorted(ids[order], items, side="right") - 1  # an item listed twice: its later place, as a dict
+    found = (at >= 0) & (ids[order][np.maximum(at, 0)] == items)
+    place = order[at[found]]
+    block[found] = np.column_stack([place, scores[place], scaled[place]])
+    return block
 
 
 @dataclass(frozen=True)
 class QueryTerms:
-    """What the word-match features read from one query."""
+    """What the word-match features read from one query: its words (``ids`` in the title vocabulary, -1 for a word
+    no title has), 3-gram codes, numbers and word pairs."""
 
     words: list[str]
-    word_set: set[str]
-    grams: set[str]
-    numbers: set[str]
+    ids: np.ndarray
+    grams: np.ndarray
+    numbers: np.ndarray
     bigrams: list[str]
+    first: int  # the first and last words' ids (-1: no words, or no title has it)
+    last: int
     row: list[float]  # the query's own features: words, characters, digits, words no title has
 
     @classmethod
-    def of(cls, query: str, vocabulary: set[str]) -> QueryTerms:
+    def of(cls, query: str, vocabulary: Mapping[str, int]) -> QueryTerms:
         words = words_of(query)
         word_set = set(words)
-        return cls(words, word_set, trigrams_of(words), {w for w in word_set if any(c.isdigit() for c in w)},
-                   [f"{a} {b}" for a, b in pairwise(words)],
-                   [len(word_set), len(query), sum(c.isdigit() for c in query),
-                    sum(w not in vocabulary for w in word_set)])
+        ids = np.fromiter((vocabulary.get(word, -1) for word in word_set), dtype=np.int64, count=len(word_set))
+        numbers = np.fromiter((vocabulary.get(w, -1) for w in word_set if any(c.isdigit() for c in w)),
+                              dtype=np.int64)
+        first, last = (vocabulary.get(words[0], -1), vocabulary.get(words[-1], -1)) if words else (-1, -1)
+        return cls(words, ids, gram_codes(trigrams_of(words)), numbers, [f"{a} {b}" for a, b in pairwise(words)],
+                   first, last, [len(word_set), len(query), sum(c.isdigit() for c in query), int(np.sum(ids < 0))])
 
 
-def title_match(query: QueryTerms, title: str, title_words: set[str], title_grams: set[str]) -> list[float]:
-    """How the query's words, 3-grams, numbers and word pairs meet one title (the columns after the query's)."""
-    shared_grams = len(query.grams & title_grams)
-    return [len(title_words), sum(c.isdigit() for c in title),
-            len(query.word_set & title_words) / max(1, len(query.word_set)),
-            shared_grams / max(1, len(query.grams)),
-            shared_grams / max(1, len(title_grams)),
-            len(query.numbers & title_words) / len(query.numbers) if query.numbers else -1.0,
-            sum(bigram in title for bigram in query.bigrams),
-            float(bool(query.words) and query.words[-1] in title_words),
-            float(bool(query.words) and query.words[0] in title_words),
-            len(title_words & query.word_set) / max(1, len(title_words))]
+WORD, NUMBER, FIRST, LAST = 1, 2, 4, 8  # a title word's flags: in the query, a query number, its first, its last
+
+
+def word_flags(query: QueryTerms, vocabulary_size: int) -> np.ndarray:
+    """One flag byte per vocabulary word: which of the query's roles it plays (read by table lookup)."""
+    table = np.zeros(vocabulary_size, dtype=np.uint8)
+    table[query.ids[query.ids >= 0]] |= WORD
+    table[query.numbers[query.numbers >= 0]] |= NUMBER
+    for flag, word in ((FIRST, query.first), (LAST, query.last)):
+        if word >= 0:
+            table[word] |= flag
+    return table
+
+
+def contained(values: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """Which ``values`` are in the small array ``wanted``: a binary search in it (faster than ``np.isin``'s sort
+    of both arrays for a query's few dozen 3-grams)."""
+    if not len(wanted):
+        return np.zeros(len(values), dtype=bool)
+    wanted = np.sort(wanted)
+    return wanted[np.minimum(np.searchsorted(wanted, values), len(wanted) - 1)] == values
+
+
+def per_candidate(values: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The candidates' values in one array, each value's candidate, and each candidate's count."""
+    counts = np.fromiter((len(v) for v in values), dtype=np.int64, count=len(values))
+    return np.concatenate(values), np.repeat(np.arange(len(values)), counts), counts
+
+
+def title_block(query: QueryTerms, items: np.ndarray, terms: TitleTerms) -> np.ndarray:
+    """How the query's words, 3-grams, numbers and word pairs meet each candidate's title (the columns after the
+    query's own), computed over the whole candidate block."""
+    n = len(items)
+    cached = [terms.terms(int(item)) for item in items]
+    words, owner, title_words = per_candidate([c[0] for c in cached])
+    grams, gram_owner, title_grams = per_candidate([c[1] for c in cached])
+    flags = word_flags(query, len(terms.vocabulary))[words]
+    shared_words = np.bincount(owner[(flags & WORD) > 0], minlength=n)
+    shared_grams = np.bincount(gram_owner[contained(grams, query.grams)], minlength=n)
+    numbers = (np.bincount(owner[(flags & NUMBER) > 0], minlength=n) / len(query.numbers) if len(query.numbers)
+               else np.full(n, -1.0))
+    return np.column_stack([
+        title_words, [c[2] for c in cached],
+        shared_words / max(1, len(query.ids)),
+        shared_grams / max(1, len(query.grams)),
+        shared_grams / np.maximum(1, title_grams),
+        numbers,
+        [sum(bigram in terms.titles[item] for bigram in query.bigrams) for item in items] if query.bigrams
+        else np.zeros(n),
+        np.bincount(owner[(flags & LAST) > 0], minlength=n),
+        np.bincount(owner[(flags & FIRST) > 0], minlength=n),
+        shared_words / np.maximum(1, title_words)])
 
 
 def candidate_features(query: str, query_vector: np.ndarray, stage: Stage, vectors: np.ndarray,
                        terms: TitleTerms, depth: int) -> tuple[list[int], np.ndarray]:
-    """The top ``depth`` fused items and their feature rows (columns as ``FEATURES``)."""
-    items, fused_scores = list(stage.fused.ids[:depth]), list(stage.fused.scores[:depth])
+    """The top ``depth`` fused items and their feature rows (columns as ``FEATURES``), computed per column over
+    the candidate block."""
+    items = list(stage.fused.ids[:depth])
     if not items:
         return items, np.zeros((0, len(FEATURES)), dtype=np.float32)
-    lists = [list_features(stage.dense), list_features(stage.words), list_features(stage.grams)]
-    cosines = np.asarray(vectors[np.asarray(items)], dtype=np.float32) @ np.asarray(query_vector,
-                                                                                   dtype=np.float32).reshape(-1)
+    block = np.asarray(items, dtype=np.int64)
+    cosines = np.asarray(vectors[block], dtype=np.float32) @ np.asarray(query_vector, dtype=np.float32).reshape(-1)
     words = QueryTerms.of(query, terms.vocabulary)
-    rows = []
-    for rank, (item, fused_score) in enumerate(zip(items, fused_scores, strict=True)):
-        row = [fused_score, rank, float(cosines[rank])]
-        for found in lists:
-            row.extend(found.get(item, (MISSING_RANK, 0.0, 0.0)))
-        row.extend(words.row)
-        row.extend(title_match(words, terms.titles[item], *terms.terms(item)))
-        rows.append(row)
-    return items, np.asarray(rows, dtype=np.float32)
+    rows = np.column_stack([
+        np.asarray(stage.fused.scores[:depth], dtype=np.float64), np.arange(len(items)), cosines,
+        list_block(stage.dense, block), list_block(stage.words, block), list_block(stage.grams, block),
+        np.tile(np.asarray(words.row, dtype=np.float64), (len(items), 1)),
+        title_block(words, block, terms)])
+    return items, rows.astype(np.float32)
 
 
 def import_lightgbm():
@@ -143,14 +209,9 @@ def import_lightgbm():
     return lightgbm
 
 
-
-
-
-
-
-
 class LearnedRanker:
-    """The published LambdaMART models: a candidate's score is their mean."""
+    """The published LambdaMART models (one, refit on every train query, since issue 30; the five fold models
+    before): a candidate's score is their mean."""
 
     def __init__(self, models: list, depth: int) -> None:
         self.models = models
@@ -163,12 +224,12 @@ class LearnedRanker:
         return cls([lightgbm.Booster(model_str=text) for text in models], depth)
 
     @classmethod
-    def load(cls, directory: Path, folds: int, depth: int) -> LearnedRanker:
-        """The published fold models; one that cannot be read or expects other features is `ArtifactCorrupt`."""
+    def load(cls, directory: Path, files: Sequence[str], depth: int) -> LearnedRanker:
+        """The published models; one that cannot be read or expects other features is `ArtifactCorrupt`."""
         lightgbm = import_lightgbm()
         models = []
-        for k in range(folds):
-            path = directory / f"fold-{k}.txt"
+        for name in files:
+            path = directory / name
             try:
                 models.append(lightgbm.Booster(model_str=path.read_text(encoding="utf-8")))
             except (OSError, UnicodeDecodeError, lightgbm.basic.LightGBMError) as exc:
@@ -181,6 +242,8 @@ class LearnedRanker:
     def score(self, rows: np.ndarray) -> np.ndarray:
         if not len(rows):
             return np.zeros(0)
+        if len(self.models) == 1:
+            return self.models[0].predict(rows, num_threads=1)
         return np.mean([model.predict(rows, num_threads=1) for model in self.models], axis=0)
 
 

@@ -160,8 +160,9 @@ class Searcher:
 
     def _load_ranker(self, vectors: np.ndarray) -> LearnedOrder:
         settings, defaults = self.info.ranker.get("settings") or {}, RankerConfig()
-        ranker = LearnedRanker.load(self.directory / RANKER_DIR, int(settings.get("folds", defaults.folds)),
-                                    int(settings.get("depth", defaults.depth)))
+        files = self.info.ranker.get("model_files") or [  # indexes built before issue 30: the fold models
+            f"fold-{k}.txt" for k in range(int(settings.get("folds", defaults.folds)))]
+        ranker = LearnedRanker.load(self.directory / RANKER_DIR, files, int(settings.get("depth", defaults.depth)))
         return LearnedOrder(ranker, TitleTerms(title_texts(self.items)), vectors)
 
     @property

@@ -93,13 +93,15 @@ class TermScores:
                    np.asarray(scores["indptr"]), dict(engine.vocab_dict), int(scores["num_docs"]))
 
     def get_scores(self, tokens: Sequence[str]) -> np.ndarray:
-        scores = np.zeros(self.size, dtype=np.float32)
-        for token in tokens:
-            term = self.vocab.get(token)
-            if term is not None:
-                start, end = int(self.indptr[term]), int(self.indptr[term + 1])
-                scores[self.indices[start:end]] += self.data[start:end]  # a column never repeats a document
-        return scores
+        """Every document's score: the query terms' columns summed in one ``bincount`` (a term repeated in the
+        query counts each time, as BM25 scores it; summed in float64, then float32)."""
+        spans = [(int(self.indptr[term]), int(self.indptr[term + 1]))
+                 for term in (self.vocab.get(token) for token in tokens) if term is not None]
+        if not spans:
+            return np.zeros(self.size, dtype=np.float32)
+        documents = np.concatenate([self.indices[start:end] for start, end in spans])
+        weights = np.concatenate([self.data[start:end] for start, end in spans])
+        return np.bincount(documents, weights=weights, minlength=self.size).astype(np.float32)
 
     def save(self, directory: Path) -> None:
         for name in ("data", "indices", "indptr"):

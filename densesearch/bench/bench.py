@@ -37,7 +37,14 @@ from densesearch.eval.metrics import (
     write_trec_run,
 )
 from densesearch.eval.timing import LatencyStats, cyclic_batches, latency_stats, machine_info, time_calls
-from densesearch.retrieval.encoders import Encoder, EncoderSpec, TorchEncoder, base_spec, choose_encoder
+from densesearch.retrieval.encoders import (
+    Encoder,
+    EncoderSpec,
+    TorchEncoder,
+    base_spec,
+    choose_encoder,
+    load_catalog_runtime,
+)
 from densesearch.retrieval.fusion import RankedList
 from densesearch.retrieval.searcher import Searcher
 
@@ -221,7 +228,7 @@ def bench_context(cfg: BenchConfig, workspace: Workspace, progress=None) -> Benc
         raise BadInput(f"cannot write reports under {workspace.bench_runs}", hint="use a writable --home")
     searcher = Searcher(workspace, threads=cfg.threads)
     searcher.load_for("hybrid")  # a damaged encoder or BM25 fails now, not after minutes of work
-    getattr(searcher.encoder, "catalog", None)  # and the catalog's INT8 runtime, which queries never load
+    load_catalog_runtime(searcher.encoder)  # and the catalog's INT8 runtime, which queries never load
     judgments = load_judgments(workspace, cfg.split)
     if cfg.queries:
         judgments = replace(judgments, query_ids=judgments.query_ids[: cfg.queries],

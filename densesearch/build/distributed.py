@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from densesearch.core.errors import BadInput
-from densesearch.retrieval.encoders import EncoderSpec, load_onnx_encoder, load_torch_encoder
+from densesearch.retrieval.encoders import EncoderSpec, load_catalog_runtime, load_onnx_encoder, load_torch_encoder
 
 RAY_HINT = "install the extra: pip install 'densesearch[ray]'"
 
@@ -67,6 +67,7 @@ class EncoderActor:
             else:
                 self.encoder = load_onnx_encoder(directory, int8=backend == "onnx-int8", fingerprint=fingerprint,
                                                  threads=threads)
+                load_catalog_runtime(self.encoder)  # before its files go: this actor encodes the catalog
         finally:  # the runtimes hold the model in memory (or a mapping, which outlives the file on POSIX)
             shutil.rmtree(directory, ignore_errors=True)
         self.batch_size = batch_size

@@ -376,6 +376,13 @@ def load_onnx_encoder(directory: Path, int8: bool, fingerprint: str, threads: in
                                         catalog_runtime), catalog_runtime)
 
 
+def load_catalog_runtime(encoder: object) -> None:
+    """Build a `DualEncoder`'s catalog runtime now, not on its first batch: for a caller whose model files go away
+    (a Ray actor's unpacked copy) or that must fail on a damaged catalog model before any work (`bench`)."""
+    if isinstance(encoder, DualEncoder):
+        _ = encoder.catalog
+
+
 def _runtime_name(runtime: str | None) -> str:
     runtime = runtime or "onnxruntime"
     if runtime not in RUNTIMES:

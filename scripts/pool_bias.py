@@ -25,7 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -80,7 +80,7 @@ def judgments_for(workspace: Workspace, query_ids: list[str], split: str | None,
                      "--home and -w that `bench` ran with")
 
 
-def query_classes(query: str, vocabulary: set[str]) -> list[str]:
+def query_classes(query: str, vocabulary: Container[str]) -> list[str]:
     """The classes a query falls in: number or not, all words known to the catalog or not, its length."""
     words = words_of(query)  # the learned ranker's words: the class matches its query_unknown_words feature
     return ["has a number" if any(c.isdigit() for c in query) else "no number",
@@ -89,7 +89,7 @@ def query_classes(query: str, vocabulary: set[str]) -> list[str]:
 
 
 def ndcg_by_class(runs: dict[str, dict[str, list[tuple[str, float]]]], query_ids: Sequence[str],
-                  queries: Sequence[str], qrels: dict[str, dict[str, int]], vocabulary: set[str],
+                  queries: Sequence[str], qrels: dict[str, dict[str, int]], vocabulary: Container[str],
                   min_relevance: int) -> dict[str, dict[str, float]]:
     """class -> {"queries": n, run name: mean nDCG@10}; the class "all" holds every query."""
     members: dict[str, list[int]] = defaultdict(list)

@@ -60,21 +60,16 @@ class TitleTerms:
 
     def __init__(self, titles: Sequence[str]) -> None:
         self.titles = [title.lower() for title in titles]
-        self.word_ids: dict[str, int] = {}
+        self.vocabulary: dict[str, int] = {}  # every word of some title, and its id
         for title in self.titles:
             for word in words_of(title):
-                self.word_ids.setdefault(word, len(self.word_ids))
+                self.vocabulary.setdefault(word, len(self.vocabulary))
         self.terms = lru_cache(maxsize=TERMS_CACHE)(self._terms)  # bounded: a served catalog may be large
-
-    @property
-    def vocabulary(self) -> Mapping[str, int]:
-        """Every word of some title (a mapping: ``word in vocabulary`` is the test)."""
-        return self.word_ids
 
     def _terms(self, item: int) -> tuple[np.ndarray, np.ndarray, int]:
         title = self.titles[item]
         words = words_of(title)
-        return (np.fromiter({self.word_ids[word] for word in words}, dtype=np.int64),
+        return (np.fromiter({self.vocabulary[word] for word in words}, dtype=np.int64),
                 gram_codes(trigrams_of(words)), sum(c.isdigit() for c in title))
 
 
@@ -105,7 +100,6 @@ class QueryTerms:
     """What the word-match features read from one query: its words (``ids`` in the title vocabulary, -1 for a word
     no title has), 3-gram codes, numbers and word pairs."""
 
-    words: list[str]
     ids: np.ndarray
     grams: np.ndarray
     numbers: np.ndarray
@@ -122,7 +116,7 @@ class QueryTerms:
         numbers = np.fromiter((vocabulary.get(w, -1) for w in word_set if any(c.isdigit() for c in w)),
                               dtype=np.int64)
         first, last = (vocabulary.get(words[0], -1), vocabulary.get(words[-1], -1)) if words else (-1, -1)
-        return cls(words, ids, gram_codes(trigrams_of(words)), numbers, [f"{a} {b}" for a, b in pairwise(words)],
+        return cls(ids, gram_codes(trigrams_of(words)), numbers, [f"{a} {b}" for a, b in pairwise(words)],
                    first, last, [len(word_set), len(query), sum(c.isdigit() for c in query), int(np.sum(ids < 0))])
 
 
@@ -242,8 +236,6 @@ class LearnedRanker:
     def score(self, rows: np.ndarray) -> np.ndarray:
         if not len(rows):
             return np.zeros(0)
-        if len(self.models) == 1:
-            return self.models[0].predict(rows, num_threads=1)
         return np.mean([model.predict(rows, num_threads=1) for model in self.models], axis=0)
 
 

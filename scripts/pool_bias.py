@@ -152,7 +152,7 @@ def main() -> None:
     catalog = load_catalog(workspace)
     judgments = judgments_for(workspace, trec_query_ids(args.trec), args.split, args.trec)
     runs = {f.stem: read_trec_run(f) for f in files}
-    vocabulary = TitleTerms(catalog.texts).vocabulary
+    vocabulary = TitleTerms.of(catalog.texts).vocabulary
     classes = ndcg_by_class(runs, judgments.query_ids, judgments.queries, judgments.qrels, vocabulary,
                             judgments.min_relevance)
     ceiling = coverage_reorder(runs[args.run], judgments.query_ids, judgments.queries, judgments.qrels,

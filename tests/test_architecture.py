@@ -104,9 +104,11 @@ try:
 except SystemExit as done:
     assert not done.code, done.code
 """
-# Heavy libraries no one-shot query needs: training, the catalog's OpenVINO runtime, the BM25 builder.
+# Heavy libraries no one-shot query needs: training, the catalog's OpenVINO runtime, the BM25 builder; and what
+# start-up alone used to pay for (typer 0.29's pydantic adapters, progress bars, package metadata).
 QUERY_FORBIDDEN = ("torch", "transformers", "sentence_transformers", "openvino", "optimum", "nncf", "datasets",
-                   "bm25s", "scipy", "sklearn", "densesearch.build", "densesearch.bench", "densesearch.data.prepare")
+                   "bm25s", "scipy", "sklearn", "densesearch.build", "densesearch.bench", "densesearch.data.prepare",
+                   "pydantic", "rich.progress", "importlib.metadata")
 # What each mode must not load beyond those: a dense query reads no BM25 index and runs no ranker; a BM25 query
 # encodes nothing and searches no vectors.
 MODE_FORBIDDEN = {"dense": ("Stemmer", "lightgbm", "densesearch.retrieval.crossencoder"),

@@ -35,7 +35,7 @@ def test_trigrams_pad_each_word():
 
 
 def test_features_describe_each_candidate_of_the_three_lists_and_the_words():
-    terms = TitleTerms(TITLES)
+    terms = TitleTerms.of(TITLES)
     vectors = np.eye(4, dtype=np.float32)
     fused = RankedList([0, 2, 3], [0.8, 0.4, 0.1])
     stage = Stage(dense=RankedList([2, 0], [0.9, 0.5]), words=RankedList([0], [7.0]),
@@ -87,7 +87,7 @@ def test_block_features_equal_each_candidates_features_written_out(tmp_path):
     """The features computed over the candidate block equal, to the float32 bit, the per-candidate definition, on
     real titles, random lists (with FAISS's -1 padding) and queries with numbers, repeats and unknown words."""
     titles = [row["title"] for row in read_jsonl(write_first_rows(tmp_path / "items.jsonl", 300))]
-    terms, rng = TitleTerms(titles), np.random.default_rng(7)
+    terms, rng = TitleTerms.of(titles), np.random.default_rng(7)
     vectors = rng.normal(size=(len(titles), 8)).astype(np.float32)
     queries = ["12 pack cotton socks socks", "zzqx unknown 2-pack", "women's summer dress", "a", "!!", titles[5]]
     for query in queries:
@@ -204,6 +204,7 @@ def test_index_trains_serves_and_benches_the_learned_ranker_on_judged_queries(tm
     assert recorded["features"] == list(FEATURES) and recorded["settings"]["folds"] == 2
     assert recorded["model_files"] == ["model-0.txt"]  # one model refit on every train query
     assert "ranker/model-0.txt" in json.loads((result.path / "manifest.json").read_text())["files"]
+    assert_stored_terms_are_the_catalogs(workspace)
 
     searcher = Searcher(workspace)
     learned = searcher.ask("cordless drill", QueryConfig(k=5, mode="hybrid"))
@@ -229,11 +230,46 @@ def test_index_trains_serves_and_benches_the_learned_ranker_on_judged_queries(tm
     run_add(IndexConfig(add_path=new), workspace)
     answer = Searcher(workspace).ask("zorblax cordless drill", QueryConfig(k=3, mode="hybrid"))
     assert "learned ranker" in answer.answered_by and answer.hits[0].item_id == "NEW1"
+    assert_stored_terms_are_the_catalogs(workspace)  # the added item's terms stored with the rest
 
     model = workspace.artifact("index") / "ranker" / "model-0.txt"
     model.write_text("x" * model.stat().st_size, encoding="utf-8")  # same size: only the parse can tell
     with pytest.raises(ArtifactCorrupt, match="model-0.txt"):
         Searcher(workspace).ask("cordless drill", QueryConfig(mode="hybrid"))
+
+
+def assert_stored_terms_are_the_catalogs(workspace):
+    """The title terms `index` stored beside the ranker are those computed from the served catalog's titles."""
+    from densesearch.core.artifacts import open_artifact
+    from densesearch.retrieval.ranker import TERMS_DIR, title_texts
+    from densesearch.retrieval.searcher import read_items
+
+    artifact = open_artifact(workspace, "index")
+    titles = title_texts(read_items(artifact))
+    assert_same_terms(TitleTerms.load(artifact, f"ranker/{TERMS_DIR}", titles), TitleTerms.of(titles))
+
+
+def assert_same_terms(got: TitleTerms, expected: TitleTerms) -> None:
+    from densesearch.retrieval.ranker import TERMS_ARRAYS
+
+    assert got.vocabulary == expected.vocabulary and got.titles == expected.titles
+    for name in TERMS_ARRAYS:
+        np.testing.assert_array_equal(getattr(got, name), getattr(expected, name))
+
+
+def test_stored_title_terms_round_trip_and_a_damaged_one_is_named(tmp_path):
+    from densesearch.core.artifacts import Artifact
+
+    computed = TitleTerms.of(TITLES)
+    computed.save(tmp_path / "terms")
+    artifact = Artifact("index", tmp_path, manifest=None)
+    assert_same_terms(TitleTerms.load(artifact, "terms", TITLES), computed)
+    assert_same_terms(TitleTerms.load(artifact, "absent", TITLES), computed)  # an index built before: computed
+    with pytest.raises(ArtifactCorrupt, match="word_ptr.npy"):
+        TitleTerms.load(artifact, "terms", TITLES[:-1])  # a catalog the terms were not computed from
+    np.save(tmp_path / "terms" / "gram_codes.npy", computed.gram_codes[:-1])
+    with pytest.raises(ArtifactCorrupt, match="gram_codes.npy"):
+        TitleTerms.load(artifact, "terms", TITLES)
 
 
 def test_lightgbm_that_cannot_load_is_one_line_naming_the_fix(monkeypatch):

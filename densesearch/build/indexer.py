@@ -25,7 +25,7 @@ from densesearch.eval.evaluation import exact_topk
 from densesearch.retrieval.dense import DenseIndex, search_param_name
 from densesearch.retrieval.encoders import ENCODE_NUMERICS, Encoder, EncoderSpec, choose_encoder, pick_device
 from densesearch.retrieval.firststage import FirstStage
-from densesearch.retrieval.ranker import RANKER_DIR, TitleTerms, title_texts
+from densesearch.retrieval.ranker import RANKER_DIR, TERMS_DIR, TitleTerms, title_texts
 from densesearch.retrieval.searcher import read_items
 from densesearch.retrieval.sparse import Bm25Index
 
@@ -383,7 +383,7 @@ def run_index(cfg: IndexConfig, workspace: Workspace, progress=None) -> IndexRes
         dense, build_seconds = build_dense(plan, encoded.vectors)
         words, grams = build_lexical(plan.catalog.texts, plan.cfg.bm25, tmp)
         tuning = Tuning(workspace, plan.encoder, FirstStage(dense, words, grams), plan.catalog.ids,
-                        TitleTerms(title_texts(plan.catalog.rows)))
+                        title_texts(plan.catalog.rows))
         queries = sweep_queries(plan)
         sweep, param = tune_search_param(plan, tuning, queries)
         faiss.write_index(dense.index, str(tmp / DENSE_FILE))
@@ -446,6 +446,7 @@ def run_add(cfg: IndexConfig, workspace: Workspace, progress=None) -> IndexResul
         Bm25Index.build_ngrams([r["text"] for r in rows]).save(tmp / NGRAM_DIR)
         if (artifact.path / RANKER_DIR).is_dir():  # its features are per query and item: it serves the new items
             shutil.copytree(artifact.path / RANKER_DIR, tmp / RANKER_DIR)
+            TitleTerms.of(title_texts(rows)).save(tmp / RANKER_DIR / TERMS_DIR)  # the new items' terms too
         _write_items(tmp / ITEMS_FILE, rows)
         manifest.counts = {**manifest.counts, "vectors": len(rows), "added": manifest.counts.get("added", 0)
                            + len(new_rows)}

@@ -18,6 +18,7 @@ from densesearch.retrieval.fusion import Fusion, Stage
 from densesearch.retrieval.ranker import (
     FEATURES,
     MAX_LABEL,
+    TERMS_DIR,
     LearnedRanker,
     candidate_features,
     import_lightgbm,
@@ -127,6 +128,8 @@ def build_ranker(cfg: RankerConfig, tuning: Tuning, fusion: Fusion, out: Path, p
     reason = ("dev nDCG@10 significantly higher than the fusion's" if better
               else "kept as asked (--ranker on)" if kept else "not significantly better than the fusion on dev")
     files = save_models(out, models) if kept else []
+    if kept:
+        tuning.terms.save(out / TERMS_DIR)  # served from these arrays: no query computes a title's terms
     return RankerReport(kept, reason, train_queries=len(train.query_ids), dev_queries=len(dev.query_ids),
                         rounds=rounds, model_files=files, dev_ndcg_fusion=float(before.mean()),
                         dev_ndcg_ranker=float(after.mean()), p_vs_fusion=p_value, seconds=time.perf_counter() - started)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field, replace
+from functools import cached_property
 
 import numpy as np
 
@@ -144,8 +145,13 @@ class Tuning:
     encoder: Encoder
     first_stage: FirstStage
     ids: list[str]
-    terms: TitleTerms  # the catalog's titles, as the learned ranker's features read them
+    titles: list[str]  # the catalog's titles, which the learned ranker's word-match features read
     encoded: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @cached_property
+    def terms(self) -> TitleTerms:
+        """The titles' terms, computed when a ranker is trained (not for an index without one)."""
+        return TitleTerms.of(self.titles)
 
     def vectors(self, texts: list[str]) -> np.ndarray:
         return encode_each_query_once(self.encoder, texts, self.encoded)

@@ -1,7 +1,5 @@
 """The Typer layer: parses options, calls the core, renders results. No pipeline logic lives here."""
 
-from __future__ import annotations
-
 import functools
 import math
 import os

@@ -12,15 +12,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    SpinnerColumn,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 from rich.table import Table
 from rich.text import Text
 
@@ -86,6 +77,16 @@ class Output:
     @contextlib.contextmanager
     def progress(self) -> Iterator[Any]:
         """A progress callback ``(description, completed, total)`` drawn on stderr."""
+        from rich.progress import (  # 9 ms of imports that a one-shot query never draws
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            SpinnerColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
         columns = [SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("{task.fields[extra]}"), TimeElapsedColumn(), TimeRemainingColumn()]
         bar = Progress(*columns, console=self.err, transient=True, disable=not self.err.is_terminal)

@@ -445,8 +445,8 @@ def run_add(cfg: IndexConfig, workspace: Workspace, progress=None) -> IndexResul
         Bm25Index.build([r["text"] for r in rows], manifest.extra["bm25"]).save(tmp / BM25_DIR)
         Bm25Index.build_ngrams([r["text"] for r in rows]).save(tmp / NGRAM_DIR)
         if (artifact.path / RANKER_DIR).is_dir():  # its features are per query and item: it serves the new items
-            shutil.copytree(artifact.path / RANKER_DIR, tmp / RANKER_DIR)
-            TitleTerms.of(title_texts(rows)).save(tmp / RANKER_DIR / TERMS_DIR)  # the new items' terms too
+            shutil.copytree(artifact.path / RANKER_DIR, tmp / RANKER_DIR, ignore=shutil.ignore_patterns(TERMS_DIR))
+            TitleTerms.of(title_texts(rows)).save(tmp / RANKER_DIR / TERMS_DIR)  # every item's terms, the new ones too
         _write_items(tmp / ITEMS_FILE, rows)
         manifest.counts = {**manifest.counts, "vectors": len(rows), "added": manifest.counts.get("added", 0)
                            + len(new_rows)}

@@ -145,7 +145,8 @@ def _joined(values: list[np.ndarray]) -> np.ndarray:
 
 def _gather(ptr: np.ndarray, values: np.ndarray, items: np.ndarray) -> CandidateValues:
     """Rows ``items`` of a CSR array, concatenated."""
-    starts, counts = ptr[items], ptr[items + 1] - ptr[items]
+    starts = ptr[items]
+    counts = ptr[items + 1] - starts
     owner = np.repeat(np.arange(len(items)), counts)
     offsets = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
     return CandidateValues(values[np.repeat(starts, counts) + offsets], owner, counts)

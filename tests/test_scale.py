@@ -49,7 +49,8 @@ def test_chunked_ground_truth_equals_exact_search(monkeypatch):
 def test_top_k_selection_keeps_matching_items_and_breaks_ties_by_lower_index():
     rng = np.random.default_rng(0)
     for scores in (rng.integers(-1, 4, 5000).astype(np.float32),  # heavy ties, zeros and negatives
-                   rng.random(5000).astype(np.float32), np.zeros(50, dtype=np.float32)):
+                   rng.random(5000).astype(np.float32), np.zeros(50, dtype=np.float32),
+                   np.where(rng.random(5000) < 0.05, rng.integers(1, 3, 5000), 0).astype(np.float32)):  # sparse
         positive = np.flatnonzero(scores > 0)
         for k in (0, 1, 10, 2000, 4999, 5000, 6000):
             expected = positive[np.lexsort((positive, -scores[positive]))][:k]

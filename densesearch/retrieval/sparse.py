@@ -203,16 +203,39 @@ class Bm25Index:
         return cls(backend=backend, engine=engine, size=size, tokenizer=tokenizer, k1=k1, b=b, method=method)
 
 
+SAMPLE_STRIDE = 16  # _best_matching reads every 16th score to guess a floor for the top k
+
+
 def _best_matching(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """The k best positive scores (items sharing a term with the query), ties by lower index, in O(N).
 
-    Only the matching items are partitioned and sorted: most of a catalog scores 0 for a query, and sorting
-    those ties cost ~4 ms per query at 55K items.
+    Only the items at or above a floor are partitioned and sorted: the floor is a high score of every 16th item,
+    so a few hundred items pass it where a 3-gram query matches half the catalog (all 30K matching items cost
+    ~0.26 ms a query on Home Depot, the floored few hundred ~0.1 ms). When fewer than k items pass, every matching
+    item is a candidate; either way the top k is exact.
     """
-    candidates = np.flatnonzero(scores > 0)
     if k <= 0:
-        candidates = candidates[:0]
-    elif len(candidates) > k:
+        return _ranked(scores, np.zeros(0, dtype=np.int64), 0)
+    floor = _sampled_floor(scores, k)
+    candidates = np.flatnonzero(scores >= floor) if floor > 0 else np.zeros(0, dtype=np.int64)
+    if len(candidates) < k:
+        candidates = np.flatnonzero(scores > 0)
+    return _ranked(scores, candidates, k)
+
+
+def _sampled_floor(scores: np.ndarray, k: int) -> float:
+    """A score that about 4k items reach, read from every ``SAMPLE_STRIDE``-th item (0 when too few match)."""
+    sample = scores[::SAMPLE_STRIDE]
+    sample = sample[sample > 0]  # partitioning the zeros of a rare term's query is slow (all ties)
+    wanted = 4 * k // SAMPLE_STRIDE + 1
+    if wanted > len(sample):
+        return 0.0
+    return float(np.partition(sample, len(sample) - wanted)[len(sample) - wanted])
+
+
+def _ranked(scores: np.ndarray, candidates: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k best of ``candidates`` (ascending item indices), ties by lower index."""
+    if len(candidates) > k:
         values = scores[candidates]
         kth = np.partition(values, len(values) - k)[len(values) - k]
         above = candidates[values > kth]

@@ -85,3 +85,15 @@ def test_ranx_reads_a_run_of_tied_scores_in_the_order_we_scored(tmp_path):
     assert ranx.evaluate(qrels, run, "mrr@10") == pytest.approx(1 / 4) == ours["mrr@10"][0]
     assert ranx.evaluate(qrels, run, "ndcg@10") == pytest.approx(float(ours["ndcg@10"][0]))
     assert 0 < ours["ndcg@10"][0] < 1
+
+
+def test_interleaved_timing_takes_turns_in_blocks_over_the_inputs_in_order():
+    from densesearch.eval.timing import time_interleaved
+
+    seen = []
+    samples = time_interleaved({"a": lambda x: seen.append(("a", x)), "b": lambda x: seen.append(("b", x))},
+                               [1, 2, 3], runs=5, warmup=1, block=2)
+    assert seen == [("a", 1), ("b", 1),  # warm-up
+                    ("a", 1), ("a", 2), ("b", 1), ("b", 2), ("a", 3), ("a", 1), ("b", 3), ("b", 1), ("a", 2), ("b", 2)]
+    assert {name: len(values) for name, values in samples.items()} == {"a": 5, "b": 5}
+    assert all(value >= 0 for values in samples.values() for value in values)

@@ -36,7 +36,14 @@ from densesearch.eval.metrics import (
     write_trec_qrels,
     write_trec_run,
 )
-from densesearch.eval.timing import LatencyStats, cyclic_batches, latency_stats, machine_info, time_calls
+from densesearch.eval.timing import (
+    LatencyStats,
+    cyclic_batches,
+    latency_stats,
+    machine_info,
+    time_calls,
+    time_interleaved,
+)
 from densesearch.retrieval.encoders import (
     Encoder,
     EncoderSpec,
@@ -372,13 +379,20 @@ def encode_latency(encoders: dict[str, Encoder], served_backend: str, texts: lis
 
 def served_latency(searcher: Searcher, texts: list[str], cfg: BenchConfig) -> list[LatencyStats]:
     """`Searcher.ask` end to end per mode (one query a request), and batched dense search."""
-    stats = []
-    for mode in ("dense", "hybrid", "bm25") + (("rerank",) if has_artifact(searcher.workspace, "reranker") else ()):
+    def ask(mode: str):
         config = QueryConfig(k=10, mode=mode, threads=cfg.threads)
-        runs = cfg.latency_runs if mode != "rerank" else min(cfg.latency_runs, RERANK_LATENCY_RUNS)
-        stats.append(latency_stats(f"{searcher.spec.backend} {mode}" if mode != "bm25" else "bm25", "end-to-end", 1,
-                                   time_calls(lambda q, c=config: searcher.ask(q, c), texts, runs,
-                                              min(cfg.warmup_runs, runs))))
+        return lambda q: searcher.ask(q, config)
+
+    def label(mode: str) -> str:
+        return f"{searcher.spec.backend} {mode}" if mode != "bm25" else "bm25"
+
+    samples = time_interleaved({mode: ask(mode) for mode in ("dense", "hybrid", "bm25")}, texts, cfg.latency_runs,
+                               cfg.warmup_runs)  # interleaved: the hybrid/dense ratio is measured in one run
+    stats = [latency_stats(label(mode), "end-to-end", 1, values) for mode, values in samples.items()]
+    if has_artifact(searcher.workspace, "reranker"):
+        runs = min(cfg.latency_runs, RERANK_LATENCY_RUNS)
+        stats.append(latency_stats(label("rerank"), "end-to-end", 1,
+                                   time_calls(ask("rerank"), texts, runs, min(cfg.warmup_runs, runs))))
     for batch in (b for b in cfg.batch_sizes if b > 1):
         stats.append(latency_stats(f"{searcher.spec.backend} dense", "end-to-end", batch,
                                    time_calls(lambda b, bs=batch: searcher.dense.ids(

@@ -46,6 +46,24 @@ def time_calls(call, inputs: list[Any], runs: int, warmup: int) -> list[float]:
     return samples
 
 
+INTERLEAVE_BLOCK = 25  # consecutive runs of one call before the next call's turn
+
+
+def time_interleaved(calls: dict[str, Any], inputs: list[Any], runs: int, warmup: int,
+                     block: int = INTERLEAVE_BLOCK) -> dict[str, list[float]]:
+    """``time_calls`` for several calls at once, taking turns in blocks of ``block`` runs: a ratio between two of
+    them is not skewed by the machine speeding up or slowing down between one call's runs and the next's, while
+    each call still runs on caches it warmed itself (one at a time would leave each call the others' caches)."""
+    samples: dict[str, list[float]] = {name: [] for name in calls}
+    for name, call in calls.items():
+        samples[name] = time_calls(call, inputs, 0, warmup)
+    for first in range(0, runs, block):
+        for name, call in calls.items():
+            shifted = inputs[first % len(inputs):] + inputs[:first % len(inputs)]
+            samples[name] += time_calls(call, shifted, min(block, runs - first), 0)
+    return samples
+
+
 def machine_info(threads: int) -> dict[str, Any]:
     flags = set()
     try:

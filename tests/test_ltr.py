@@ -13,7 +13,9 @@ from densesearch.retrieval.fusion import EMPTY, RankedList, Stage
 from densesearch.retrieval.ranker import (
     FEATURES,
     MISSING_RANK,
+    BoosterPredict,
     LearnedRanker,
+    NativePredict,
     TitleTerms,
     candidate_features,
     reorder,
@@ -144,6 +146,17 @@ def test_lambdamart_learns_the_feature_that_decides_the_grade_and_round_trips(tm
         for rows, grade in zip(fresh, grades, strict=True):
             ranked = grade[np.argsort(-ranker.score(rows), kind="stable")]
             assert (np.diff(ranked) <= 0).all()  # the learned order sorts the candidates by grade
+        assert_direct_calls_score_as_lightgbm(ranker, fresh)
+
+
+def assert_direct_calls_score_as_lightgbm(ranker: LearnedRanker, blocks: list[np.ndarray]) -> None:
+    """The ranker calls LightGBM's C API directly, with the scores of `Booster.predict`, to the bit."""
+    assert all(isinstance(predict, NativePredict) for predict in ranker._predict)
+    for rows in blocks:
+        expected = np.mean([model.predict(rows, num_threads=1) for model in ranker.models], axis=0)
+        assert np.array_equal(ranker.score(rows), expected)
+        assert np.array_equal(ranker.score(rows.astype(np.float64)[::-1]), expected[::-1])  # any dtype and layout
+    assert np.array_equal(BoosterPredict(ranker.models[0])(blocks[0]), ranker._predict[0](blocks[0]))
 
 
 def test_a_damaged_or_foreign_ranker_file_is_one_clear_error(tmp_path):

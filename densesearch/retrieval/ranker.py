@@ -282,6 +282,7 @@ class LearnedRanker:
     def __init__(self, models: list, depth: int) -> None:
         self.models = models
         self.depth = depth
+        self._predict = [NativePredict.of(model) for model in models]
 
     @classmethod
     def from_texts(cls, models: list[str], depth: int) -> LearnedRanker:
@@ -308,7 +309,55 @@ class LearnedRanker:
     def score(self, rows: np.ndarray) -> np.ndarray:
         if not len(rows):
             return np.zeros(0)
-        return np.mean([model.predict(rows, num_threads=1) for model in self.models], axis=0)
+        return np.mean([predict(rows) for predict in self._predict], axis=0)
+
+
+PREDICT_PARAMETERS = b"num_threads=1"  # one query's 50 rows: a second thread costs more than it saves under load
+C_API_FLOAT32, C_API_ROW_MAJOR, C_API_PREDICT_NORMAL = 0, 1, 0  # LightGBM's c_api.h constants
+
+
+@dataclass(frozen=True)
+class NativePredict:
+    """One LightGBM model's scores through its C API's ``LGBM_BoosterPredictForMat``, called directly on the
+    model's handle: the same function `Booster.predict` ends in, without the ~0.1-0.2 ms of Python checks and
+    parameter building that call makes first (a fifth of the learned ranker's cost on 50 candidates)."""
+
+    booster: object
+    library: object
+
+    @classmethod
+    def of(cls, booster) -> NativePredict | BoosterPredict:
+        """The direct call where this LightGBM exposes its library and the model's handle, else `Booster.predict`."""
+        import lightgbm
+
+        library = getattr(lightgbm.basic, "_LIB", None)
+        if library is None or getattr(booster, "_handle", None) is None:
+            return BoosterPredict(booster)
+        return cls(booster, library)
+
+    def __call__(self, rows: np.ndarray) -> np.ndarray:
+        import ctypes
+
+        rows = np.ascontiguousarray(rows, dtype=np.float32)
+        out, length = np.zeros(len(rows), dtype=np.float64), ctypes.c_int64(0)
+        status = self.library.LGBM_BoosterPredictForMat(
+            self.booster._handle, rows.ctypes.data_as(ctypes.c_void_p), ctypes.c_int(C_API_FLOAT32),
+            ctypes.c_int32(rows.shape[0]), ctypes.c_int32(rows.shape[1]), ctypes.c_int(C_API_ROW_MAJOR),
+            ctypes.c_int(C_API_PREDICT_NORMAL), ctypes.c_int(0), ctypes.c_int(-1), ctypes.c_char_p(PREDICT_PARAMETERS),
+            ctypes.byref(length), out.ctypes.data_as(ctypes.POINTER(ctypes.c_double)))
+        if status != 0 or length.value != len(rows):
+            return BoosterPredict(self.booster)(rows)  # let LightGBM's own call raise its own error
+        return out
+
+
+@dataclass(frozen=True)
+class BoosterPredict:
+    """One LightGBM model's scores through `Booster.predict` (on one thread)."""
+
+    booster: object
+
+    def __call__(self, rows: np.ndarray) -> np.ndarray:
+        return self.booster.predict(rows, num_threads=1)
 
 
 def reorder(stage: Stage, items: list[int], scores: np.ndarray) -> RankedList:

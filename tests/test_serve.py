@@ -315,3 +315,80 @@ def test_serve_with_workers_and_no_index_says_which_command_to_run(tmp_path):
 
     result = CliRunner().invoke(app, ["serve", "--workers", "2", "--home", str(tmp_path)])
     assert result.exit_code != 0 and "densesearch index" in result.output
+
+
+def test_idle_and_trickling_connections_are_cut_off_while_searches_go_on(built, monkeypatch):
+    """Slowloris: 220 connections that never finish a request (silent, or one header byte now and then) neither
+    stop a real search nor stay open past the request deadline."""
+    import json as json_module
+    from dataclasses import asdict
+
+    import httpx
+    import uvicorn
+
+    from densesearch.serve.limits import LIMITS_ENV, ServerLimits, raise_open_file_limit
+
+    limits = ServerLimits(request_timeout=1.0, keep_alive=1.0, connections=512)
+    monkeypatch.setenv(LIMITS_ENV, json_module.dumps(asdict(limits)))
+    raise_open_file_limit(2048)
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(SearchService(built["ws"])), host="127.0.0.1", port=port,
+                                           log_level="warning", **limits.uvicorn_options()))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(220)]
+    try:
+        for n, sock in enumerate(idle[::2]):
+            sock.sendall(f"GET /search?q=shoe{n} HTTP/1.1\r\nHost: x\r\n".encode())  # headers never finished
+        opened = time.monotonic()
+        for _ in range(3):  # keep trickling: the deadline counts from the request's first byte, not the last
+            time.sleep(0.3)
+            for sock in idle[::2]:
+                sock.sendall(b"X")
+            answer = httpx.get(f"http://127.0.0.1:{port}/search", params={"q": "leather wallet", "k": 3}, timeout=5)
+            assert answer.status_code == 200 and len(answer.json()["hits"]) == 3
+        for sock in idle:
+            sock.settimeout(max(0.1, opened + 3.0 - time.monotonic()))
+            assert sock.recv(1024) == b""  # closed by the server (a timeout here raises)
+        assert time.monotonic() - opened < 3.0
+    finally:
+        for sock in idle:
+            sock.close()
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.mark.slow
+def test_workers_die_with_their_supervisor_killed_by_signal_9(built):
+    """kill -9 of `serve --workers 2`: its workers exit too, and the port is free for a restart."""
+    import signal
+    import subprocess
+    import sys
+
+    import httpx
+
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, "-m", "densesearch", "serve", "--port", str(port), "--workers", "2",
+                               "--home", str(built["ws"].home), "-w", built["ws"].name],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline, processes = time.monotonic() + 120, set()
+    try:
+        while time.monotonic() < deadline and len(processes) < 2:
+            try:
+                processes.add(httpx.get(f"http://127.0.0.1:{port}/health", timeout=2,
+                                        headers={"Connection": "close"}).json()["process"])
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        assert len(processes) == 2
+    finally:
+        server.send_signal(signal.SIGKILL)
+        server.wait(timeout=30)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and any(_alive(pid) for pid in processes):
+        time.sleep(0.2)
+    assert not any(_alive(pid) for pid in processes)
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", port))  # "address already in use" if a worker still held it

@@ -434,14 +434,21 @@ def serve(
     workers: Annotated[int, typer.Option(min=1, max=64, help="Server processes sharing the port, each answering "
                                                               "on its own core (more QPS under concurrent load; "
                                                               "each loads the index; /metrics is per process).")] = 1,
+    request_timeout: Annotated[float, typer.Option(min=0.1, max=3600, help="Seconds a client has to send a "
+                                                                            "whole request; slower: cut off.")] = 10.0,
+    keep_alive: Annotated[float, typer.Option(min=0.1, max=3600, help="Seconds an idle keep-alive connection "
+                                                                       "stays open.")] = 5.0,
+    max_connections: Annotated[int, typer.Option(min=1, max=1_000_000, help="Connections and requests in flight "
+                                                                            "per process; above it: HTTP 503.")] = 512,
     home: HomeOpt = None, workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
 ) -> None:
     """Serve search over HTTP: a search page at /, /search, /items/ID, /health, /metrics, /docs."""
     from densesearch.serve.app import serve as run_server
+    from densesearch.serve.limits import ServerLimits
 
     ws = workspace_of(home, workspace)
     typer.echo(f"serving workspace {ws.name} on http://{host}:{port}/ (API docs at /docs; Ctrl-C stops)", err=True)
-    run_server(ws, host, port, threads, workers)
+    run_server(ws, host, port, threads, workers, ServerLimits(request_timeout, keep_alive, max_connections))
 
 
 def _parse_batch_sizes(text: str) -> tuple[int, ...]:

@@ -35,6 +35,7 @@ from densesearch.core.cpu import usable_cores
 from densesearch.core.errors import DensesearchError
 from densesearch.core.paths import Workspace
 from densesearch.retrieval.searcher import MAX_QUERY_CHARS, MODES, Searcher
+from densesearch.serve.limits import ServerLimits, raise_open_file_limit
 from densesearch.serve.loadshare import ConnectionBalancer, LoadShare
 
 MAX_K = 1000
@@ -43,6 +44,8 @@ RELOAD_CHECK_SECONDS = 1.0
 LATENCY_BUCKETS_MS = (1, 2, 3, 5, 7.5, 10, 15, 25, 50, 100, 250, 1000)
 PAGE_RESOURCE = "serve/web/index.html"
 GIL_SWITCH_SECONDS = 0.0005
+PR_SET_PDEATHSIG = 1  # prctl option: the signal this process gets when its parent dies
+OPEN_FILES_SPARE = 256  # open files beyond the connection cap: the index's files, logs, the workers' pipes
 WORKER_SETTINGS_ENV = "DENSESEARCH_SERVE_WORKER"  # how `serve --workers N` hands its settings to each process
 
 
@@ -314,11 +317,16 @@ def loaded_service(workspace: Workspace, threads: int) -> SearchService:
     return service
 
 
-def serve(workspace: Workspace, host: str, port: int, threads: int = 1, workers: int = 1) -> None:
-    """Load the index and serve until interrupted (``workers`` processes sharing the port)."""
+def serve(workspace: Workspace, host: str, port: int, threads: int = 1, workers: int = 1,
+          limits: ServerLimits | None = None) -> None:
+    """Load the index and serve until interrupted (``workers`` processes sharing the port), within ``limits``."""
     import uvicorn
 
-    options = {"host": host, "port": port, "log_level": "warning", "access_log": False}  # uvloop, httptools if there
+    limits = limits or ServerLimits()
+    limits.publish()
+    raise_open_file_limit(limits.connections + OPEN_FILES_SPARE)
+    options = {"host": host, "port": port, "log_level": "warning", "access_log": False,  # uvloop where installed
+               **limits.uvicorn_options()}
     if workers == 1:
         uvicorn.run(create_app(loaded_service(workspace, threads)), **options)
         return
@@ -327,16 +335,33 @@ def serve(workspace: Workspace, host: str, port: int, threads: int = 1, workers:
     open_artifact(workspace, "index")  # a missing or damaged index: one clear line here, not one per process
     with tempfile.TemporaryDirectory(prefix="densesearch-serve-") as shares:
         os.environ[WORKER_SETTINGS_ENV] = json.dumps({"home": str(workspace.home), "name": workspace.name,
-                                                      "threads": threads, "workers": workers, "shares": shares})
+                                                      "threads": threads, "workers": workers, "shares": shares,
+                                                      "parent": os.getpid()})
         uvicorn.run("densesearch.serve.app:worker_app", factory=True, workers=workers, **options)
 
 
 def worker_app():
     """One process of ``serve --workers N`` (uvicorn imports and calls this in each process it starts)."""
     settings = json.loads(os.environ[WORKER_SETTINGS_ENV])
+    die_with_parent(int(settings.get("parent", 0)))
     workspace = Workspace(Path(settings["home"]), settings["name"])
     share = LoadShare(Path(settings["shares"]), settings["workers"])
     return create_app(loaded_service(workspace, settings["threads"]), inline=True, share=share)
+
+
+def die_with_parent(parent: int) -> None:
+    """Ask Linux to end this process when its parent dies (a `serve --workers` supervisor killed with -9 would
+    otherwise leave its workers holding the port); exit now if the parent is already gone."""
+    import ctypes
+    import signal
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # not Linux: the supervisor's own shutdown still stops its workers
+        return
+    if parent and os.getppid() != parent:
+        os._exit(1)
 
 
 __all__ = ["SearchService", "create_app", "serve", "worker_app"]

@@ -6,6 +6,7 @@ import shutil
 import socket
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -199,21 +200,30 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def live_server(built):
+@contextmanager
+def server_thread(workspace: Workspace, **options):
+    """The app on uvicorn in a thread of this process, on a free loopback port: yields the port."""
     import uvicorn
 
     port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(SearchService(built["ws"])), host="127.0.0.1", port=port,
-                                           log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(create_app(SearchService(workspace)), host="127.0.0.1", port=port,
+                                           log_level="warning", **options))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
     while not server.started and time.monotonic() < deadline:
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    try:
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def live_server(built):
+    with server_thread(built["ws"]) as port:
+        yield f"http://127.0.0.1:{port}"
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -278,13 +288,7 @@ def test_serve_with_two_worker_processes(built):
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline, processes = time.monotonic() + 120, set()
-        while time.monotonic() < deadline and len(processes) < 2:
-            assert server.poll() is None, server.stderr.read()
-            try:  # a new connection each time: the processes take turns accepting
-                processes.add(httpx.get(f"{base}/health", timeout=2, headers={"Connection": "close"}).json()["process"])
-            except httpx.HTTPError:
-                time.sleep(0.2)
+        processes = answering_processes(server, base, 2)
         assert len(processes) == 2 and server.pid not in processes
         from densesearch.retrieval.searcher import Searcher
 
@@ -298,6 +302,20 @@ def test_serve_with_two_worker_processes(built):
     while time.monotonic() < deadline and any(_alive(pid) for pid in processes):
         time.sleep(0.2)
     assert not any(_alive(pid) for pid in processes)
+
+
+def answering_processes(server, base: str, count: int) -> set[int]:
+    """The process ids that answer ``/health`` at ``base``, until ``count`` of them have (or two minutes pass)."""
+    import httpx
+
+    deadline, processes = time.monotonic() + 120, set()
+    while time.monotonic() < deadline and len(processes) < count:
+        assert server.poll() is None, server.stderr.read() if server.stderr else "the server exited"
+        try:  # a new connection each time: the processes take turns accepting
+            processes.add(httpx.get(f"{base}/health", timeout=2, headers={"Connection": "close"}).json()["process"])
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    return processes
 
 
 def _alive(pid: int) -> bool:
@@ -323,21 +341,18 @@ def test_idle_and_trickling_connections_are_cut_off_while_searches_go_on(built, 
     import json as json_module
     from dataclasses import asdict
 
-    import httpx
-    import uvicorn
-
     from densesearch.serve.limits import LIMITS_ENV, ServerLimits, raise_open_file_limit
 
     limits = ServerLimits(request_timeout=1.0, keep_alive=1.0, connections=512)
     monkeypatch.setenv(LIMITS_ENV, json_module.dumps(asdict(limits)))
     raise_open_file_limit(2048)
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(SearchService(built["ws"])), host="127.0.0.1", port=port,
-                                           log_level="warning", **limits.uvicorn_options()))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
+    with server_thread(built["ws"], **limits.uvicorn_options()) as port:
+        _slowloris(port)
+
+
+def _slowloris(port: int) -> None:
+    import httpx
+
     idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(220)]
     try:
         for n, sock in enumerate(idle[::2]):
@@ -356,8 +371,6 @@ def test_idle_and_trickling_connections_are_cut_off_while_searches_go_on(built, 
     finally:
         for sock in idle:
             sock.close()
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 @pytest.mark.slow
@@ -367,20 +380,13 @@ def test_workers_die_with_their_supervisor_killed_by_signal_9(built):
     import subprocess
     import sys
 
-    import httpx
 
     port = _free_port()
     server = subprocess.Popen([sys.executable, "-m", "densesearch", "serve", "--port", str(port), "--workers", "2",
                                "--home", str(built["ws"].home), "-w", built["ws"].name],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline, processes = time.monotonic() + 120, set()
     try:
-        while time.monotonic() < deadline and len(processes) < 2:
-            try:
-                processes.add(httpx.get(f"http://127.0.0.1:{port}/health", timeout=2,
-                                        headers={"Connection": "close"}).json()["process"])
-            except httpx.HTTPError:
-                time.sleep(0.2)
+        processes = answering_processes(server, f"http://127.0.0.1:{port}", 2)
         assert len(processes) == 2
     finally:
         server.send_signal(signal.SIGKILL)

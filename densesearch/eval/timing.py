@@ -54,9 +54,9 @@ def time_interleaved(calls: dict[str, Any], inputs: list[Any], runs: int, warmup
     """``time_calls`` for several calls at once, taking turns in blocks of ``block`` runs: a ratio between two of
     them is not skewed by the machine speeding up or slowing down between one call's runs and the next's, while
     each call still runs on caches it warmed itself (one at a time would leave each call the others' caches)."""
+    for call in calls.values():
+        time_calls(call, inputs, 0, warmup)  # warm-up only
     samples: dict[str, list[float]] = {name: [] for name in calls}
-    for name, call in calls.items():
-        samples[name] = time_calls(call, inputs, 0, warmup)
     for first in range(0, runs, block):
         for name, call in calls.items():
             shifted = inputs[first % len(inputs):] + inputs[:first % len(inputs)]

@@ -343,7 +343,7 @@ def serve(workspace: Workspace, host: str, port: int, threads: int = 1, workers:
 def worker_app():
     """One process of ``serve --workers N`` (uvicorn imports and calls this in each process it starts)."""
     settings = json.loads(os.environ[WORKER_SETTINGS_ENV])
-    die_with_parent(int(settings.get("parent", 0)))
+    die_with_parent(int(settings["parent"]))
     workspace = Workspace(Path(settings["home"]), settings["name"])
     share = LoadShare(Path(settings["shares"]), settings["workers"])
     return create_app(loaded_service(workspace, settings["threads"]), inline=True, share=share)
@@ -360,7 +360,7 @@ def die_with_parent(parent: int) -> None:
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     except (OSError, AttributeError):  # not Linux: the supervisor's own shutdown still stops its workers
         return
-    if parent and os.getppid() != parent:
+    if os.getppid() != parent:
         os._exit(1)
 
 

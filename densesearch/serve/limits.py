@@ -4,7 +4,7 @@
   opening, for its first request); a client that sends one byte now and then is cut off, not waited for.
 - A keep-alive connection with no request in flight is closed after ``keep_alive`` seconds (uvicorn's own timer).
 - At most ``connections`` connections and requests in flight per process; above it new requests get HTTP 503 at
-  once (uvicorn's ``limit_concurrency``), well below the open-file limit, which `serve` raises to its hard maximum.
+  once (uvicorn's ``limit_concurrency``), below the open-file limit, which `serve` raises to the cap + a spare.
 """
 
 from __future__ import annotations
@@ -42,16 +42,14 @@ class ServerLimits:
             return cls()
 
 
-def raise_open_file_limit(needed: int) -> int:
-    """Raise this process's soft open-file limit to at least ``needed`` (up to the hard limit); returns it."""
+def raise_open_file_limit(needed: int) -> None:
+    """Raise this process's soft open-file limit to at least ``needed`` (up to the hard limit)."""
     import resource
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     wanted = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
     if soft != resource.RLIM_INFINITY and soft < wanted:
         resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
-        return wanted
-    return soft
 
 
 class GuardedHttpProtocol(HttpToolsProtocol):

@@ -191,18 +191,23 @@ def test_legacy_unversioned_artifact_names_the_command(tmp_path):
 def test_each_artifact_kind_is_read_into_its_typed_record_and_a_wrong_field_is_one_corrupt_line():
     from densesearch.core.config import IndexKind
     from densesearch.core.errors import ArtifactCorrupt
-    from densesearch.core.manifest import IndexInfo, Manifest, RerankerInfo, parse_info
+    from densesearch.core.manifest import EncoderRecord, IndexInfo, Manifest, RerankerInfo, parse_info
 
+    encoder = {"backend": "onnx-int8", "artifact": "onnx", "path": "", "fingerprint": "ab", "dim": 384, "label": "x"}
     index = parse_info(Manifest(kind="index", settings={}, extra={
-        "kind": "hnsw-sq8", "encoder": {"backend": "onnx-int8"}, "search_param": {"efSearch": 96},
+        "kind": "hnsw-sq8", "encoder": encoder, "search_param": {"efSearch": 96},
         "ranker": {"kept": True}, "unknown": 1}))
     assert isinstance(index, IndexInfo) and index.kind is IndexKind.HNSW_SQ8 and index.param == 96
+    assert isinstance(index.encoder, EncoderRecord) and index.encoder.dim == 384
     assert index.has_ranker and index.recommended_mode == "dense"  # absent fields take their defaults
     reranker = parse_info(Manifest(kind="reranker", settings={}, extra={"depth": 30, "weight": 1}))
     assert reranker == RerankerInfo(depth=30, weight=1)  # an int is a fine float
     bad = [("index", {"kind": "hnsw", "encoder": "x"}, "'encoder'"),
-           ("index", {"kind": "annoy", "encoder": {}}, "'kind'"),
-           ("index", {"encoder": {}}, "lacks its 'kind'"),
+           ("index", {"kind": "annoy", "encoder": encoder}, "'kind'"),
+           ("index", {"encoder": encoder}, "lacks its 'kind'"),
+           ("index", {"kind": "hnsw", "encoder": {**encoder, "dim": "384"}}, "'encoder.dim'"),
+           ("index", {"kind": "hnsw", "encoder": {**encoder, "fingerprint": None}}, "'encoder.fingerprint'"),
+           ("index", {"kind": "hnsw", "encoder": {"backend": "onnx-int8"}}, "lacks its 'encoder.artifact'"),
            ("reranker", {"depth": "30", "weight": 1.0}, "'depth'"),
            ("reranker", {"depth": True, "weight": 1.0}, "'depth'"),
            ("onnx", {"int8_file": 3}, "'int8_file'"),

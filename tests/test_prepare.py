@@ -166,7 +166,7 @@ def test_json_output_and_status(isolated_home):
     assert result.exit_code == 1  # not every artifact is ok yet
     status = json.loads(result.stdout)
     kinds = {row["kind"]: row["state"] for row in status["artifacts"]}
-    assert kinds == {"data": "ok", "model": "missing", "onnx": "missing", "index": "missing"}
+    assert kinds == {"data": "ok", "model": "missing", "onnx": "skipped", "index": "missing"}
     paths = runner.invoke(app, ["status", "--paths"]).stdout
     assert "workspaces" in paths
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+import tempfile
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from functools import cached_property
@@ -23,7 +25,7 @@ from densesearch.core.artifacts import (
     open_artifact,
 )
 from densesearch.core.config import BenchConfig, QueryConfig
-from densesearch.core.errors import BadInput, MissingArtifact
+from densesearch.core.errors import BadInput, DensesearchError, MissingArtifact, os_failure
 from densesearch.core.paths import Workspace, new_run_id
 from densesearch.data.readers import Judgments, load_data_manifest, load_judgments
 from densesearch.eval.evaluation import exact_topk, score_rankings
@@ -57,6 +59,7 @@ from densesearch.retrieval.searcher import Searcher
 
 REPORT_SCHEMA = 1
 REFERENCE_PATH = "reference (ST encode + FAISS)"  # the seed system: sentence-transformers, FAISS
+COMPARED_METRICS = ("recall@10", "mrr@10", "ndcg@10")  # what `bench --compare` sets side by side
 RERANK_LATENCY_RUNS = 50  # a cross-encoder pass costs ~100x a dense query: fewer timed runs
 LATENCY_QUERIES = ("comfy summer dress for beach", "waterproof hiking boots for men",
                    "silver hoop earrings for sensitive ears", "kids halloween costume dinosaur",
@@ -168,17 +171,34 @@ def cached_catalog_vectors(workspace: Workspace, spec: EncoderSpec, encoder: Enc
     return vectors
 
 
+class TrecNotWritten(DensesearchError):
+    """The TREC files could not be written (nothing of them was); ``report`` holds the finished measurement."""
+
+    def __init__(self, exc: OSError, directory: Path, report: Any = None) -> None:
+        super().__init__(f"writing the TREC files into {directory} failed: {(exc.strerror or str(exc)).lower()}; "
+                         "none of them was written", hint=os_failure(exc).hint)
+        self.report = report
+
+
 def write_trec_dir(directory: Path, judgments: Judgments, runs: list[SystemRun]) -> None:
-    """qrels.txt and one TREC run per system (fixed names), so trec_eval or ranx can check every number."""
+    """qrels.txt and one TREC run per system (fixed names), so trec_eval or ranx can check every number. All of
+    them or none: they are written into a hidden directory beside their place and renamed into it (renames need
+    no space), so a full disk leaves the directory as it was."""
     directory.mkdir(parents=True, exist_ok=True)
-    write_trec_qrels(directory / "qrels.txt", {q: judgments.qrels[q] for q in judgments.query_ids})
-    level = judgments.min_relevance  # trec_eval's -l: the grade from which recall and MRR count an item relevant
-    (directory / "relevance.json").write_text(json.dumps({
-        "min_relevance": level, "graded": judgments.graded,
-        "trec_eval": f"trec_eval -l {level} -m ndcg_cut.10 -m recall.10 -m recip_rank qrels.txt RUN.trec"}) + "\n")
-    for run in runs:
-        write_trec_run(directory / f"{run.trec_name}.trec", judgments.query_ids, run.rankings, run.scores,
-                       run.trec_name)
+    staging = Path(tempfile.mkdtemp(prefix=".trec-partial-", dir=directory))
+    try:
+        write_trec_qrels(staging / "qrels.txt", {q: judgments.qrels[q] for q in judgments.query_ids})
+        level = judgments.min_relevance  # trec_eval's -l: the grade from which recall and MRR count an item relevant
+        (staging / "relevance.json").write_text(json.dumps({
+            "min_relevance": level, "graded": judgments.graded,
+            "trec_eval": f"trec_eval -l {level} -m ndcg_cut.10 -m recall.10 -m recip_rank qrels.txt RUN.trec"}) + "\n")
+        for run in runs:
+            write_trec_run(staging / f"{run.trec_name}.trec", judgments.query_ids, run.rankings, run.scores,
+                           run.trec_name)
+        for written in sorted(staging.iterdir()):
+            os.replace(written, directory / written.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def dense_systems(searcher: Searcher, workspace: Workspace) -> list[tuple[str, EncoderSpec]]:
@@ -321,7 +341,10 @@ def run_bench(cfg: BenchConfig, workspace: Workspace, progress=None) -> BenchRep
         notes=source_notes(data_manifest.extra.get("query_source"), ctx.judgments),
         min_relevance=ctx.judgments.min_relevance)
     if cfg.trec_path:
-        write_trec_dir(cfg.trec_path, ctx.judgments, runs)
+        try:
+            write_trec_dir(cfg.trec_path, ctx.judgments, runs)
+        except OSError as exc:  # the measurement stands: the caller saves the report and names what failed
+            raise TrecNotWritten(exc, cfg.trec_path, report) from exc
     return report
 
 
@@ -478,7 +501,8 @@ def plot_histograms(report: BenchReport, path: Path) -> None:
 
 
 def load_report(workspace: Workspace, run: str) -> dict[str, Any]:
-    """An earlier run by id (or 'latest', or a path to report.json)."""
+    """An earlier run by id (or 'latest', or a path to report.json), checked to be a bench report that
+    `compare_reports` can read before any measuring starts."""
     path = Path(run)
     if not path.is_file():
         runs = sorted(workspace.bench_runs.glob("*/report.json")) if workspace.bench_runs.exists() else []
@@ -486,7 +510,30 @@ def load_report(workspace: Workspace, run: str) -> dict[str, Any]:
         if not matches:
             raise MissingArtifact(f"bench run {run!r}", "bench")
         path = matches[0]
-    return json.loads(path.read_text())
+    refusal = BadInput("is not a densesearch bench report (damaged, or another tool's file)", str(path),
+                       hint="pass --compare latest, a run id under the bench/ directory, or its report.json")
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise refusal from exc
+    if not _is_bench_report(report):
+        raise refusal
+    return report
+
+
+def _is_bench_report(report: Any) -> bool:
+    """Whether a JSON value has what `compare_reports` reads: a run id and per system its strict metrics."""
+    if not isinstance(report, dict) or not isinstance(report.get("run_id"), str):
+        return False
+    rows = report.get("quality")
+    return isinstance(rows, list) and all(
+        isinstance(row, dict) and isinstance(row.get("system"), str) and isinstance(row.get("search"), str)
+        and isinstance(row.get("strict"), dict)
+        and all(_is_number(row["strict"].get(metric)) for metric in COMPARED_METRICS) for row in rows)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def compare_reports(current: dict[str, Any], earlier: dict[str, Any]) -> list[dict[str, Any]]:
@@ -496,7 +543,7 @@ def compare_reports(current: dict[str, Any], earlier: dict[str, Any]) -> list[di
     for q in current["quality"]:
         old = before.get((q["system"], q["search"]))
         if old:
-            for metric in ("recall@10", "mrr@10", "ndcg@10"):
+            for metric in COMPARED_METRICS:
                 rows.append({"system": q["system"], "search": q["search"], "metric": metric, "before": old[metric],
                              "after": q["strict"][metric], "delta": q["strict"][metric] - old[metric]})
     return rows

@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from densesearch.build.indexer import KINDS, add_in_chunks, new_faiss_index, train_if_needed
+from densesearch.build.indexer import KINDS, add_in_chunks, new_faiss_index, new_vectors_file, train_if_needed
 from densesearch.build.tuning import sweep_search_param
-from densesearch.core.artifacts import VECTORS_FILE, open_artifact
+from densesearch.core.artifacts import VECTORS_FILE, Artifact, open_artifact
 from densesearch.core.config import IndexConfig, IndexKind, ScaleConfig
 from densesearch.core.cpu import openmp_threads, usable_cores
 from densesearch.core.errors import BadInput
@@ -150,8 +150,9 @@ def nearest_neighbour_cosine(vectors: np.ndarray) -> float:
 
 
 def write_synthetic(synth: VectorSynthesizer, n: int, path: Path, seed: int, progress=None) -> np.ndarray:
-    """N synthetic vectors into a float32 .npy memmap, chunk by chunk."""
-    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, synth.seeds.shape[1]))
+    """N synthetic vectors into a float32 .npy memmap, chunk by chunk (its disk reserved first: a full disk is one
+    ENOSPC line, never a SIGBUS)."""
+    out = new_vectors_file(path, n, synth.seeds.shape[1])
     rng = np.random.default_rng(seed)
     for start in range(0, n, CHUNK):
         stop = min(start + CHUNK, n)
@@ -305,14 +306,66 @@ def measure_bm25(texts: Sequence[str], queries: Sequence[str], n: int, seed: int
                              speedup=qps["bm25s"] / qps["rank-bm25"], same_top10=same)
 
 
-def real_query_vectors(workspace: Workspace, manifest, cfg: ScaleConfig) -> np.ndarray:
+def real_query_vectors(workspace: Workspace, artifact: Artifact, cfg: ScaleConfig) -> np.ndarray:
     """The workspace's real queries (every split, up to ``cfg.queries``) encoded by the index's encoder."""
 
     texts = [p.query for split in ("test", "dev", "train") for p in load_pairs(workspace, split)][: cfg.queries]
     if len(texts) < 10:
         raise BadInput("fewer than 10 prepared queries to measure with", hint="run `densesearch prepare` on more data")
-    encoder = EncoderSpec(**manifest.extra["encoder"]).load(workspace, cfg.threads)
+    encoder = EncoderSpec.from_record(artifact.info.encoder).load(workspace, cfg.threads)
     return np.ascontiguousarray(encoder.encode_queries(texts), dtype=np.float32)
+
+
+# What one synthetic BM25 document costs in memory while both backends index it: its token lists (1.3 KB) plus the
+# larger backend's structures (1.9 KB), measured at 100,000 documents; rounded up.
+BM25_BYTES_PER_DOCUMENT = 3_500
+RAM_SPARE = 1.25  # allocator overhead and the ground-truth chunks on top of the estimate
+
+
+@dataclass(frozen=True)
+class ScaleNeeds:
+    """What `bench --scale` will hold at its peak: bytes of disk under the scratch directory and bytes of RAM."""
+
+    disk: int
+    ram: int
+
+    @classmethod
+    def of(cls, cfg: ScaleConfig, dim: int) -> ScaleNeeds:
+        vectors = cfg.vectors * dim * 4
+        graph = cfg.vectors * 2 * cfg.hnsw_m * 4 * 1.2  # HNSW level 0 plus upper levels
+        dense_ram = vectors + graph  # the largest kind (an HNSW over exact vectors) while it is built
+        return cls(disk=int(2 * vectors + graph),  # the vectors file plus one index written to measure its size
+                   ram=int(RAM_SPARE * max(dense_ram, cfg.documents * BM25_BYTES_PER_DOCUMENT)))
+
+
+def available_ram() -> int:
+    """Memory this process can still take: what the system has available, within an address-space limit."""
+    import resource
+
+    import psutil
+
+    available = psutil.virtual_memory().available
+    limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+    if limit != resource.RLIM_INFINITY:
+        available = min(available, limit - psutil.Process().memory_info().vms)
+    return max(available, 0)
+
+
+def check_resources(cfg: ScaleConfig, dim: int, scratch: Path) -> None:
+    """Refuse, before anything is allocated or written, a scale the disk or the memory cannot hold."""
+    import shutil
+
+    needs, gib = ScaleNeeds.of(cfg, dim), 1024 ** 3
+    free = shutil.disk_usage(scratch).free
+    if needs.disk > free:
+        raise BadInput(f"--scale {cfg.vectors:,} needs about {needs.disk / gib:.1f} GiB of disk under {scratch} and "
+                       f"{free / gib:.1f} GiB are free", hint="free disk space, use a smaller --scale, or point --home "
+                                                              "at a larger disk")
+    ram = available_ram()
+    if needs.ram > ram:
+        raise BadInput(f"--scale {cfg.vectors:,} with --documents {cfg.documents:,} needs about "
+                       f"{needs.ram / gib:.1f} GiB of memory and {ram / gib:.1f} GiB are available",
+                       hint="use a smaller --scale or --documents (--documents 0 skips BM25)")
 
 
 def run_scale(cfg: ScaleConfig, workspace: Workspace, progress=None) -> ScaleReport:
@@ -325,14 +378,14 @@ def run_scale(cfg: ScaleConfig, workspace: Workspace, progress=None) -> ScaleRep
     if cfg.vectors < 1000:
         raise BadInput(f"--scale {cfg.vectors} is too small", hint="use at least 1000 vectors")
     artifact = open_artifact(workspace, "index")  # its real catalog vectors seed the synthetic ones
-    manifest = artifact.manifest
+    check_resources(cfg, artifact.info.dim or artifact.info.encoder.dim, workspace.scratch)
     seeds = np.asarray(artifact.load_npy(VECTORS_FILE))
     synth = VectorSynthesizer.fit(seeds)
     nn_cosine = nearest_neighbour_cosine(synth.seeds)
     synth.calibrate(nn_cosine, np.random.default_rng(cfg.seed))
     check, parents = synth.sample(np.random.default_rng(cfg.seed + 1), 4000)
     parent_cosine = float(np.median((check * synth.seeds[parents]).sum(axis=1)))
-    queries = real_query_vectors(workspace, manifest, cfg)
+    queries = real_query_vectors(workspace, artifact, cfg)
     run_id = "scale-" + new_run_id()
     dense: list[DenseScaleResult] = []
     with tempfile.TemporaryDirectory(prefix="scale-", dir=workspace.scratch) as scratch:
@@ -349,7 +402,7 @@ def run_scale(cfg: ScaleConfig, workspace: Workspace, progress=None) -> ScaleRep
     return ScaleReport(
         schema=SCALE_SCHEMA, run_id=run_id, created=datetime.now(UTC).isoformat(timespec="seconds"),
         vectors=cfg.vectors, dim=seeds.shape[1], seed_items=len(seeds),
-        encoder=manifest.extra.get("encoder", {}).get("label", "?"), noise_scale=synth.scale,
+        encoder=artifact.info.encoder.label, noise_scale=synth.scale,
         parent_cosine=parent_cosine, nn_cosine_real=nn_cosine, ground_truth_queries=len(queries), dense=dense,
         sparse=sparse, machine=machine_info(cfg.threads),
         notes=["catalog vectors are synthetic (real catalog embeddings plus covariance-shaped noise); "

@@ -14,7 +14,7 @@ import numpy as np
 from densesearch.build.ranker import RankerReport, build_ranker
 from densesearch.build.tuning import ModeChoice, Tuning, pick_mode, sweep_search_param
 from densesearch.core.artifacts import BM25_DIR, DENSE_FILE, ITEMS_FILE, NGRAM_DIR, VECTORS_FILE, open_artifact
-from densesearch.core.config import ENCODE_BATCH, GPU_ENCODE_BATCH, IndexConfig, IndexKind
+from densesearch.core.config import ENCODE_BATCH, GPU_ENCODE_BATCH, RAY_WORKERS, IndexConfig, IndexKind
 from densesearch.core.errors import BadInput
 from densesearch.core.manifest import Manifest, write_manifest
 from densesearch.core.paths import Workspace, allocate, publish, writes_workspace
@@ -149,7 +149,7 @@ def encode_catalog(cfg: IndexConfig, spec: EncoderSpec, encoder: Encoder, worksp
     out = new_vectors_file(path, len(texts), encoder.dim)
     directory = open_artifact(workspace, spec.artifact).path if spec.artifact else Path(spec.path)
     encode_with_ray(spec, directory, texts, out, ENCODE_CHUNK, cfg.batch_size,
-                    RayPlan(address=cfg.ray_address, workers=cfg.ray_workers), progress)
+                    RayPlan(address=cfg.ray_address, workers=cfg.ray_workers or RAY_WORKERS), progress)
     out.flush()
     return out
 
@@ -288,7 +288,7 @@ def plan_index(cfg: IndexConfig, workspace: Workspace) -> IndexPlan:
     spec = choose_encoder(cfg.model, workspace)
     device = pick_device(cfg.device) if spec.backend == "torch" else "cpu"  # ONNX Runtime runs on the CPU here
     encoder = spec.load(workspace, cfg.threads, device)
-    spec.dim = encoder.dim
+    spec = replace(spec, dim=encoder.dim)
     cfg = replace(cfg, batch_size=cfg.batch_size or encode_batch_size(device))
     return IndexPlan(cfg, workspace, data, catalog, spec, encoder, device)
 
@@ -415,6 +415,17 @@ def read_new_items(path: Path, max_chars: int = 2000) -> list[dict]:
     return rows
 
 
+def unseen_items(rows: list[dict], known: set[str]) -> list[dict]:
+    """The rows whose item id is neither indexed nor met earlier in the same file (its first occurrence is kept)."""
+    seen = set(known)
+    unseen = []
+    for row in rows:
+        if row["item_id"] not in seen:
+            seen.add(row["item_id"])
+            unseen.append(row)
+    return unseen
+
+
 @writes_workspace
 def run_add(cfg: IndexConfig, workspace: Workspace, progress=None) -> IndexResult:
     """Append items to the dense index without rebuilding it; BM25 is rebuilt (its statistics are global)."""
@@ -422,10 +433,10 @@ def run_add(cfg: IndexConfig, workspace: Workspace, progress=None) -> IndexResul
 
     artifact = open_artifact(workspace, "index")
     manifest = artifact.manifest
-    spec = EncoderSpec(**manifest.extra["encoder"])
+    spec = EncoderSpec.from_record(artifact.info.encoder)
     existing = read_items(artifact)
     known = {row["item_id"] for row in existing}
-    new_rows = [row for row in read_new_items(cfg.add_path) if row["item_id"] not in known]
+    new_rows = unseen_items(read_new_items(cfg.add_path), known)
     if not new_rows:
         raise BadInput("no new items to add (all already indexed)", str(cfg.add_path))
     encoder = spec.load(workspace, cfg.threads)

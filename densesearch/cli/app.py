@@ -29,6 +29,7 @@ from densesearch.core.errors import BadInput, DensesearchError
 from densesearch.core.paths import DEFAULT_WORKSPACE, Workspace, resolve_home
 
 DEBUG_ENV = "DENSESEARCH_DEBUG"
+MAX_LATENCY_BATCH = 4096  # `bench --batch-size`: queries encoded at once (beyond it, a batch only measures memory)
 
 
 class _QuietHelp:
@@ -84,8 +85,26 @@ def handles_errors(command):
         except KeyboardInterrupt:
             typer.echo("interrupted: nothing was published", err=True)
             raise typer.Exit(code=130) from None
+        except OSError as exc:  # a full disk, a read-only home, a closed pipe: one line, not a traceback
+            if _debug():
+                raise
+            raise typer.Exit(code=_report_os_error(exc)) from None
 
     return wrapper
+
+
+def _report_os_error(exc: OSError) -> int:
+    """One line for an operating-system error (nothing for a reader that went away); the exit code."""
+    from densesearch.cli.streams import BROKEN_PIPE_EXIT, discard_stdout, is_broken_pipe
+    from densesearch.core.errors import os_failure
+
+    if exc.filename is None:  # a write to stdout failed: do not let the exit flush fail again
+        discard_stdout()
+    if is_broken_pipe(exc):
+        return BROKEN_PIPE_EXIT
+    line = os_failure(exc) if exc.filename is not None else os_failure(exc, "writing the output failed").message
+    typer.echo(f"error: {line}", err=True)
+    return 1
 
 
 def finite(value: float | None) -> float | None:
@@ -157,7 +176,7 @@ def status(
 ) -> None:
     """Show the workspace's artifacts."""
     from densesearch.cli.render import status_table
-    from densesearch.core.status import all_ok, workspace_status
+    from densesearch.core.status import all_ok, problems, workspace_status
 
     ws = workspace_of(home, workspace)
     rows = workspace_status(ws)
@@ -166,7 +185,7 @@ def status(
     out.table(status_table(rows, paths))
     out.data({"home": ws.home, "workspace": ws.name, "root": ws.root, "ok": all_ok(rows), "artifacts": rows})
     if not all_ok(rows):
-        bad = [row for row in rows if row["state"] != "ok"]
+        bad = problems(rows)
         first = bad[0]
         typer.echo(f"error: {len(bad)} of {len(rows)} artifacts not ok; first: {first['kind']} is {first['state']}: "
                    f"{' '.join(str(first.get('problem', '')).split())}", err=True)
@@ -334,7 +353,8 @@ def index(
     engine: Annotated[Engine, typer.Option(
         help="ray: encode the catalog with Ray Data actors (pip install 'densesearch\\[ray]').")] = Engine.LOCAL,
     address: Annotated[str | None, typer.Option(help="Ray cluster address (default: a local Ray).")] = None,
-    workers: Annotated[int, typer.Option(min=1, max=4096, help="Ray encoder actors.")] = 2,
+    workers: Annotated[int | None, typer.Option(min=1, max=4096, help="With --engine ray: encoder actors "
+                                                                      "(default 2).")] = None,
     batch_size: Annotated[int | None, typer.Option(
         min=1, max=4096, help="Catalog texts per encoder batch (default: 16 on a CPU, 256 on a GPU).")] = None,
     reencode: Annotated[bool, Flag("--reencode", help="Encode the catalog even when the published index's "
@@ -391,7 +411,7 @@ def query(
 
     cfg = QueryConfig(k=k, mode="rerank" if rerank else mode, rrf_k=rrf_k, collapse_variants=collapse_variants,
                       ef_search=ef_search, threads=threads, rerank=rerank, ranker=not no_ranker)
-    searcher = Searcher(workspace_of(home, workspace), threads=threads, model=model)
+    searcher = Searcher(workspace_of(home, workspace), threads=threads, model=model, mapped=text is not None)
     out = Output(json)
     for note in searcher.notes:
         out.note(note)
@@ -458,8 +478,8 @@ def _parse_batch_sizes(text: str) -> tuple[int, ...]:
         sizes = tuple(int(part) for part in text.split(",") if part.strip())
     except ValueError as exc:
         raise BadInput(f"--batch-size {text!r} is not a list of integers", hint="e.g. --batch-size 1,8,32") from exc
-    if not sizes or min(sizes) <= 0:
-        raise BadInput("--batch-size needs positive integers", hint="e.g. --batch-size 1")
+    if not sizes or min(sizes) <= 0 or max(sizes) > MAX_LATENCY_BATCH:
+        raise BadInput(f"--batch-size needs integers from 1 to {MAX_LATENCY_BATCH}", hint="e.g. --batch-size 1,8,32")
     return sizes
 
 
@@ -479,8 +499,8 @@ def bench(
                                                    "(e.g. 826402, the full Fashion catalog).")] = None,
     kinds: Annotated[str, typer.Option(help="With --scale: index kinds to build.")
                      ] = "flat,hnsw,hnsw-sq8,ivfpq,ivf-hnsw",
-    documents: Annotated[int | None, typer.Option(min=0, help="With --scale: BM25 documents (default N; 0 skips).")
-                         ] = None,
+    documents: Annotated[int | None, typer.Option(min=0, max=1_000_000_000,
+                                                  help="With --scale: BM25 documents (default N; 0 skips).")] = None,
     m: Annotated[int, typer.Option("--m", min=2, max=256, help="With --scale: HNSW neighbours per node.")] = 32,
     ef_construction: Annotated[int | None, typer.Option(
         min=8, max=4096, help="With --scale: HNSW build beam (default: as `index` picks).")] = None,
@@ -496,7 +516,7 @@ def bench(
                           hnsw_m=m, ef_construction=ef_construction)
         _bench_scale(cfg, workspace_of(home, workspace), Output(json))
         return
-    from densesearch.bench.bench import compare_reports, load_report, run_bench, save_report
+    from densesearch.bench.bench import TrecNotWritten, compare_reports, load_report, run_bench, save_report
     from densesearch.cli.render import (
         bench_histograms,
         bench_latency_table,
@@ -512,8 +532,12 @@ def bench(
     cfg = BenchConfig(split=split, queries=queries, batch_sizes=_parse_batch_sizes(batch_size), latency_runs=runs,
                       threads=threads, trec_path=trec)
     out = Output(json)
-    with out.progress() as progress:
-        report = run_bench(cfg, ws, progress)
+    try:
+        with out.progress() as progress:
+            report = run_bench(cfg, ws, progress)
+    except TrecNotWritten as exc:  # the measurement is kept: saved, and named in the one line
+        saved = save_report(exc.report, ws, bench_markdown(exc.report))
+        raise DensesearchError(f"{exc.message}; the report was saved to {saved}", hint=exc.hint) from None
     saved = save_report(report, ws, bench_markdown(report))
     out.table(bench_quality_table(report))
     out.table(bench_latency_table(report))
@@ -575,6 +599,10 @@ def run_cli(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: nothing was published", file=sys.stderr)
         return 130
+    except OSError as exc:
+        if _debug():
+            raise
+        return _report_os_error(exc)
     except TyperException as exc:
         if _debug():
             raise
@@ -588,5 +616,11 @@ def run_cli(argv: list[str] | None = None) -> int:
 
 
 def main() -> None:
-    """Console-script entry point."""
-    sys.exit(run_cli())
+    """Console-script entry point: standard streams checked first, the output flushed (or its failure named) last."""
+    from densesearch.cli.streams import flush_stdout, guard_standard_streams
+
+    problem = guard_standard_streams()
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        sys.exit(1)
+    sys.exit(flush_stdout(run_cli()))

@@ -169,7 +169,7 @@ def status_table(rows: Sequence[dict[str, Any]], show_paths: bool) -> Table:
         table.add_column(column)
     if show_paths:
         table.add_column("path")
-    colours = {"ok": "green", "stale": "yellow", "corrupt": "red", "missing": "dim"}
+    colours = {"ok": "green", "stale": "yellow", "corrupt": "red", "missing": "dim", "skipped": "dim"}
     for row in rows:
         cells = [row["kind"], Text(row["state"], style=colours.get(row["state"], "")), row.get("fingerprint", "")[:12],
                  row.get("created", ""), row.get("problem") or row.get("summary", "")]

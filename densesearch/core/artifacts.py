@@ -41,6 +41,7 @@ class Artifact:
     path: Path
     manifest: Manifest
     info: Any = None  # the kind's typed record (`manifest.INFO_TYPES`), parsed when the artifact is opened
+    mapped: bool = True  # arrays memory-mapped (False: read into memory, so a file damaged later cannot SIGBUS us)
 
     @property
     def fingerprint(self) -> str:
@@ -76,9 +77,15 @@ class Artifact:
                     raise self.corrupt(f"{name}:{lineno}", "is not a JSON object")
                 yield row
 
-    def load_npy(self, name: str, mmap: bool = True) -> np.ndarray:
-        """A saved array, memory-mapped read-only by default and returned as a plain ndarray view of the map (a
-        ``np.memmap`` pays Python overhead on every slice: 0.1 ms of each 3-gram BM25 query)."""
+    def load_npy(self, name: str, mmap: bool | None = None) -> np.ndarray:
+        """A saved array, memory-mapped read-only when the artifact was opened ``mapped`` (or ``mmap`` says so) and
+        returned as a plain ndarray view of the map (a ``np.memmap`` pays Python overhead on every slice: 0.1 ms of
+        each 3-gram BM25 query).
+
+        A map is the fast way to start (a one-shot query reads only the pages it touches) and the unsafe way to
+        keep running: a mapped file truncated under a process kills it with SIGBUS on its next touch. Long-lived
+        readers (the server, bench) therefore open artifacts unmapped."""
+        mmap = self.mapped if mmap is None else mmap
         try:
             array = np.load(self.file(name), mmap_mode="r" if mmap else None, allow_pickle=False)
             return array.view(np.ndarray) if isinstance(array, np.memmap) else array
@@ -140,14 +147,15 @@ def check_upstream(workspace: Workspace, manifest: Manifest) -> None:
                                                                       "again")
 
 
-def open_artifact(workspace: Workspace, kind: str, upstream: bool = True) -> Artifact:
-    """The served version of ``kind``, verified (manifest, file sizes and, by default, upstream fingerprints)."""
+def open_artifact(workspace: Workspace, kind: str, upstream: bool = True, mapped: bool = True) -> Artifact:
+    """The served version of ``kind``, verified (manifest, file sizes and, by default, upstream fingerprints);
+    ``mapped``: its arrays are memory-mapped (see `Artifact.load_npy`)."""
     manifest = served_manifest(workspace, kind)
     path = workspace.artifact(kind)
     check_files(path, manifest)
     if upstream:
         check_upstream(workspace, manifest)
-    return Artifact(kind=kind, path=path, manifest=manifest, info=parse_info(manifest))
+    return Artifact(kind=kind, path=path, manifest=manifest, info=parse_info(manifest), mapped=mapped)
 
 
 def has_artifact(workspace: Workspace, kind: str) -> bool:

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 
+from densesearch.core.errors import BadInput
+
 
 class Mode(StrEnum):
     """How a query is answered."""
@@ -109,6 +111,18 @@ GPU_ENCODE_BATCH = 256
 ENCODE_BATCH = 16  # catalog texts per batch: measured fastest for MiniLM INT8 on 2 cores (64 was 0.8x)
 
 
+RAY_WORKERS = 2  # `index --engine ray` encoder actors by default
+
+
+def refuse_unused(options: dict[str, bool], combination: str, hint: str) -> None:
+    """One BadInput line naming the given options that do nothing in this ``combination`` (none: nothing)."""
+    given = [name for name, used in options.items() if used]
+    if given:
+        one = len(given) == 1
+        raise BadInput(f"{' and '.join(given)} {'does' if one else 'do'} nothing {combination}",
+                       hint=hint.format(them="it" if one else "them"))
+
+
 @dataclass(frozen=True)
 class PrepareConfig:
     """How `prepare` reads its sources and builds catalog, pairs and split."""
@@ -133,6 +147,12 @@ class PrepareConfig:
     dev_fraction: float = 0.1
     seed: int = 13
     hub_timeout_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.beir_path is not None:
+            refuse_unused({"--meta": self.meta_path is not None, "--reviews": self.reviews_path is not None,
+                           "--sample": self.source == "sample", "--category": self.source == "hub"},
+                          "with --beir (the folder is the whole input)", "leave {them} out, or prepare without --beir")
 
 
 @dataclass(frozen=True)
@@ -270,8 +290,13 @@ class IndexConfig:
     reencode: bool = False                # encode even when the published index's vectors could be copied
     engine: Engine = Engine.LOCAL         # ray: encode the catalog on a Ray cluster or a local Ray
     ray_address: str | None = None        # None: start a local Ray for this command
-    ray_workers: int = 2                  # encoder actors (one model load each)
+    ray_workers: int | None = None        # encoder actors (one model load each); None: RAY_WORKERS
     ranker: RankerConfig = field(default_factory=RankerConfig)  # the learned ranker over hybrid's candidates
+
+    def __post_init__(self) -> None:
+        if self.engine != Engine.RAY:
+            refuse_unused({"--address": self.ray_address is not None, "--workers": self.ray_workers is not None},
+                          "without --engine ray", "add --engine ray, or leave {them} out")
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+
 # Which command builds each artifact kind (named in every "missing", "stale" or "damaged" error).
 PRODUCER = {"data": "prepare", "model": "finetune", "onnx": "quantize", "index": "index",
             "reranker": "finetune --reranker"}
@@ -62,3 +64,32 @@ class BadInput(DensesearchError):
 
 class HubUnreachable(DensesearchError):
     """The Hugging Face Hub could not be reached."""
+
+
+class SystemFailure(DensesearchError):
+    """The operating system refused a file operation (full disk, permissions, a file where a directory belongs)."""
+
+
+# What to do about each operating-system error a user can cause or fix.
+_OS_HINTS = {
+    errno.ENOSPC: "free disk space, or point --home at a larger disk",
+    errno.EDQUOT: "free disk space within your quota, or point --home at another disk",
+    errno.EACCES: "check the permissions, or point --home at a directory you can write",
+    errno.EPERM: "check the permissions, or point --home at a directory you can write",
+    errno.EROFS: "the file system is read-only: point --home at a writable directory",
+    errno.ENOTDIR: "a component of this path is a file where a directory belongs",
+    errno.EISDIR: "a directory stands where a file belongs",
+    errno.ELOOP: "a symbolic link on this path points back to itself: fix or remove it",
+    errno.ENOENT: "check the path",
+    errno.ENAMETOOLONG: "use a shorter path",
+    errno.EMFILE: "raise the open-file limit (ulimit -n)",
+    errno.ENOMEM: "free memory, or use smaller settings",
+}
+
+
+def os_failure(exc: OSError, doing: str = "") -> SystemFailure:
+    """One line for an OSError: what failed, on which path, and the fix (``doing`` names the operation)."""
+    reason = (exc.strerror or exc.__class__.__name__).lower()
+    paths = " -> ".join(str(p) for p in (exc.filename, exc.filename2) if p is not None)
+    head = f"{doing}: " if doing else ""
+    return SystemFailure(f"{head}{reason}{f': {paths}' if paths else ''}", hint=_OS_HINTS.get(exc.errno or 0))

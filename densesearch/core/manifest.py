@@ -8,7 +8,7 @@ import json
 import platform
 import types
 import typing
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -104,6 +104,18 @@ _FIELD_TYPES = {"kind": str, "settings": dict, "inputs": dict, "upstream": dict,
                 "fingerprint": str, "files": dict, "created": str, "versions": dict}
 
 
+def _is_size(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+# What each entry of the manifest's mappings holds: file sizes, and fingerprints or versions as text.
+def _is_text(value: Any) -> bool:
+    return isinstance(value, str)
+
+
+_ENTRY_CHECKS = {"files": _is_size, "counts": _is_size, "upstream": _is_text, "inputs": _is_text}
+
+
 def load_manifest_json(path: Path, kind: str) -> dict:
     """The manifest file as a JSON object (MissingArtifact when absent, ArtifactCorrupt when unreadable)."""
     if not path.is_file():
@@ -141,6 +153,9 @@ def read_manifest(directory: Path, kind: str) -> Manifest:
     for name, expected in _FIELD_TYPES.items():
         if name in raw and not isinstance(raw[name], expected):
             raise ArtifactCorrupt(kind, MANIFEST_NAME, f"has a malformed {name!r} field")
+    for name, fits in _ENTRY_CHECKS.items():
+        if not all(isinstance(key, str) and fits(value) for key, value in raw.get(name, {}).items()):
+            raise ArtifactCorrupt(kind, MANIFEST_NAME, f"has a malformed entry in its {name!r} field")
     if not raw.get("fingerprint") or "settings" not in raw:
         raise ArtifactCorrupt(kind, MANIFEST_NAME, "lacks its fingerprint or settings")
     known = {f.name for f in fields(Manifest)}
@@ -185,11 +200,24 @@ class OnnxInfo:
 
 
 @dataclass(frozen=True)
+class EncoderRecord:
+    """Which encoder built an index (``retrieval.encoders.EncoderSpec`` loads it): enough to load it again and to
+    detect a mismatch. ``artifact`` names a workspace artifact kind (model or onnx); ``path`` an outside model."""
+
+    backend: str
+    artifact: str
+    path: str
+    fingerprint: str
+    dim: int
+    label: str
+
+
+@dataclass(frozen=True)
 class IndexInfo:
     """The served index: its FAISS structure and encoder, its tuned search parameter and every dev choice."""
 
     kind: IndexKind
-    encoder: dict
+    encoder: EncoderRecord
     dim: int = 0
     factory: str = ""
     search_param: dict = field(default_factory=dict)
@@ -235,7 +263,7 @@ def _fits_one(value: Any, option: Any) -> bool:
     if not isinstance(base, type):
         return False
     if issubclass(base, enum.Enum):
-        return value in {member.value for member in base}
+        return isinstance(value, str | int) and value in {member.value for member in base}
     if base in (int, float) and isinstance(value, bool):
         return False
     if base is float:
@@ -253,18 +281,33 @@ def parse_info(manifest: Manifest) -> Any:
     """The typed view of ``manifest.extra`` for its kind; a missing required or wrong-typed field is one
     ArtifactCorrupt line naming the field and the command that rebuilds the artifact."""
     cls = INFO_TYPES.get(manifest.kind)
-    if cls is None:
-        return None
+    return None if cls is None else parse_record(cls, manifest.extra, manifest.kind)
+
+
+def parse_record(cls: type, record: Any, kind: str, where: str = "") -> Any:
+    """A dataclass of type ``cls`` from one JSON object of a ``kind`` manifest (``where`` names the object inside
+    it); a missing required or wrong-typed field is one ArtifactCorrupt line naming it."""
+    if not isinstance(record, dict):
+        raise ArtifactCorrupt(kind, MANIFEST_NAME, f"has a malformed {where!r} field")
     hints = typing.get_type_hints(cls)
     values = {}
     for spec in fields(cls):
-        if spec.name not in manifest.extra:
+        name = f"{where}.{spec.name}" if where else spec.name
+        if spec.name not in record:
             if spec.default is MISSING and spec.default_factory is MISSING:
-                raise ArtifactCorrupt(manifest.kind, MANIFEST_NAME, f"lacks its {spec.name!r} field")
+                raise ArtifactCorrupt(kind, MANIFEST_NAME, f"lacks its {name!r} field")
             continue
-        value = manifest.extra[spec.name]
-        if not _fits(value, hints[spec.name]):
-            raise ArtifactCorrupt(manifest.kind, MANIFEST_NAME, f"has a malformed {spec.name!r} field")
-        hint = hints[spec.name]
-        values[spec.name] = hint(value) if isinstance(hint, type) and issubclass(hint, enum.Enum) else value
+        value, hint = record[spec.name], hints[spec.name]
+        if not is_dataclass(hint) and not _fits(value, hint):
+            raise ArtifactCorrupt(kind, MANIFEST_NAME, f"has a malformed {name!r} field")
+        values[spec.name] = _typed(value, hint, kind, name)
     return cls(**values)
+
+
+def _typed(value: Any, hint: Any, kind: str, name: str) -> Any:
+    """A checked JSON value as its field's type: an enum member, a nested record, or the value itself."""
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        return hint(value)
+    if is_dataclass(hint):
+        return parse_record(hint, value, kind, name)
+    return value

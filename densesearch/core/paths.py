@@ -44,13 +44,27 @@ def resolve_home(flag: str | Path | None = None, environ: Mapping[str, str] | No
     if flag is not None:
         if not str(flag).strip():
             raise BadInput("--home is empty", hint="give a directory path, or leave --home out for the default")
-        return Path(flag).expanduser().resolve()
+        return usable_home(Path(flag), "--home")
     value = (os.environ if environ is None else environ).get(HOME_ENV, "")
     if value.strip():
-        return Path(value).expanduser().resolve()
+        return usable_home(Path(value), f"${HOME_ENV}")
     import platformdirs
 
-    return Path(platformdirs.user_cache_path(APP_NAME))
+    return usable_home(Path(platformdirs.user_cache_path(APP_NAME)), "the default artifact root")
+
+
+def usable_home(path: Path, source: str) -> Path:
+    """``path`` resolved, refused in one line when it cannot be a directory (a file, a symbolic-link loop)."""
+    fix = f"point {source} at a directory; it is created when missing"
+    try:
+        resolved = path.expanduser().resolve()
+    except RuntimeError:  # Python 3.11 reports a symbolic-link loop as RuntimeError, 3.13 as OSError
+        raise BadInput(f"{source} {path} is a symbolic-link loop", hint=fix) from None
+    except OSError as exc:
+        raise BadInput(f"{source} {path} cannot be resolved: {(exc.strerror or str(exc)).lower()}", hint=fix) from None
+    if resolved.exists() and not resolved.is_dir():
+        raise BadInput(f"{source} {path} is a file, not a directory", hint=fix)
+    return resolved
 
 
 def check_workspace_name(name: str) -> str:

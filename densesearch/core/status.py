@@ -32,6 +32,13 @@ def _summary(kind: str, counts: dict[str, Any], extra: dict[str, Any]) -> str:
     return ""
 
 
+# Steps a working pipeline may skip: shown as "skipped" with what they would add, never as a failure (an index that
+# was built from one of them names it as its missing upstream: "stale").
+SKIPPABLE = {"onnx": "optional: `densesearch quantize` makes the INT8 encoder; until then the index serves the "
+                     "fine-tuned model in FP32"}
+SEVERITY = ("corrupt", "stale", "missing")  # the order problems are named in: the damaged artifact first
+
+
 def workspace_status(workspace: Workspace, deep: bool = True) -> list[dict[str, Any]]:
     """One row per artifact kind: state, the problem when not ok, fingerprint, creation time, a summary."""
     rows = []
@@ -39,6 +46,8 @@ def workspace_status(workspace: Workspace, deep: bool = True) -> list[dict[str, 
         row = artifact_health(workspace, kind, deep=deep)
         if kind in OPTIONAL_KINDS and row["state"] == "missing":
             continue
+        if kind in SKIPPABLE and row["state"] == "missing":
+            row.update(state="skipped", problem=SKIPPABLE[kind])
         manifest = row.pop("manifest", None)
         if manifest is not None:
             row["summary"] = _summary(kind, manifest.counts, manifest.extra)
@@ -46,5 +55,11 @@ def workspace_status(workspace: Workspace, deep: bool = True) -> list[dict[str, 
     return rows
 
 
+def problems(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows that are not usable, the most severe first (damaged, then stale, then missing)."""
+    bad = [row for row in rows if row["state"] in SEVERITY]
+    return sorted(bad, key=lambda row: SEVERITY.index(row["state"]))
+
+
 def all_ok(rows: list[dict[str, Any]]) -> bool:
-    return all(row["state"] == "ok" for row in rows)
+    return not problems(rows)

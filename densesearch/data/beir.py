@@ -2,10 +2,12 @@
 
 ``corpus.jsonl[.gz]`` holds ``{"_id", "title", "text", ...}`` (extra fields are kept as item
 metadata), ``queries.jsonl[.gz]`` holds ``{"_id", "text"}``, and ``qrels/{train,dev,test}.tsv``
-holds ``query-id corpus-id score`` lines (a header line is optional). Any subset of the splits may be
-present: a missing dev or test split is carved from train by query, deterministically (a hash of the
-query id), and the carving is reported. Bad lines, duplicate ids, empty texts and judgments that name
-an unknown query or document are counted and reported; only what nothing usable remains of is an error.
+holds ``query-id corpus-id score`` lines (a header line is optional; a score is a whole number).
+Any subset of the splits may be present: a missing dev or test split is carved from train (else
+from the split present) by query, deterministically (a hash of the query id); the donor gives those
+queries up, and the carving is reported. Bad lines, duplicate ids, empty texts and judgments that
+name an unknown query or document are counted and reported; only what nothing usable remains of is
+an error.
 """
 
 from __future__ import annotations
@@ -19,10 +21,11 @@ from pathlib import Path
 
 from densesearch.core.errors import BadInput
 from densesearch.data.itemtext import MAX_TITLE_CHARS, cap, clean_text
-from densesearch.data.sources import ReadStats, iter_jsonl
+from densesearch.data.sources import ReadStats, iter_jsonl, open_input
 
 SPLITS = ("train", "dev", "test")
 MAX_META_CHARS = 2000
+MAX_GRADE = 1000  # beyond any graded scale in use (TREC, BEIR: 0-4); larger values are damaged lines
 
 
 @dataclass
@@ -105,7 +108,7 @@ def read_queries(path: Path, stats: BeirStats) -> dict[str, str]:
 def iter_qrels(path: Path, split: str, stats: BeirStats) -> Iterator[tuple[str, str, int]]:
     """(query id, doc id, grade) per line; a header and malformed lines are skipped (and counted)."""
     stats.qrels_lines[split] = 0
-    with open(path, encoding="utf-8", errors="replace") as handle:
+    with open_input(path, "r", encoding="utf-8", errors="replace") as handle:
         for lineno, line in enumerate(handle, start=1):
             parts = line.split()
             if not parts:
@@ -115,14 +118,23 @@ def iter_qrels(path: Path, split: str, stats: BeirStats) -> Iterator[tuple[str, 
                 continue
             if len(parts) == 4:  # TREC qrels: qid iteration docid grade
                 parts = [parts[0], parts[2], parts[3]]
-            try:
-                query_id, doc_id, grade = parts[0], parts[1], int(float(parts[2]))
-            except (IndexError, ValueError):
+            grade = whole_grade(parts[2]) if len(parts) >= 3 else None
+            if grade is None:  # too few fields, or a grade that is not a whole number (2.7, inf, nan, "high")
                 stats.qrels_bad[split] += 1
                 if len(stats.qrels_bad_examples) < 5:
                     stats.qrels_bad_examples.append(f"qrels/{split}.tsv:{lineno}: {line.strip()[:60]!r}")
                 continue
-            yield query_id, doc_id, grade
+            yield parts[0], parts[1], grade
+
+
+def whole_grade(text: str) -> int | None:
+    """A relevance grade written as a whole number ("2", "2.0", "-1"); None for anything else (2.7 is not floored:
+    a grade scale is the collection's, and guessing it would change every gain)."""
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return int(value) if value.is_integer() and abs(value) <= MAX_GRADE else None
 
 
 def read_qrels(directory: Path, docs: dict[str, dict], queries: dict[str, str],
@@ -154,21 +166,28 @@ def stable_fraction(key: str) -> float:
 
 def carve_missing_splits(qrels: dict[str, dict[str, dict[str, int]]], dev_fraction: float, test_fraction: float,
                          stats: BeirStats) -> dict[str, dict[str, dict[str, int]]]:
-    """Give every split judgments: a missing dev or test split takes queries from train by a hash of their id."""
+    """Give every split judgments: a missing dev or test split takes queries from a donor split (train, else the
+    first one present) by a hash of their id, and the donor gives them up, so no query is in two splits."""
     if not qrels:
         raise BadInput("no qrels/train.tsv, qrels/dev.tsv or qrels/test.tsv with usable judgments",
                        hint="expected `query-id corpus-id score` lines whose ids are in queries and corpus")
-    donor = qrels.get("train") or next(iter(qrels.values()))
     out = {split: dict(qrels.get(split, {})) for split in SPLITS}
+    donor = next((split for split in SPLITS if out[split]), None)
+    if donor is None:  # files, but no judgment names a known query and document: the caller says so
+        return out
     bands = {"test": (0.0, test_fraction), "dev": (test_fraction, test_fraction + dev_fraction)}
     for split, (low, high) in bands.items():
-        if split in qrels and qrels[split]:
+        if out[split] or split == donor:
             continue
-        moved = {q: judged for q, judged in donor.items() if low <= stable_fraction(q) < high}
+        moved = {q: judged for q, judged in out[donor].items() if low <= stable_fraction(q) < high}
         out[split] = moved
         for query_id in moved:
-            out["train"].pop(query_id, None)
-        stats.carved[split] = f"{len(moved):,} queries carved from train by a hash of the query id"
+            del out[donor][query_id]
+        stats.carved[split] = (f"{len(moved):,} queries carved from {donor} by a hash of the query id "
+                               f"({donor} keeps {len(out[donor]):,})")
+    if not out["train"]:
+        stats.carved["train"] = ("empty: the folder judges no training queries (qrels/train.tsv), so `finetune` has "
+                                 "nothing to learn from; add one, or serve BM25 and the base model")
     return out
 
 
@@ -192,5 +211,6 @@ def read_beir(directory: Path, dev_fraction: float = 0.1, test_fraction: float =
     for split in SPLITS:
         path = directory / "qrels" / f"{split}.tsv"
         if path.is_file():
-            fingerprints[f"qrels/{split}"] = hashlib.sha256(path.read_bytes()).hexdigest()
+            with open_input(path) as handle:
+                fingerprints[f"qrels/{split}"] = hashlib.sha256(handle.read()).hexdigest()
     return BeirData(docs=docs, queries=queries, qrels=qrels, stats=stats, fingerprints=fingerprints)

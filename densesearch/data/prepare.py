@@ -400,7 +400,8 @@ def beir_manifest(cfg: PrepareConfig, data, rows: list[dict], splits: dict[str, 
     """The data artifact's manifest for a BEIR folder: per split its pairs, queries and judgments."""
     return Manifest(
         kind="data", settings={**_settings(cfg, "judged"), "split_rule": "the folder's qrels splits; a missing "
-                               "dev/test split is carved from train by a hash of the query id"},
+                               "dev/test split is carved from train (else the split present) by a hash of the "
+                               "query id"},
         inputs={name: f"{Path(cfg.beir_path).resolve() / name} sha256:{digest}"
                 for name, digest in data.fingerprints.items()},
         counts={"items": len(rows), "groups": len(rows), "pairs": sum(len(p) for p in splits.values()),

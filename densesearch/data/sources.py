@@ -8,6 +8,7 @@ import json
 import os
 import socket
 import threading
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib import resources
@@ -70,10 +71,18 @@ def check_hub_reachable(timeout_s: float) -> None:
         raise HubUnreachable(f"the Hugging Face Hub ({HUB_HOST}) cannot be reached: {reason}")
 
 
+def open_input(path: Path, mode: str = "rb", opener=open, **options):
+    """An input file opened for reading (by ``opener``: ``open`` or ``gzip.open``); a file the system will not open
+    (permissions, a directory, a loop) is one BadInput line naming it."""
+    try:
+        return opener(path, mode, **options)
+    except OSError as exc:
+        raise BadInput(f"cannot open: {(exc.strerror or str(exc)).lower()}", str(path),
+                       hint="check that the file exists and is readable") from None
+
+
 def _open_text(path: Path):
-    if path.suffix == ".gz":
-        return gzip.open(path, "rb")
-    return open(path, "rb")
+    return open_input(path, opener=gzip.open if path.suffix == ".gz" else open)
 
 
 def _check_file(path: Path) -> None:
@@ -108,8 +117,9 @@ def iter_jsonl(path: Path, stats: ReadStats) -> Iterator[tuple[int, dict]]:
                     continue
                 good += 1
                 yield lineno, obj
-        except (OSError, EOFError) as exc:  # truncated or corrupt gzip
-            raise BadInput(f"cannot read compressed file ({exc})", str(path)) from exc
+        except (OSError, EOFError, zlib.error) as exc:  # truncated or corrupt gzip, a failing disk
+            raise BadInput(f"cannot be read ({exc.__class__.__name__}: {exc})", str(path),
+                           hint="check the file: a .gz must be a whole gzip stream") from exc
     if good == 0:
         first = stats.bad_examples[0] if stats.bad_examples else (1, "no JSON object found")
         raise BadInput(f"not a JSON Lines file ({first[1]})", str(path), first[0],

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import cached_property, partial
 from pathlib import Path
 from typing import Protocol
@@ -18,6 +18,7 @@ import numpy as np
 
 from densesearch.core.cpu import usable_cores
 from densesearch.core.errors import ArtifactCorrupt, ArtifactMismatch, BadInput, DensesearchError
+from densesearch.core.manifest import EncoderRecord
 
 ENCODER_CONFIG = "encoder.json"
 FP32_FILE = "model.onnx"
@@ -400,20 +401,18 @@ BASE_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
 _ARTIFACT_LABELS = {"onnx-int8": "fine-tuned INT8 ONNX", "onnx": "fine-tuned FP32 ONNX", "torch": "fine-tuned FP32"}
 
 
-@dataclass
-class EncoderSpec:
-    """Which encoder built an index: enough to load it again and to detect a mismatch.
+@dataclass(frozen=True)
+class EncoderSpec(EncoderRecord):
+    """Which encoder built an index (the manifest's record), and how to load it again and detect a mismatch.
 
     ``artifact`` names a workspace artifact kind (model or onnx), resolved in whatever workspace serves
     the index, so a copied or moved workspace uses its own files; ``path`` is only for outside models.
     """
 
-    backend: str
-    artifact: str
-    path: str
-    fingerprint: str
-    dim: int
-    label: str
+    @classmethod
+    def from_record(cls, record: EncoderRecord) -> EncoderSpec:
+        """The spec of the encoder an index manifest records (parsed and checked when the index was opened)."""
+        return cls(**asdict(record))
 
     def load(self, workspace, threads: int = 0, device: str = "cpu") -> Encoder:
         """The encoder, verified to be the very artifact version the index was built with."""

@@ -61,12 +61,23 @@ class Answer:
                 "answered_by": self.answered_by, "notes": list(self.notes)}
 
 
-def validate_query(text: str) -> str:
-    """Reject empty, over-long or non-UTF-8 queries with a one-line reason."""
+def check_utf8(text: str) -> None:
+    """Refuse text that held bytes no UTF-8 decoder accepts (decoded with ``surrogateescape``, as Python decodes
+    command-line arguments): the one rule for the CLI and the server."""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:
-        raise BadInput("query is not valid UTF-8", hint="re-encode the query as UTF-8") from exc
+        raise not_utf8() from exc
+
+
+def not_utf8() -> BadInput:
+    """The refusal of a query that is not valid UTF-8 (the server's JSON validation answers with it too)."""
+    return BadInput("query is not valid UTF-8", hint="re-encode the query as UTF-8")
+
+
+def validate_query(text: str) -> str:
+    """Reject empty, over-long or non-UTF-8 queries with a one-line reason."""
+    check_utf8(text)
     if not text.strip():
         raise BadInput("query is empty", hint="give some words to search for")
     if len(text) > MAX_QUERY_CHARS:
@@ -111,14 +122,11 @@ def cpu_note(spec: EncoderSpec, onnx: OnnxInfo) -> str | None:
 class Searcher:
     """An index loaded for serving; the encoder, BM25, the ranker and the cross-encoder load lazily, on first use."""
 
-    def __init__(self, workspace: Workspace, threads: int = 1, model: str | None = None) -> None:
-        self.artifact = open_artifact(workspace, "index")
+    def __init__(self, workspace: Workspace, threads: int = 1, model: str | None = None, mapped: bool = False) -> None:
+        self.artifact = open_artifact(workspace, "index", mapped=mapped)  # mapped: for a one-shot query only
         self.manifest = self.artifact.manifest
         self.info: IndexInfo = self.artifact.info
-        try:
-            self.spec = EncoderSpec(**self.info.encoder)
-        except TypeError as exc:
-            raise ArtifactCorrupt("index", "manifest.json", "records an unreadable encoder") from exc
+        self.spec = EncoderSpec.from_record(self.info.encoder)
         self.kind = self.info.kind
         check_encoder_matches(self.spec, workspace, model)
         self.workspace = workspace
@@ -142,7 +150,7 @@ class Searcher:
 
     @cached_property
     def dense(self) -> DenseIndex:
-        """The FAISS index at its tuned search parameter, with the catalog's memory-mapped vectors."""
+        """The FAISS index at its tuned search parameter, with the catalog's vectors."""
         index = self.artifact.load_faiss()
         if index.ntotal != len(self.items):
             raise ArtifactCorrupt("index", ITEMS_FILE, f"has {len(self.items):,} rows for {index.ntotal:,} vectors")

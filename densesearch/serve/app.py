@@ -28,13 +28,13 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, unquote_to_bytes
 
-from densesearch.core.config import Mode, QueryConfig
+from densesearch.core.config import DEFAULT_QUERY, Mode, QueryConfig
 from densesearch.core.cpu import usable_cores
-from densesearch.core.errors import DensesearchError
+from densesearch.core.errors import ArtifactCorrupt, BadInput, DensesearchError, MissingArtifact
 from densesearch.core.paths import Workspace
-from densesearch.retrieval.searcher import MAX_QUERY_CHARS, MODES, Searcher
+from densesearch.retrieval.searcher import MAX_QUERY_CHARS, MODES, Searcher, check_utf8, not_utf8
 from densesearch.serve.limits import ServerLimits, raise_open_file_limit
 from densesearch.serve.loadshare import ConnectionBalancer, LoadShare
 
@@ -51,11 +51,37 @@ WORKER_SETTINGS_ENV = "DENSESEARCH_SERVE_WORKER"  # how `serve --workers N` hand
 
 @dataclass
 class LoadedIndex:
-    """One loaded index version and its item lookup."""
+    """One loaded index version, its item lookup, and what a probe query in each mode it offers said."""
 
     version: Path
     searcher: Searcher
     by_id: dict[str, dict]
+    modes: dict[str, str] = field(default_factory=dict)  # mode -> "ok" or the one-line reason it cannot answer
+
+
+def offered_modes(searcher: Searcher) -> list[Mode]:
+    """The modes this index answers: rerank only where a cross-encoder was published."""
+    from densesearch.core.artifacts import has_artifact
+
+    return [mode for mode in MODES if mode != Mode.RERANK or has_artifact(searcher.workspace, "reranker")]
+
+
+def probe_modes(searcher: Searcher) -> dict[str, str]:
+    """One real query per offered mode: "ok", or the one-line error a user of that mode would get."""
+    outcome = {}
+    for mode in offered_modes(searcher):
+        try:
+            searcher.ask(DEFAULT_QUERY, QueryConfig(k=1, mode=mode))
+        except DensesearchError as exc:
+            outcome[mode.value] = str(exc)
+        else:
+            outcome[mode.value] = "ok"
+    return outcome
+
+
+def http_status(exc: DensesearchError) -> int:
+    """400 for what the request got wrong (or asked for and was never built), 503 for what is broken on our side."""
+    return 400 if isinstance(exc, BadInput | MissingArtifact) else 503
 
 
 @dataclass
@@ -107,58 +133,87 @@ class SearchService:
         self.workers = workers or usable_cores()
         self.check_seconds = check_seconds
         self.metrics = Metrics()
-        self.reload_error: str | None = None
+        self.failed: tuple[Path, str] | None = None  # a published version that could not be served, and why
+        self.mode_errors: dict[str, str] = {}  # the last server-side failure of a mode since its last success
         self._swap = threading.Lock()
         self._checked = time.monotonic()
         self.current = self._load()
+        if self.current.modes.get(self.current.searcher.default_mode.value, "ok") != "ok":
+            raise ArtifactCorrupt("index", "(default mode)", f"cannot answer: "
+                                  f"{self.current.modes[self.current.searcher.default_mode.value]}")
 
     def _load(self) -> LoadedIndex:
         version = self.workspace.artifact("index")
         searcher = Searcher(self.workspace, threads=self.threads)
-        searcher.load_for("hybrid")  # encoder and BM25 now, not on a user's first request
-        return LoadedIndex(version=version, searcher=searcher, by_id={row["item_id"]: row for row in searcher.items})
+        modes = probe_modes(searcher)  # loads every mode's parts now, not on a user's first request
+        return LoadedIndex(version=version, searcher=searcher, by_id={row["item_id"]: row for row in searcher.items},
+                           modes=modes)
 
     def index(self) -> LoadedIndex:
-        """The version to answer with; now and then starts loading a newer published one in the background."""
+        """The version to answer with; now and then starts loading a newer published one in the background (a
+        version that failed to load is not tried again; rolling ``CURRENT`` back to the served one clears it)."""
         now = time.monotonic()
         if now - self._checked >= self.check_seconds and self._swap.acquire(blocking=False):
             self._checked = now
-            if self.workspace.artifact("index") != self.current.version:
-                threading.Thread(target=self._reload, name="densesearch-reload", daemon=True).start()
+            published = self.workspace.artifact("index")
+            if published == self.current.version:
+                self.failed = None
+            if published not in (self.current.version, self.failed and self.failed[0]):
+                threading.Thread(target=self._reload, args=(published,), name="densesearch-reload",
+                                 daemon=True).start()
             else:
                 self._swap.release()
         return self.current
 
-    def _reload(self) -> None:
-        """Load the newly published version off the request path, then swap it in (one reference assignment)."""
+    def _reload(self, published: Path) -> None:
+        """Load the newly published version off the request path, then swap it in (one reference assignment);
+        a version whose default mode fails its probe query is not swapped in."""
         try:
-            self.current = self._load()
+            loaded = self._load()
+            default = loaded.searcher.default_mode.value
+            if loaded.modes.get(default, "ok") != "ok":
+                raise ArtifactCorrupt("index", "(default mode)", f"cannot answer: {loaded.modes[default]}")
+            self.current, self.failed, self.mode_errors = loaded, None, {}
             self.metrics.reloads += 1
-            self.reload_error = None
         except DensesearchError as exc:  # keep serving the old version; /health says why
-            self.reload_error = str(exc)
+            self.failed = (published, str(exc))
         finally:
             self._swap.release()
 
     def search(self, text: str, k: int, mode: str | None) -> dict[str, Any]:
         loaded = self.index()
         started = time.perf_counter()
+        asked = mode or loaded.searcher.default_mode.value
         try:
             answer = loaded.searcher.ask(text, QueryConfig(k=k, mode=mode, threads=self.threads))
-        except DensesearchError:
+        except DensesearchError as exc:
             self.metrics.observe(mode or "default", "error", (time.perf_counter() - started) * 1000)
+            if http_status(exc) >= 500:
+                self.mode_errors[asked] = str(exc)
             raise
+        self.mode_errors.pop(asked, None)
         self.metrics.observe(answer.mode, "ok", (time.perf_counter() - started) * 1000)
         return answer.as_json()
 
+    def modes(self) -> dict[str, str]:
+        """Each offered mode: "ok", or why it cannot answer (its probe at load, or its last failed request)."""
+        return {mode: self.mode_errors.get(mode, probed) for mode, probed in self.current.modes.items()}
+
     def health(self) -> dict[str, Any]:
-        searcher = self.current.searcher
-        return {"status": "degraded" if self.reload_error else "ok", "reload_error": self.reload_error,
+        """The truth about the version actually serving: 200 "ok" when every offered mode answers; "degraded"
+        when a mode fails or the published version could not be loaded (503 when the default mode fails or the
+        published version is not the one serving)."""
+        searcher, modes = self.index().searcher, self.modes()  # index(): a health poll notices a publish too
+        broken = [mode for mode, state in modes.items() if state != "ok"]
+        default = searcher.default_mode.value
+        return {"status": "degraded" if broken or self.failed else "ok",
+                "serving": not self.failed and modes.get(default) == "ok",
+                "reload_error": self.failed[1] if self.failed else None, "modes": modes,
                 "process": os.getpid(),
                 "index_version": self.current.version.name, "index": searcher.manifest.fingerprint,
                 "data": searcher.manifest.upstream.get("data"), "encoder": searcher.spec.fingerprint,
                 "encoder_label": searcher.spec.label, "items": len(searcher.items),
-                "default_mode": searcher.default_mode, "notes": searcher.notes}
+                "default_mode": default, "notes": searcher.notes}
 
 
 class SearchFastPath:
@@ -179,19 +234,43 @@ class SearchFastPath:
     async def __call__(self, scope, receive, send) -> None:
         params = search_params(scope) if scope["type"] == "http" else None
         if params is None:
-            await self.app(scope, receive, send)
+            refusal = undecodable_query(scope) if scope["type"] == "http" else None
+            if refusal is None:
+                await self.app(scope, receive, send)
+            else:
+                await respond(send, 400, json.dumps({"error": refusal}).encode())
             return
-        status, body = await run_on(self.executor, self.answer, *params)
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
+        await respond(send, *await run_on(self.executor, self.answer, *params))
 
     def answer(self, text: str, k: int, mode: str | None) -> tuple[int, bytes]:
         """Status and JSON body, serialised off the event loop when a worker thread runs this."""
         try:
             return 200, json.dumps(self.service.search(text, k, mode), ensure_ascii=False).encode()
         except DensesearchError as exc:
-            return 400, json.dumps({"error": str(exc)}, ensure_ascii=False).encode()
+            return http_status(exc), json.dumps({"error": str(exc)}, ensure_ascii=False).encode()
+
+
+async def respond(send, status: int, body: bytes) -> None:
+    """A whole JSON response through the ASGI ``send``."""
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def undecodable_query(scope) -> str | None:
+    """The CLI's refusal of a query that is not valid UTF-8, for a ``GET /search`` whose ``q`` is not (Starlette
+    would replace the bad bytes with U+FFFD and search for that): one rule for both."""
+    if scope["method"] != "GET" or scope["path"] != "/search":
+        return None
+    for pair in scope["query_string"].split(b"&")[:16]:
+        key, _, value = pair.partition(b"=")
+        if unquote_to_bytes(key.replace(b"+", b" ")) != b"q":
+            continue
+        try:
+            check_utf8(unquote_to_bytes(value.replace(b"+", b" ")).decode("utf-8", errors="surrogateescape"))
+        except BadInput as exc:
+            return str(exc)
+    return None
 
 
 async def run_on(executor: ThreadPoolExecutor | None, function, *args):
@@ -252,11 +331,13 @@ def create_app(service: SearchService, inline: bool = False, share: LoadShare | 
 
     @app.exception_handler(DensesearchError)
     async def refused(request: Request, exc: DensesearchError) -> JSONResponse:
-        return JSONResponse(status_code=400, content={"error": str(exc)})
+        return JSONResponse(status_code=http_status(exc), content={"error": str(exc)})
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {"loc": ("request",), "msg": "invalid request"}
+        if first.get("type") == "string_unicode":  # a JSON string with a lone surrogate: the CLI's rule and words
+            return JSONResponse(status_code=400, content={"error": str(not_utf8())})
         where = ".".join(str(part) for part in first.get("loc", ())[1:]) or "request"
         return JSONResponse(status_code=422, content={"error": f"{where}: {first.get('msg', 'invalid')}"})
 
@@ -287,7 +368,7 @@ def create_app(service: SearchService, inline: bool = False, share: LoadShare | 
     @app.get("/health", summary="Served artifacts and their fingerprints")
     async def health() -> JSONResponse:
         report = service.health()
-        return JSONResponse(status_code=200 if report["status"] == "ok" else 503, content=report)
+        return JSONResponse(status_code=200 if report["serving"] else 503, content=report)
 
     @app.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics")
     async def metrics() -> str:

@@ -32,7 +32,7 @@ from urllib.parse import parse_qs, unquote_to_bytes
 
 from densesearch.core.config import DEFAULT_QUERY, Mode, QueryConfig
 from densesearch.core.cpu import usable_cores
-from densesearch.core.errors import ArtifactCorrupt, BadInput, DensesearchError, MissingArtifact
+from densesearch.core.errors import BadInput, DensesearchError, MissingArtifact
 from densesearch.core.paths import Workspace
 from densesearch.retrieval.searcher import MAX_QUERY_CHARS, MODES, Searcher, check_utf8, not_utf8
 from densesearch.serve.limits import ServerLimits, raise_open_file_limit
@@ -138,14 +138,15 @@ class SearchService:
         self._swap = threading.Lock()
         self._checked = time.monotonic()
         self.current = self._load()
-        if self.current.modes.get(self.current.searcher.default_mode.value, "ok") != "ok":
-            raise ArtifactCorrupt("index", "(default mode)", f"cannot answer: "
-                                  f"{self.current.modes[self.current.searcher.default_mode.value]}")
 
     def _load(self) -> LoadedIndex:
+        """The published version, loaded and probed: a version whose default mode cannot answer is refused."""
         version = self.workspace.artifact("index")
         searcher = Searcher(self.workspace, threads=self.threads)
         modes = probe_modes(searcher)  # loads every mode's parts now, not on a user's first request
+        default = searcher.default_mode.value
+        if modes.get(default, "ok") != "ok":
+            raise DensesearchError(f"the index's default mode ({default}) cannot answer: {modes[default]}")
         return LoadedIndex(version=version, searcher=searcher, by_id={row["item_id"]: row for row in searcher.items},
                            modes=modes)
 
@@ -169,11 +170,7 @@ class SearchService:
         """Load the newly published version off the request path, then swap it in (one reference assignment);
         a version whose default mode fails its probe query is not swapped in."""
         try:
-            loaded = self._load()
-            default = loaded.searcher.default_mode.value
-            if loaded.modes.get(default, "ok") != "ok":
-                raise ArtifactCorrupt("index", "(default mode)", f"cannot answer: {loaded.modes[default]}")
-            self.current, self.failed, self.mode_errors = loaded, None, {}
+            self.current, self.failed, self.mode_errors = self._load(), None, {}
             self.metrics.reloads += 1
         except DensesearchError as exc:  # keep serving the old version; /health says why
             self.failed = (published, str(exc))

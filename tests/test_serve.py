@@ -246,12 +246,19 @@ def test_search_page_in_chromium_shows_ten_cards(live_server, tmp_path):
             page.wait_for_function("document.querySelectorAll('#results .card').length === 10", timeout=30_000)
             titles = page.locator("#results .card .title").all_inner_texts()
             status = page.inner_text("#status")
+            first = page.get_attribute("#results .card:first-child", "data-item")
+            page.click("#results .card:first-child .similar")
+            page.wait_for_function("document.getElementById('status').textContent.includes('similar to')",
+                                   timeout=30_000)
+            alike = [card.get_attribute("data-item") for card in page.locator("#results .card").all()]
+            similar_url = page.url
             shot = Path(os.environ.get("DENSESEARCH_SCREENSHOT", tmp_path / "search-page.png"))
             page.screenshot(path=str(shot), full_page=False)
         finally:
             browser.close()
     assert len(titles) == 10 and all(titles)
     assert "10 items" in status and "ms" in status
+    assert len(alike) == 10 and first not in alike and f"similar={first}" in similar_url  # the link, followed
     assert shot.stat().st_size > 10_000
 
 

@@ -471,6 +471,53 @@ def serve(
     run_server(ws, host, port, threads, workers, ServerLimits(request_timeout, keep_alive, max_connections))
 
 
+KOpt = Annotated[int, typer.Option("-k", "--k", min=1, max=1000, help="Items to return.")]
+WideOpt = Annotated[bool, Flag("--wide", help="Full titles, item ids and snippets.")]
+
+
+def _show_answer(answer, json: bool, wide: bool) -> None:
+    from densesearch.cli.render import answer_table
+
+    out = Output(json)
+    for note in answer.notes:
+        out.note(note)
+    out.table(answer_table(answer, wide=wide))
+    out.data(answer)
+
+
+@app.command(cls=Command)
+@handles_errors
+def similar(
+    item_id: Annotated[str, typer.Argument(help="An item id, as `query --wide` shows it.", show_default=False)],
+    k: KOpt = 10, threads: Threads = 0, wide: WideOpt = False,
+    home: HomeOpt = None, workspace: WorkspaceOpt = DEFAULT_WORKSPACE, json: JsonOpt = False,
+) -> None:
+    """Items like one item: nearest to its stored vector, without the item and its variant group."""
+    from densesearch.retrieval.recommend import similar_items
+    from densesearch.retrieval.searcher import Searcher
+
+    searcher = Searcher(workspace_of(home, workspace), threads=threads, mapped=True)
+    _show_answer(similar_items(searcher, item_id, k), json, wide)
+
+
+@app.command(cls=Command)
+@handles_errors
+def recommend(
+    history: Annotated[Path, typer.Option("--history", exists=True, dir_okay=False, show_default=False, help=(
+        'A shopper\'s history, oldest first: JSON lines {"text": review or query} and/or {"item_id": ...}, '
+        'optional "rating" (below 4: skipped).'))],
+    k: KOpt = 10, threads: Threads = 0, wide: WideOpt = False,
+    home: HomeOpt = None, workspace: WorkspaceOpt = DEFAULT_WORKSPACE, json: JsonOpt = False,
+) -> None:
+    """Items for a shopper: their last 5 positive texts joined and their items, without what they have seen."""
+    from densesearch.retrieval.recommend import History
+    from densesearch.retrieval.recommend import recommend as recommend_items
+    from densesearch.retrieval.searcher import Searcher
+
+    searcher = Searcher(workspace_of(home, workspace), threads=threads, mapped=True)
+    _show_answer(recommend_items(searcher, History.from_jsonl(history), k), json, wide)
+
+
 def _parse_batch_sizes(text: str) -> tuple[int, ...]:
     from densesearch.core.errors import BadInput
 

@@ -157,6 +157,11 @@ class Searcher:
         return DenseIndex(index, self.kind, self.artifact.load_npy(VECTORS_FILE), self.info.param, self.threads)
 
     @cached_property
+    def row_of(self) -> dict[str, int]:
+        """Each item id's row in the index (`similar` and `recommend` look items up by id)."""
+        return {row["item_id"]: number for number, row in enumerate(self.items)}
+
+    @cached_property
     def words(self) -> Bm25Index:
         return Bm25Index.load(self.artifact, BM25_DIR)
 
@@ -224,7 +229,7 @@ class Searcher:
         if cfg.collapse_variants:
             ids, scores = self._collapse(ids, scores)
         searched = time.perf_counter()
-        hits = [self._hit(rank, i, s) for rank, (i, s) in enumerate(zip(ids[:k], scores[:k], strict=True), 1)]
+        hits = [self.hit(rank, i, s) for rank, (i, s) in enumerate(zip(ids[:k], scores[:k], strict=True), 1)]
         return Answer(query=text, mode=mode, k=k, hits=hits, encode_ms=(encoded - started) * 1000,
                       search_ms=(searched - encoded) * 1000, total_ms=(searched - started) * 1000,
                       answered_by=self._answered_by(mode, cfg), notes=notes)
@@ -312,7 +317,8 @@ class Searcher:
                 out_scores.append(s)
         return RankedList(out_ids, out_scores)
 
-    def _hit(self, rank: int, index: int, score: float) -> Hit:
+    def hit(self, rank: int, index: int, score: float) -> Hit:
+        """One result row as shown: the item's display fields, its score and rank."""
         row = self.items[index]
         text = row["text"]
         body = text[len(row["title"]):].strip() if text.startswith(row["title"]) else text

@@ -40,6 +40,7 @@ from densesearch.serve.loadshare import ConnectionBalancer, LoadShare
 
 MAX_K = 1000
 MAX_BATCH = 64
+MAX_HISTORY_ENTRIES = 1000  # texts or item ids in one POST /recommend
 RELOAD_CHECK_SECONDS = 1.0
 LATENCY_BUCKETS_MS = (1, 2, 3, 5, 7.5, 10, 15, 25, 50, 100, 250, 1000)
 PAGE_RESOURCE = "serve/web/index.html"
@@ -170,8 +171,9 @@ class SearchService:
         """Load the newly published version off the request path, then swap it in (one reference assignment);
         a version whose default mode fails its probe query is not swapped in."""
         try:
-            self.current, self.failed, self.mode_errors = self._load(), None, {}
-            self.metrics.reloads += 1
+            loaded = self._load()
+            self.metrics.reloads += 1  # counted before the swap: whoever sees the new version sees it counted
+            self.current, self.failed, self.mode_errors = loaded, None, {}
         except DensesearchError as exc:  # keep serving the old version; /health says why
             self.failed = (published, str(exc))
         finally:
@@ -191,6 +193,18 @@ class SearchService:
         self.mode_errors.pop(asked, None)
         self.metrics.observe(answer.mode, "ok", (time.perf_counter() - started) * 1000)
         return answer.as_json()
+
+    def similar(self, item_id: str, k: int) -> dict[str, Any]:
+        """`similar_items` on the version serving, as the `similar --json` schema."""
+        from densesearch.retrieval.recommend import similar_items
+
+        return similar_items(self.index().searcher, item_id, k).as_json()
+
+    def recommend(self, texts: list[str], item_ids: list[str], k: int) -> dict[str, Any]:
+        """`recommend` on the version serving: ``texts`` oldest first (all taken as positive)."""
+        from densesearch.retrieval.recommend import History, recommend
+
+        return recommend(self.index().searcher, History(texts=texts, item_ids=item_ids), k).as_json()
 
     def modes(self) -> dict[str, str]:
         """Each offered mode: "ok", or why it cannot answer (its probe at load, or its last failed request)."""
@@ -361,6 +375,22 @@ def create_app(service: SearchService, inline: bool = False, share: LoadShare | 
         if row is None:
             return JSONResponse(status_code=404, content={"error": f"no item {item_id!r} in the index"})
         return row
+
+    @app.get("/items/{item_id}/similar", summary="Items like one item (its stored vector; not its variant group)")
+    async def similar(item_id: str, k: Annotated[int, Query(ge=1, le=MAX_K)] = 10) -> Response:
+        if item_id not in service.index().searcher.row_of:
+            return JSONResponse(status_code=404, content={"error": f"no item {item_id!r} in the index"})
+        answer = await run_on(executor, service.similar, item_id, k)
+        return Response(json.dumps(answer, ensure_ascii=False), media_type="application/json")
+
+    @app.post("/recommend", summary="Items for a shopper's history (recent texts and/or item ids), unseen ones only")
+    async def recommend(texts: Annotated[list[Annotated[str, Body(max_length=MAX_QUERY_CHARS)]],
+                                         Body(max_length=MAX_HISTORY_ENTRIES)] = (),
+                        item_ids: Annotated[list[Annotated[str, Body(max_length=256)]],
+                                            Body(max_length=MAX_HISTORY_ENTRIES)] = (),
+                        k: Annotated[int, Body(ge=1, le=MAX_K)] = 10) -> Response:
+        answer = await run_on(executor, service.recommend, list(texts), list(item_ids), k)
+        return Response(json.dumps(answer, ensure_ascii=False), media_type="application/json")
 
     @app.get("/health", summary="Served artifacts and their fingerprints")
     async def health() -> JSONResponse:

@@ -137,7 +137,8 @@ def recommend(searcher: Searcher, history: History, k: int = 10) -> Answer:
     """Items for a shopper: nearest to their profile, without anything they have already seen (or its group)."""
     if k <= 0:
         raise BadInput(f"k must be positive, got {k}", hint="use -k 10")
-    searcher.load_for("dense" if history.texts else "bm25")
+    if history.texts:
+        searcher.load_for("dense")  # the encoder and the index, before the clock starts
     _ = searcher.dense
     started = time.perf_counter()
     profile, seen, notes = profile_vector(searcher, history)

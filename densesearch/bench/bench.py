@@ -25,7 +25,7 @@ from densesearch.core.artifacts import (
     open_artifact,
 )
 from densesearch.core.config import BenchConfig, QueryConfig
-from densesearch.core.errors import BadInput, DensesearchError, MissingArtifact, os_failure
+from densesearch.core.errors import BadInput, DensesearchError, MissingArtifact, os_failure, os_reason
 from densesearch.core.paths import Workspace, new_run_id
 from densesearch.data.readers import Judgments, load_data_manifest, load_judgments
 from densesearch.eval.evaluation import exact_topk, score_rankings
@@ -175,7 +175,7 @@ class TrecNotWritten(DensesearchError):
     """The TREC files could not be written (nothing of them was); ``report`` holds the finished measurement."""
 
     def __init__(self, exc: OSError, directory: Path, report: Any = None) -> None:
-        super().__init__(f"writing the TREC files into {directory} failed: {(exc.strerror or str(exc)).lower()}; "
+        super().__init__(f"writing the TREC files into {directory} failed: {os_reason(exc)}; "
                          "none of them was written", hint=os_failure(exc).hint)
         self.report = report
 

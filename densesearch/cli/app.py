@@ -95,15 +95,14 @@ def handles_errors(command):
 
 def _report_os_error(exc: OSError) -> int:
     """One line for an operating-system error (nothing for a reader that went away); the exit code."""
-    from densesearch.cli.streams import BROKEN_PIPE_EXIT, discard_stdout, is_broken_pipe
+    from densesearch.cli.streams import BROKEN_PIPE_EXIT, is_broken_pipe, output_failed
     from densesearch.core.errors import os_failure
 
     if exc.filename is None:  # a write to stdout failed: do not let the exit flush fail again
-        discard_stdout()
+        return output_failed(exc)
     if is_broken_pipe(exc):
         return BROKEN_PIPE_EXIT
-    line = os_failure(exc) if exc.filename is not None else os_failure(exc, "writing the output failed").message
-    typer.echo(f"error: {line}", err=True)
+    typer.echo(f"error: {os_failure(exc)}", err=True)
     return 1
 
 
@@ -405,7 +404,7 @@ def query(
     home: HomeOpt = None, workspace: WorkspaceOpt = DEFAULT_WORKSPACE, json: JsonOpt = False,
 ) -> None:
     """Search the catalog."""
-    from densesearch.cli.render import answer_table
+    from densesearch.cli.render import show_answer
     from densesearch.core.config import QueryConfig
     from densesearch.retrieval.searcher import Searcher
 
@@ -418,17 +417,16 @@ def query(
 
     def answer(line: str, config: QueryConfig) -> None:
         result = searcher.ask(line, config)
-        for note in result.notes:
-            out.note(note)
         if json and text is None:
             import json as jsonlib
 
             from densesearch.cli.render import to_jsonable
 
+            for note in result.notes:
+                out.note(note)
             sys.stdout.write(jsonlib.dumps(to_jsonable(result), ensure_ascii=False) + "\n")
         else:
-            out.table(answer_table(result, wide=wide))
-            out.data(result)
+            show_answer(out, result, wide)
 
     from densesearch.cli.repl import prompt_lines, read_stdin_queries, session
 
@@ -475,16 +473,6 @@ KOpt = Annotated[int, typer.Option("-k", "--k", min=1, max=1000, help="Items to 
 WideOpt = Annotated[bool, Flag("--wide", help="Full titles, item ids and snippets.")]
 
 
-def _show_answer(answer, json: bool, wide: bool) -> None:
-    from densesearch.cli.render import answer_table
-
-    out = Output(json)
-    for note in answer.notes:
-        out.note(note)
-    out.table(answer_table(answer, wide=wide))
-    out.data(answer)
-
-
 @app.command(cls=Command)
 @handles_errors
 def similar(
@@ -493,11 +481,12 @@ def similar(
     home: HomeOpt = None, workspace: WorkspaceOpt = DEFAULT_WORKSPACE, json: JsonOpt = False,
 ) -> None:
     """Items like one item: nearest to its stored vector, without the item and its variant group."""
+    from densesearch.cli.render import show_answer
     from densesearch.retrieval.recommend import similar_items
     from densesearch.retrieval.searcher import Searcher
 
     searcher = Searcher(workspace_of(home, workspace), threads=threads, mapped=True)
-    _show_answer(similar_items(searcher, item_id, k), json, wide)
+    show_answer(Output(json), similar_items(searcher, item_id, k), wide)
 
 
 @app.command(cls=Command)
@@ -510,12 +499,13 @@ def recommend(
     home: HomeOpt = None, workspace: WorkspaceOpt = DEFAULT_WORKSPACE, json: JsonOpt = False,
 ) -> None:
     """Items for a shopper: their last 5 positive texts joined and their items, without what they have seen."""
+    from densesearch.cli.render import show_answer
     from densesearch.retrieval.recommend import History
     from densesearch.retrieval.recommend import recommend as recommend_items
     from densesearch.retrieval.searcher import Searcher
 
     searcher = Searcher(workspace_of(home, workspace), threads=threads, mapped=True)
-    _show_answer(recommend_items(searcher, History.from_jsonl(history), k), json, wide)
+    show_answer(Output(json), recommend_items(searcher, History.from_jsonl(history), k), wide)
 
 
 def _parse_batch_sizes(text: str) -> tuple[int, ...]:

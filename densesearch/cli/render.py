@@ -346,6 +346,14 @@ def index_tables(result: IndexResult) -> list[Table]:
     return tables
 
 
+def show_answer(out: Output, answer: Answer, wide: bool = False) -> None:
+    """An answer of `query`, `similar` or `recommend`: its notes, its table (or its JSON)."""
+    for note in answer.notes:
+        out.note(note)
+    out.table(answer_table(answer, wide=wide))
+    out.data(answer)
+
+
 def answer_table(answer: Answer, wide: bool = False) -> Table:
     """One row per hit: rank, score, title cut to fit, store, price (80 columns); ``wide`` shows everything."""
     from rich import box

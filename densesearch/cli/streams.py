@@ -13,6 +13,8 @@ import io
 import os
 import sys
 
+from densesearch.core.errors import os_failure
+
 BROKEN_PIPE_EXIT = 1  # quietly, as rich ends a table whose reader went away (and as Python's docs advise)
 STREAM_NAMES = {0: "stdin", 1: "stdout", 2: "stderr"}
 
@@ -59,15 +61,22 @@ def is_broken_pipe(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno == errno.EPIPE
 
 
+def output_failed(exc: OSError, announce: bool = True) -> int:
+    """A write to stdout failed: stop writing there; a reader gone away is quiet, anything else one line (unless
+    ``announce`` is off: an error was already reported). The exit code."""
+    discard_stdout()
+    if is_broken_pipe(exc):
+        return BROKEN_PIPE_EXIT
+    if announce:
+        print(f"error: {os_failure(exc, 'writing the output failed').message}", file=sys.stderr)
+    return 1
+
+
 def flush_stdout(code: int) -> int:
-    """Flush what is still buffered; a reader gone away exits quietly, a failed write is one line and exit 1."""
+    """Flush what is still buffered (a failure: `output_failed`, named only when nothing failed before)."""
     try:
         sys.stdout.flush()
     except OSError as exc:
-        discard_stdout()
-        if is_broken_pipe(exc):
-            return BROKEN_PIPE_EXIT
-        if code == 0:
-            print(f"error: writing the output failed: {(exc.strerror or str(exc)).lower()}", file=sys.stderr)
-            return 1
+        failed = output_failed(exc, announce=code == 0)
+        return failed if code == 0 or is_broken_pipe(exc) else code
     return code

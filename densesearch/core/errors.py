@@ -87,9 +87,14 @@ _OS_HINTS = {
 }
 
 
+def os_reason(exc: OSError) -> str:
+    """What the system said, in the words every one-line error uses ("no space left on device")."""
+    return (exc.strerror or str(exc) or exc.__class__.__name__).lower()
+
+
 def os_failure(exc: OSError, doing: str = "") -> SystemFailure:
     """One line for an OSError: what failed, on which path, and the fix (``doing`` names the operation)."""
-    reason = (exc.strerror or exc.__class__.__name__).lower()
+    reason = os_reason(exc)
     paths = " -> ".join(str(p) for p in (exc.filename, exc.filename2) if p is not None)
     head = f"{doing}: " if doing else ""
     return SystemFailure(f"{head}{reason}{f': {paths}' if paths else ''}", hint=_OS_HINTS.get(exc.errno or 0))

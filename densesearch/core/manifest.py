@@ -108,11 +108,11 @@ def _is_size(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-# What each entry of the manifest's mappings holds: file sizes, and fingerprints or versions as text.
 def _is_text(value: Any) -> bool:
     return isinstance(value, str)
 
 
+# What each entry of the manifest's mappings holds: file sizes and counts, fingerprints and sources as text.
 _ENTRY_CHECKS = {"files": _is_size, "counts": _is_size, "upstream": _is_text, "inputs": _is_text}
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC
 from pathlib import Path
 
-from densesearch.core.errors import BadInput, DensesearchError
+from densesearch.core.errors import BadInput, DensesearchError, os_reason
 
 HOME_ENV = "DENSESEARCH_HOME"
 APP_NAME = "densesearch"
@@ -61,7 +61,7 @@ def usable_home(path: Path, source: str) -> Path:
     except RuntimeError:  # Python 3.11 reports a symbolic-link loop as RuntimeError, 3.13 as OSError
         raise BadInput(f"{source} {path} is a symbolic-link loop", hint=fix) from None
     except OSError as exc:
-        raise BadInput(f"{source} {path} cannot be resolved: {(exc.strerror or str(exc)).lower()}", hint=fix) from None
+        raise BadInput(f"{source} {path} cannot be resolved: {os_reason(exc)}", hint=fix) from None
     if resolved.exists() and not resolved.is_dir():
         raise BadInput(f"{source} {path} is a file, not a directory", hint=fix)
     return resolved

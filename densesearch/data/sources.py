@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from densesearch.core.errors import BadInput, HubUnreachable
+from densesearch.core.errors import BadInput, HubUnreachable, os_reason
 
 HUB_REPO = "McAuley-Lab/Amazon-Reviews-2023"
 HUB_HOST = "huggingface.co"
@@ -77,7 +77,7 @@ def open_input(path: Path, mode: str = "rb", opener=open, **options):
     try:
         return opener(path, mode, **options)
     except OSError as exc:
-        raise BadInput(f"cannot open: {(exc.strerror or str(exc)).lower()}", str(path),
+        raise BadInput(f"cannot open: {os_reason(exc)}", str(path),
                        hint="check that the file exists and is readable") from None
 
 

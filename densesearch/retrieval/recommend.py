@@ -67,13 +67,6 @@ def _entry(line: str, path: str, lineno: int) -> dict:
     return entry
 
 
-def _row_of(searcher: Searcher, item_id: str) -> int:
-    row = searcher.row_of.get(item_id)
-    if row is None:
-        raise BadInput(f"no item {item_id!r} in the index", hint="use an item_id that `query` shows")
-    return row
-
-
 def _nearest(searcher: Searcher, vector: np.ndarray, k: int, seen_rows: set[int]) -> tuple[list[int], list[float]]:
     """The ``k`` nearest items to ``vector`` outside the seen items and their variant groups."""
     items = searcher.items
@@ -102,7 +95,7 @@ def similar_items(searcher: Searcher, item_id: str, k: int = 10) -> Answer:
     """The items nearest to ``item_id``'s own stored vector, without the item and its variant group."""
     if k <= 0:
         raise BadInput(f"k must be positive, got {k}", hint="use -k 10")
-    row = _row_of(searcher, item_id)
+    row = searcher.row(item_id)
     _ = searcher.dense  # loaded before the clock starts, as `ask` does
     started = time.perf_counter()
     vector = np.asarray(searcher.dense.vectors[row], dtype=np.float32)

@@ -61,6 +61,13 @@ class Answer:
                 "answered_by": self.answered_by, "notes": list(self.notes)}
 
 
+class UnknownItem(BadInput):
+    """An item id the served index does not hold (the server answers 404)."""
+
+    def __init__(self, item_id: str) -> None:
+        super().__init__(f"no item {item_id!r} in the index", hint="use an item_id that `query` shows")
+
+
 def check_utf8(text: str) -> None:
     """Refuse text that held bytes no UTF-8 decoder accepts (decoded with ``surrogateescape``, as Python decodes
     command-line arguments): the one rule for the CLI and the server."""
@@ -158,8 +165,15 @@ class Searcher:
 
     @cached_property
     def row_of(self) -> dict[str, int]:
-        """Each item id's row in the index (`similar` and `recommend` look items up by id)."""
+        """Each item id's row in the index (`similar`, `recommend` and the server look items up by id)."""
         return {row["item_id"]: number for number, row in enumerate(self.items)}
+
+    def row(self, item_id: str) -> int:
+        """The row of ``item_id`` (UnknownItem when the index does not hold it)."""
+        found = self.row_of.get(item_id)
+        if found is None:
+            raise UnknownItem(item_id)
+        return found
 
     @cached_property
     def words(self) -> Bm25Index:

@@ -34,7 +34,7 @@ from densesearch.core.config import DEFAULT_QUERY, Mode, QueryConfig
 from densesearch.core.cpu import usable_cores
 from densesearch.core.errors import BadInput, DensesearchError, MissingArtifact
 from densesearch.core.paths import Workspace
-from densesearch.retrieval.searcher import MAX_QUERY_CHARS, MODES, Searcher, check_utf8, not_utf8
+from densesearch.retrieval.searcher import MAX_QUERY_CHARS, MODES, Searcher, UnknownItem, check_utf8, not_utf8
 from densesearch.serve.limits import ServerLimits, raise_open_file_limit
 from densesearch.serve.loadshare import ConnectionBalancer, LoadShare
 
@@ -52,11 +52,10 @@ WORKER_SETTINGS_ENV = "DENSESEARCH_SERVE_WORKER"  # how `serve --workers N` hand
 
 @dataclass
 class LoadedIndex:
-    """One loaded index version, its item lookup, and what a probe query in each mode it offers said."""
+    """One loaded index version and what a probe query in each mode it offers said."""
 
     version: Path
     searcher: Searcher
-    by_id: dict[str, dict]
     modes: dict[str, str] = field(default_factory=dict)  # mode -> "ok" or the one-line reason it cannot answer
 
 
@@ -81,7 +80,10 @@ def probe_modes(searcher: Searcher) -> dict[str, str]:
 
 
 def http_status(exc: DensesearchError) -> int:
-    """400 for what the request got wrong (or asked for and was never built), 503 for what is broken on our side."""
+    """404 for an item the index does not hold, 400 for what the request got wrong (or asked for and was never
+    built), 503 for what is broken on our side."""
+    if isinstance(exc, UnknownItem):
+        return 404
     return 400 if isinstance(exc, BadInput | MissingArtifact) else 503
 
 
@@ -148,8 +150,7 @@ class SearchService:
         default = searcher.default_mode.value
         if modes.get(default, "ok") != "ok":
             raise DensesearchError(f"the index's default mode ({default}) cannot answer: {modes[default]}")
-        return LoadedIndex(version=version, searcher=searcher, by_id={row["item_id"]: row for row in searcher.items},
-                           modes=modes)
+        return LoadedIndex(version=version, searcher=searcher, modes=modes)
 
     def index(self) -> LoadedIndex:
         """The version to answer with; now and then starts loading a newer published one in the background (a
@@ -182,15 +183,15 @@ class SearchService:
     def search(self, text: str, k: int, mode: str | None) -> dict[str, Any]:
         loaded = self.index()
         started = time.perf_counter()
-        asked = mode or loaded.searcher.default_mode.value
         try:
             answer = loaded.searcher.ask(text, QueryConfig(k=k, mode=mode, threads=self.threads))
         except DensesearchError as exc:
             self.metrics.observe(mode or "default", "error", (time.perf_counter() - started) * 1000)
             if http_status(exc) >= 500:
-                self.mode_errors[asked] = str(exc)
+                self.mode_errors[mode or loaded.searcher.default_mode.value] = str(exc)
             raise
-        self.mode_errors.pop(asked, None)
+        if self.mode_errors:  # a mode that failed before answers again (nothing to do on the common path)
+            self.mode_errors.pop(answer.mode, None)
         self.metrics.observe(answer.mode, "ok", (time.perf_counter() - started) * 1000)
         return answer.as_json()
 
@@ -371,15 +372,11 @@ def create_app(service: SearchService, inline: bool = False, share: LoadShare | 
 
     @app.get("/items/{item_id}", summary="One catalog item as indexed")
     async def item(item_id: str) -> dict[str, Any]:
-        row = service.index().by_id.get(item_id)
-        if row is None:
-            return JSONResponse(status_code=404, content={"error": f"no item {item_id!r} in the index"})
-        return row
+        searcher = service.index().searcher
+        return searcher.items[searcher.row(item_id)]
 
     @app.get("/items/{item_id}/similar", summary="Items like one item (its stored vector; not its variant group)")
     async def similar(item_id: str, k: Annotated[int, Query(ge=1, le=MAX_K)] = 10) -> Response:
-        if item_id not in service.index().searcher.row_of:
-            return JSONResponse(status_code=404, content={"error": f"no item {item_id!r} in the index"})
         answer = await run_on(executor, service.similar, item_id, k)
         return Response(json.dumps(answer, ensure_ascii=False), media_type="application/json")
 

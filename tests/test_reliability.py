@@ -67,6 +67,7 @@ MANIFEST_DAMAGE = {
     "an upstream fingerprint as a number": lambda m: m["upstream"].__setitem__("onnx", 10 ** 30),
     "an encoder fingerprint as a number": lambda m: m["extra"]["encoder"].__setitem__("fingerprint", 0),
     "an encoder without its dimension": lambda m: m["extra"]["encoder"].pop("dim"),
+    "an encoder in no artifact kind": lambda m: m["extra"]["encoder"].__setitem__("artifact", "0"),
 }
 
 

@@ -20,6 +20,7 @@ from densesearch.core.errors import PRODUCER, ArtifactCorrupt, ArtifactMismatch,
 MANIFEST_NAME = "manifest.json"
 # 2: versioned artifact directories, a size per file, upstream by artifact kind, no absolute workspace paths.
 SCHEMA_VERSION = 2
+ENCODER_KINDS = ("", "model", "onnx")  # where an index's encoder lives: an outside path, or one of these artifacts
 TRACKED_PACKAGES = ("numpy", "torch", "sentence-transformers", "transformers", "onnxruntime", "optimum-onnx",
                     "faiss-cpu", "bm25s", "rank-bm25", "tokenizers", "datasets", "lightgbm")
 __all__ = ["PRODUCER", "Manifest", "read_manifest", "write_manifest", "fingerprint_files", "fingerprint_path"]
@@ -210,6 +211,10 @@ class EncoderRecord:
     fingerprint: str
     dim: int
     label: str
+
+    def __post_init__(self) -> None:
+        if self.artifact not in ENCODER_KINDS:  # a workspace path is built from it: nothing else may stand there
+            raise ArtifactCorrupt("index", MANIFEST_NAME, "has a malformed 'encoder.artifact' field")
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from densesearch.cli.render import answer_table
 from densesearch.core.artifacts import open_artifact
 from densesearch.core.config import IndexConfig, QueryConfig
 from densesearch.core.paths import Workspace
+from densesearch.retrieval.searcher import Searcher
 from densesearch.serve.app import MAX_K, SearchFastPath, SearchService, create_app, search_params
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
@@ -87,10 +88,12 @@ def _get(path: str, query: str = "", method: str = "GET") -> dict:
 
 
 @pytest.mark.parametrize("scope, expected", [
-    (_get("/search", "q=red+dress&k=5&mode=dense"), ("red dress", 5, "dense")),
-    (_get("/search", "q=red%20dress"), ("red dress", 10, None)),
-    (_get("/search", "q=&k=3"), ("", 3, None)),  # the searcher refuses it with its own one-line message
-    (_get("/search", f"q=hat&k={MAX_K}&other=1"), ("hat", MAX_K, None)),
+    (_get("/search", "q=red+dress&k=5&mode=dense"), ("red dress", 5, "dense", ())),
+    (_get("/search", "q=red%20dress"), ("red dress", 10, None, ())),
+    (_get("/search", "q=&k=3"), ("", 3, None, ())),  # the searcher refuses it with its own one-line message
+    (_get("/search", f"q=hat&k={MAX_K}&other=1"), ("hat", MAX_K, None, ())),
+    (_get("/search", "q=hat&filter=price+%3C+30&filter=rating%3E%3D4"), ("hat", 10, None, ("price < 30", "rating>=4"))),
+    (_get("/search", "q=hat&filter=" + "x" * 2001), None),  # an over-long filter: FastAPI's 422
     (_get("/search", "q=hat&k=0"), None), (_get("/search", f"q=hat&k={MAX_K + 1}"), None),
     (_get("/search", "q=hat&k=ten"), None), (_get("/search", "q=hat&k=-1"), None),
     (_get("/search", "q=hat&k=%D9%A3"), None),  # a non-ASCII digit
@@ -230,7 +233,8 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium package (.ci/run installs it)")
-def test_search_page_in_chromium_shows_ten_cards(live_server, tmp_path):
+def test_search_page_in_chromium_shows_ten_cards(live_server, tmp_path, built):
+    live_server_workspace = built["ws"]
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
@@ -252,6 +256,13 @@ def test_search_page_in_chromium_shows_ten_cards(live_server, tmp_path):
                                    timeout=30_000)
             alike = [card.get_attribute("data-item") for card in page.locator("#results .card").all()]
             similar_url = page.url
+            page.fill("#price-max", "20")
+            page.select_option("#rating-min", "4")
+            page.press("#q", "Enter")
+            page.wait_for_function("location.search.includes('pmax=20') && "
+                                   "/^\\d+ items/.test(document.getElementById('status').textContent)",
+                                   timeout=30_000)
+            filtered = [card.get_attribute("data-item") for card in page.locator("#results .card").all()]
             shot = Path(os.environ.get("DENSESEARCH_SCREENSHOT", tmp_path / "search-page.png"))
             page.screenshot(path=str(shot), full_page=False)
         finally:
@@ -259,6 +270,8 @@ def test_search_page_in_chromium_shows_ten_cards(live_server, tmp_path):
     assert len(titles) == 10 and all(titles)
     assert "10 items" in status and "ms" in status
     assert len(alike) == 10 and first not in alike and f"similar={first}" in similar_url  # the link, followed
+    items = {row["item_id"]: row for row in Searcher(live_server_workspace).items}
+    assert filtered and all(items[i]["price"] <= 20 and items[i]["rating"] >= 4 for i in filtered)  # the controls
     assert shot.stat().st_size > 10_000
 
 

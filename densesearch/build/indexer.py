@@ -33,6 +33,7 @@ KINDS = tuple(IndexKind)
 ENCODE_CHUNK = 4096
 SWEEP_QUERIES = 500
 LARGE_CATALOG = 200_000                       # above it, HNSW builds with a narrower beam (default_ef_construction)
+CHANGES = ("added", "upserted", "deleted", "compacted")  # counts of changes made to a published index after its build
 IVFPQ_MIN_VECTORS = 39 * 256  # FAISS wants 39 training points per centroid of the 8-bit PQ codebooks
 
 
@@ -108,7 +109,8 @@ def reuse_published_vectors(workspace: Workspace, spec: EncoderSpec, data_finger
             or manifest.upstream.get("data") != data_fingerprint or manifest.extra.get("device") != device \
             or manifest.extra.get("encode_batch") != batch_size \
             or manifest.extra.get("encode_numerics") != ENCODE_NUMERICS \
-            or manifest.counts.get("added") or fingerprint_files(artifact.path) != manifest.fingerprint:
+            or any(manifest.counts.get(change) for change in CHANGES) \
+            or fingerprint_files(artifact.path) != manifest.fingerprint:
         return None
     old = artifact.load_npy(VECTORS_FILE)
     if old.shape != (rows, dim) or old.dtype != np.float32:

@@ -114,6 +114,9 @@ def finite(value: float | None) -> float | None:
 
 
 Threads = Annotated[int, typer.Option(min=0, max=1024, help="Threads (0: all cores).")]
+WhereOpt = Annotated[list[str] | None, typer.Option(
+    "--where", help="Only items that match, e.g. 'price < 30 and rating >= 4' or 'store in [\"A\", \"B\"]' "
+                    "(repeatable: all must hold; README: Filters).", show_default=False)]
 
 
 def workspace_of(home: str | None, workspace: str) -> Workspace:
@@ -347,6 +350,14 @@ def index(
     bm25: Annotated[Bm25Backend, typer.Option(help="The BM25 implementation.")] = Bm25Backend.BM25S,
     add: Annotated[Path | None, typer.Option("--add", exists=True, dir_okay=False, readable=True,
                                              help="Append items (.jsonl metadata) to the index.")] = None,
+    upsert: Annotated[Path | None, typer.Option(
+        "--upsert", exists=True, dir_okay=False, readable=True,
+        help="New or changed items (Amazon metadata or BEIR corpus JSON lines): only new texts are encoded.")] = None,
+    delete: Annotated[Path | None, typer.Option(
+        "--delete", exists=True, dir_okay=False, readable=True,
+        help="Delete the item ids listed in this file (one per line) from every mode.")] = None,
+    compact: Annotated[bool, Flag("--compact", help="Drop deleted rows and rebuild the FAISS structure from the "
+                                                    "stored vectors (`status` says when it is due).")] = False,
     device: Annotated[Device, typer.Option(
         help="Where a torch encoder (--model finetuned|base) encodes the catalog; FP16 on a GPU.")] = Device.AUTO,
     engine: Annotated[Engine, typer.Option(
@@ -371,15 +382,30 @@ def index(
     from densesearch.core.config import IndexConfig, RankerConfig
 
     cfg = IndexConfig(model=model, kind=kind, hnsw_m=m, ef_construction=ef_construction, bm25=bm25,
-                      threads=threads, add_path=add, device=device, engine=engine, batch_size=batch_size,
+                      threads=threads, add_path=add, upsert_path=upsert, delete_path=delete, compact=compact,
+                      device=device, engine=engine, batch_size=batch_size,
                       reencode=reencode, ranker=RankerConfig(mode=ranker),
                       ray_address=address, ray_workers=workers)
     out = Output(json)
+    if cfg.change in ("upsert", "delete", "compact"):
+        _change_index(cfg, workspace_of(home, workspace), out)
+        return
     with out.progress() as progress:
         ws = workspace_of(home, workspace)
         result = run_add(cfg, ws, progress) if add else run_index(cfg, ws, progress)
     out.note(f"encoder: {result.encoder.label} ({result.encoder.backend})")
     _report(out, result, index_tables(result), out.note)
+
+
+def _change_index(cfg, ws, out: Output) -> None:
+    """`index --upsert / --delete / --compact`: one change to the published index, published atomically."""
+    from densesearch.build.updates import run_compact, run_delete, run_upsert
+    from densesearch.cli.render import change_table
+
+    run = {"upsert": run_upsert, "delete": run_delete, "compact": run_compact}[cfg.change]
+    with out.progress() as progress:
+        result = run(cfg, ws, progress)
+    _report(out, result, [change_table(result)], out.note)
 
 
 @app.command(cls=Command)
@@ -401,6 +427,7 @@ def query(
     wide: Annotated[bool, Flag("--wide", help="Full titles, item ids and snippets.")] = False,
     no_ranker: Annotated[bool, Flag("--no-ranker", help="Hybrid in the fusion's order, without the index's "
                                                         "learned ranker.")] = False,
+    where: WhereOpt = None,
     home: HomeOpt = None, workspace: WorkspaceOpt = DEFAULT_WORKSPACE, json: JsonOpt = False,
 ) -> None:
     """Search the catalog."""
@@ -409,7 +436,8 @@ def query(
     from densesearch.retrieval.searcher import Searcher
 
     cfg = QueryConfig(k=k, mode="rerank" if rerank else mode, rrf_k=rrf_k, collapse_variants=collapse_variants,
-                      ef_search=ef_search, threads=threads, rerank=rerank, ranker=not no_ranker)
+                      ef_search=ef_search, threads=threads, rerank=rerank, ranker=not no_ranker,
+                      where=tuple(where or ()))
     searcher = Searcher(workspace_of(home, workspace), threads=threads, model=model, mapped=text is not None)
     out = Output(json)
     for note in searcher.notes:
@@ -477,7 +505,7 @@ WideOpt = Annotated[bool, Flag("--wide", help="Full titles, item ids and snippet
 @handles_errors
 def similar(
     item_id: Annotated[str, typer.Argument(help="An item id, as `query --wide` shows it.", show_default=False)],
-    k: KOpt = 10, threads: Threads = 0, wide: WideOpt = False,
+    k: KOpt = 10, threads: Threads = 0, wide: WideOpt = False, where: WhereOpt = None,
     home: HomeOpt = None, workspace: WorkspaceOpt = DEFAULT_WORKSPACE, json: JsonOpt = False,
 ) -> None:
     """Items like one item: nearest to its stored vector, without the item and its variant group."""
@@ -486,7 +514,7 @@ def similar(
     from densesearch.retrieval.searcher import Searcher
 
     searcher = Searcher(workspace_of(home, workspace), threads=threads, mapped=True)
-    show_answer(Output(json), similar_items(searcher, item_id, k), wide)
+    show_answer(Output(json), similar_items(searcher, item_id, k, tuple(where or ())), wide)
 
 
 @app.command(cls=Command)
@@ -495,7 +523,7 @@ def recommend(
     history: Annotated[Path, typer.Option("--history", exists=True, dir_okay=False, show_default=False, help=(
         'A shopper\'s history, oldest first: JSON lines {"text": review or query} and/or {"item_id": ...}, '
         'optional "rating" (below 4: skipped).'))],
-    k: KOpt = 10, threads: Threads = 0, wide: WideOpt = False,
+    k: KOpt = 10, threads: Threads = 0, wide: WideOpt = False, where: WhereOpt = None,
     home: HomeOpt = None, workspace: WorkspaceOpt = DEFAULT_WORKSPACE, json: JsonOpt = False,
 ) -> None:
     """Items for a shopper: their last 5 positive texts joined and their items, without what they have seen."""
@@ -505,7 +533,7 @@ def recommend(
     from densesearch.retrieval.searcher import Searcher
 
     searcher = Searcher(workspace_of(home, workspace), threads=threads, mapped=True)
-    show_answer(Output(json), recommend_items(searcher, History.from_jsonl(history), k), wide)
+    show_answer(Output(json), recommend_items(searcher, History.from_jsonl(history), k, tuple(where or ())), wide)
 
 
 def _parse_batch_sizes(text: str) -> tuple[int, ...]:

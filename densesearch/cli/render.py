@@ -23,6 +23,7 @@ if TYPE_CHECKING:  # the result types of each stage, for annotations only (rende
     from densesearch.build.ranker import RankerReport
     from densesearch.build.reranker import RerankerResult
     from densesearch.build.train import TrainResult
+    from densesearch.build.updates import ChangeResult
     from densesearch.data.prepare import PrepareResult
     from densesearch.data.sources import ReadStats
     from densesearch.retrieval.searcher import Answer
@@ -319,6 +320,20 @@ def ranker_summary(report: RankerReport | None) -> str:
         line += (f" (dev nDCG@10 {report.dev_ndcg_ranker:.4f} vs {report.dev_ndcg_fusion:.4f}, "
                  f"p {report.p_vs_fusion:.4f}; {report.train_queries:,} train queries, {seconds(report.seconds)})")
     return line
+
+
+def change_table(result: ChangeResult) -> Table:
+    """What `index --upsert / --delete / --compact` changed, and what the published index now holds."""
+    done = {"upsert": [("items encoded (new or text changed)", result.encoded),
+                       ("items updated in place (attributes only)", result.updated),
+                       ("items unchanged", result.unchanged)],
+            "delete": [("items deleted", result.deleted)],
+            "compact": [("dead rows dropped", result.deleted)]}[result.action]
+    due = "yes: run `densesearch index --compact`" if result.compaction_due else "no"
+    return kv_table(f"densesearch index --{result.action}", [
+        *done, ("live items", result.live), ("dead rows (deleted or replaced)", result.dead),
+        ("compaction due", due), ("time", seconds(result.seconds)),
+        ("size on disk", f"{result.bytes_on_disk / 2**20:.1f} MiB")])
 
 
 def index_tables(result: IndexResult) -> list[Table]:

@@ -30,6 +30,7 @@ from densesearch.core.paths import ARTIFACT_KINDS, POINTER, Workspace
 # File layout of each artifact kind (the builders write these names, readers open them through here).
 CATALOG_FILE = "catalog.jsonl"
 VECTORS_FILE, DENSE_FILE, ITEMS_FILE, BM25_DIR = "vectors.npy", "dense.faiss", "items.jsonl", "bm25"
+LIVE_FILE = "live.npy"  # after `index --delete / --upsert`: which rows are live (absent: all)
 NGRAM_DIR = "bm25-ngrams"  # BM25 over character 3-grams (typos, split words); indexes before it lack it
 
 

@@ -114,6 +114,14 @@ ENCODE_BATCH = 16  # catalog texts per batch: measured fastest for MiniLM INT8 o
 RAY_WORKERS = 2  # `index --engine ray` encoder actors by default
 
 
+COMPACT_SHARE = 0.2  # an index is due a compaction once this share of its rows is dead (deleted or replaced)
+
+
+def compaction_due(live: int, dead: int) -> bool:
+    """Whether dead rows are enough of the index that `index --compact` should drop them."""
+    return dead > 0 and dead >= COMPACT_SHARE * (live + dead)
+
+
 def refuse_unused(options: dict[str, bool], combination: str, hint: str) -> None:
     """One BadInput line naming the given options that do nothing in this ``combination`` (none: nothing)."""
     given = [name for name, used in options.items() if used]
@@ -286,6 +294,9 @@ class IndexConfig:
     batch_size: int | None = None         # None: ENCODE_BATCH on a CPU, GPU_ENCODE_BATCH on a GPU
     threads: int = 0
     add_path: Path | None = None
+    upsert_path: Path | None = None       # new or changed items (JSON lines): re-encode only those
+    delete_path: Path | None = None       # item ids to delete, one per line
+    compact: bool = False                 # drop deleted rows, rebuild the FAISS structure from stored vectors
     device: Device = Device.AUTO         # where a torch encoder runs (FP16 on a GPU)
     reencode: bool = False                # encode even when the published index's vectors could be copied
     engine: Engine = Engine.LOCAL         # ray: encode the catalog on a Ray cluster or a local Ray
@@ -297,6 +308,17 @@ class IndexConfig:
         if self.engine != Engine.RAY:
             refuse_unused({"--address": self.ray_address is not None, "--workers": self.ray_workers is not None},
                           "without --engine ray", "add --engine ray, or leave {them} out")
+        changes = [name for name, given in (("--add", self.add_path), ("--upsert", self.upsert_path),
+                                            ("--delete", self.delete_path), ("--compact", self.compact)) if given]
+        if len(changes) > 1:
+            raise BadInput(f"{' and '.join(changes)} are separate changes", hint="run them one at a time")
+
+    @property
+    def change(self) -> str | None:
+        """The change to the published index this run makes (add, upsert, delete, compact), None for a build."""
+        return next((name for name, given in (("add", self.add_path), ("upsert", self.upsert_path),
+                                              ("delete", self.delete_path), ("compact", self.compact)) if given),
+                    None)
 
 
 @dataclass(frozen=True)
@@ -312,6 +334,7 @@ class QueryConfig:
     candidates: int = 100
     rerank: int | None = None             # rerank mode: re-score this many first-stage hits (None: as trained)
     ranker: bool = True                   # hybrid: re-order by the index's learned ranker when it has one
+    where: tuple[str, ...] = ()           # filter expressions (retrieval/filters.py), all must hold
 
 
 @dataclass(frozen=True)

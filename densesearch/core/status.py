@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from densesearch.core.artifacts import artifact_health
+from densesearch.core.config import compaction_due
 from densesearch.core.paths import ARTIFACT_KINDS, OPTIONAL_KINDS, Workspace
 
 
@@ -25,11 +26,21 @@ def _summary(kind: str, counts: dict[str, Any], extra: dict[str, Any]) -> str:
     if kind == "index":
         encoder = extra.get("encoder", {}).get("label", "?")
         ranker = ", hybrid re-ordered by a learned ranker" if (extra.get("ranker") or {}).get("kept") else ""
-        return f"{extra.get('kind', '?')} over {counts.get('vectors', 0):,} vectors, encoder {encoder}{ranker}"
+        return f"{extra.get('kind', '?')} over {_live(counts)}, encoder {encoder}{ranker}"
     if kind == "reranker":
         return (f"cross-encoder on {counts.get('train_rows', 0):,} rows, re-scores the top {extra.get('depth', '?')} "
                 f"(weight {extra.get('weight', '?')}), served by {extra.get('scorer', 'torch fp32')}")
     return ""
+
+
+def _live(counts: dict[str, Any]) -> str:
+    """The index's live items, and its dead rows (deleted or replaced) with whether a compaction is due."""
+    rows, dead = counts.get("vectors", 0), counts.get("dead", 0)
+    if not dead:
+        return f"{rows:,} vectors"
+    due = "compaction due: `densesearch index --compact`" if compaction_due(rows - dead, dead) else \
+        "compaction not due"
+    return f"{rows - dead:,} live items ({dead:,} deleted or replaced rows; {due})"
 
 
 # Steps a working pipeline may skip: shown as "skipped" with what they would add, never as a failure (an index that

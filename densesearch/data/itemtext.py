@@ -112,13 +112,13 @@ class ItemFields:
     rating: float | None
     rating_number: int | None
     price: float | None
-    category: str
+    category: str                 # the category path ("A > B > C"), else the main category
     image: str = ""
 
     def display_fields(self) -> dict:
         """The fields a result shows (title, store, rating, price, picture), beside the indexed text."""
         return {"title": self.title, "store": self.store, "rating": self.rating, "rating_number": self.rating_number,
-                "price": self.price, "image": self.image}
+                "price": self.price, "image": self.image, "category": self.category}
 
     @classmethod
     def from_record(cls, record: dict) -> ItemFields:
@@ -141,7 +141,7 @@ class ItemFields:
             rating=as_float(record.get("average_rating")),
             rating_number=int(rating_number) if rating_number is not None else None,
             price=as_float(record.get("price")),
-            category=clean_text(record.get("main_category")),
+            category=" > ".join(as_list(record.get("categories"))) or clean_text(record.get("main_category")),
             image=first_image_url(record.get("images")),
         )
 

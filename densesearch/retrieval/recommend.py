@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,19 +68,21 @@ def _entry(line: str, path: str, lineno: int) -> dict:
     return entry
 
 
-def _nearest(searcher: Searcher, vector: np.ndarray, k: int, seen_rows: set[int]) -> tuple[list[int], list[float]]:
-    """The ``k`` nearest items to ``vector`` outside the seen items and their variant groups."""
-    items = searcher.items
+def _nearest(searcher: Searcher, vector: np.ndarray, k: int, seen_rows: set[int],
+             where: Sequence[str] = ()) -> tuple[list[int], list[float]]:
+    """The ``k`` nearest live items to ``vector`` kept by ``where``, outside the seen items and their groups."""
+    items, allowed = searcher.items, searcher.allowed(where)
     seen_groups = {items[row]["group_id"] for row in seen_rows}
-    wanted = min(k, len(items))
-    depth = min(len(items), max(wanted * OVERFETCH, wanted + len(seen_rows) + 10))
+    size = allowed.count if allowed is not None else len(items)
+    wanted = min(k, size)
+    depth = min(size, max(wanted * OVERFETCH, wanted + len(seen_rows) + 10))
     while True:
-        ranked = searcher.dense.search(vector[None, :], depth)[0]
+        ranked = searcher.dense.search(vector[None, :], depth, allowed=allowed)[0]
         kept = [(i, s) for i, s in zip(ranked.ids, ranked.scores, strict=True)
                 if i not in seen_rows and items[i]["group_id"] not in seen_groups]
-        if len(kept) >= wanted or depth >= len(items):
+        if len(kept) >= wanted or depth >= size:
             return [i for i, _ in kept[:wanted]], [s for _, s in kept[:wanted]]
-        depth = min(len(items), depth * 4)
+        depth = min(size, depth * 4)
 
 
 def _answer(searcher: Searcher, label: str, mode: str, k: int, found: tuple[list[int], list[float]],
@@ -91,8 +94,9 @@ def _answer(searcher: Searcher, label: str, mode: str, k: int, found: tuple[list
                   answered_by=f"{searcher.spec.label} vectors + {searcher.kind}", notes=notes)
 
 
-def similar_items(searcher: Searcher, item_id: str, k: int = 10) -> Answer:
-    """The items nearest to ``item_id``'s own stored vector, without the item and its variant group."""
+def similar_items(searcher: Searcher, item_id: str, k: int = 10, where: Sequence[str] = ()) -> Answer:
+    """The items nearest to ``item_id``'s own stored vector (kept by ``where``), without the item and its variant
+    group."""
     if k <= 0:
         raise BadInput(f"k must be positive, got {k}", hint="use -k 10")
     row = searcher.row(item_id)
@@ -100,7 +104,7 @@ def similar_items(searcher: Searcher, item_id: str, k: int = 10) -> Answer:
     started = time.perf_counter()
     vector = np.asarray(searcher.dense.vectors[row], dtype=np.float32)
     encoded = time.perf_counter()
-    found = _nearest(searcher, vector, k, {row})
+    found = _nearest(searcher, vector, k, {row}, where)
     return _answer(searcher, item_id, "similar", k, found, (started, encoded, time.perf_counter()), [])
 
 
@@ -126,8 +130,9 @@ def profile_vector(searcher: Searcher, history: History) -> tuple[np.ndarray, se
     return profile / max(float(np.linalg.norm(profile)), 1e-12), set(rows), notes
 
 
-def recommend(searcher: Searcher, history: History, k: int = 10) -> Answer:
-    """Items for a shopper: nearest to their profile, without anything they have already seen (or its group)."""
+def recommend(searcher: Searcher, history: History, k: int = 10, where: Sequence[str] = ()) -> Answer:
+    """Items for a shopper (kept by ``where``): nearest to their profile, without anything they have already seen
+    (or its group)."""
     if k <= 0:
         raise BadInput(f"k must be positive, got {k}", hint="use -k 10")
     if history.texts:
@@ -136,6 +141,6 @@ def recommend(searcher: Searcher, history: History, k: int = 10) -> Answer:
     started = time.perf_counter()
     profile, seen, notes = profile_vector(searcher, history)
     encoded = time.perf_counter()
-    found = _nearest(searcher, profile, k, seen)
+    found = _nearest(searcher, profile, k, seen, where)
     label = f"history of {len(history.texts)} texts and {len(history.item_ids)} items"
     return _answer(searcher, label, "recommend", k, found, (started, encoded, time.perf_counter()), notes)

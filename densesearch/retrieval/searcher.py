@@ -11,7 +11,15 @@ from functools import cached_property
 
 import numpy as np
 
-from densesearch.core.artifacts import BM25_DIR, ITEMS_FILE, NGRAM_DIR, VECTORS_FILE, Artifact, open_artifact
+from densesearch.core.artifacts import (
+    BM25_DIR,
+    ITEMS_FILE,
+    LIVE_FILE,
+    NGRAM_DIR,
+    VECTORS_FILE,
+    Artifact,
+    open_artifact,
+)
 from densesearch.core.config import Mode, QueryConfig, RankerConfig
 from densesearch.core.cpu import read_cpu
 from densesearch.core.errors import ArtifactCorrupt, ArtifactMismatch, BadInput
@@ -19,6 +27,7 @@ from densesearch.core.manifest import IndexInfo, OnnxInfo
 from densesearch.core.paths import Workspace
 from densesearch.retrieval.dense import DenseIndex
 from densesearch.retrieval.encoders import EncoderSpec, choose_encoder
+from densesearch.retrieval.filters import Allowed, Attributes, where_mask
 from densesearch.retrieval.firststage import FirstStage, ranked_lists
 from densesearch.retrieval.fusion import Fusion, RankedList, Stage
 from densesearch.retrieval.ranker import RANKER_DIR, TERMS_DIR, LearnedOrder, LearnedRanker, TitleTerms, title_texts
@@ -66,6 +75,10 @@ class UnknownItem(BadInput):
 
     def __init__(self, item_id: str) -> None:
         super().__init__(f"no item {item_id!r} in the index", hint="use an item_id that `query` shows")
+
+
+def kept_items(count: int) -> str:
+    return "no items" if count == 0 else "1 item" if count == 1 else f"{count:,} items"
 
 
 def check_utf8(text: str) -> None:
@@ -164,9 +177,38 @@ class Searcher:
         return DenseIndex(index, self.kind, self.artifact.load_npy(VECTORS_FILE), self.info.param, self.threads)
 
     @cached_property
+    def live(self) -> np.ndarray | None:
+        """Which rows are live (None: all are): an item deleted or replaced by `index --delete / --upsert` keeps
+        its row, dead, until `index --compact`; no mode ever returns it."""
+        if LIVE_FILE not in self.manifest.files:
+            return None
+        live = np.asarray(self.artifact.load_npy(LIVE_FILE), dtype=bool)
+        if live.shape != (len(self.items),):
+            raise ArtifactCorrupt("index", LIVE_FILE, f"has {live.size:,} flags for {len(self.items):,} rows")
+        return live
+
+    @property
+    def size(self) -> int:
+        """Live items (what a query can return)."""
+        return len(self.items) if self.live is None else int(np.count_nonzero(self.live))
+
+    @cached_property
+    def attributes(self) -> Attributes:
+        """The items' filterable attributes, columns built on first use."""
+        return Attributes(self.items)
+
+    def allowed(self, where: Sequence[str] = ()) -> Allowed | None:
+        """The rows a query may return: live, and kept by every ``--where`` expression (None: every row)."""
+        mask = where_mask(where, self.attributes)
+        if self.live is not None:
+            mask = self.live if mask is None else mask & self.live
+        return None if mask is None else Allowed(mask)
+
+    @cached_property
     def row_of(self) -> dict[str, int]:
-        """Each item id's row in the index (`similar`, `recommend` and the server look items up by id)."""
-        return {row["item_id"]: number for number, row in enumerate(self.items)}
+        """Each live item id's row in the index (`similar`, `recommend` and the server look items up by id)."""
+        live = self.live
+        return {row["item_id"]: number for number, row in enumerate(self.items) if live is None or live[number]}
 
     def row(self, item_id: str) -> int:
         """The row of ``item_id`` (UnknownItem when the index does not hold it)."""
@@ -225,10 +267,12 @@ class Searcher:
         return Mode(mode) if mode in MODES else Mode.DENSE
 
     def stages(self, texts: Sequence[str], vectors: np.ndarray, depth: int, cfg: QueryConfig,
-               grams: bool = False) -> list[Stage]:
-        """The first stage of a batch of queries exactly as `query` serves them (fusion and ranker per ``cfg``)."""
+               grams: bool = False, allowed: Allowed | None = None) -> list[Stage]:
+        """The first stage of a batch of queries exactly as `query` serves them (fusion and ranker per ``cfg``,
+        live rows kept by ``cfg.where`` only; ``allowed``: those rows, already computed)."""
+        allowed = allowed if allowed is not None else self.allowed(cfg.where)
         return self.first_stage.run(texts, vectors, depth, self._fusion_for(cfg), self.uses_ranker(cfg),
-                                    cfg.ef_search, grams)
+                                    cfg.ef_search, grams, allowed)
 
     def ask(self, text: str, cfg: QueryConfig) -> Answer:
         """Answer one query: validate, encode, search, fuse, collapse variants, time each step."""
@@ -239,7 +283,10 @@ class Searcher:
         started = time.perf_counter()
         vector = self.encoder.encode_queries([text]) if mode != Mode.BM25 else None
         encoded = time.perf_counter()
-        ids, scores = self._search(mode, text, vector, cfg, depth if cfg.collapse_variants else k, depth)
+        allowed = self.allowed(cfg.where)
+        if cfg.where and allowed.count < k:
+            notes.append(f"the filter keeps {kept_items(allowed.count)}")
+        ids, scores = self._search(mode, text, vector, cfg, depth if cfg.collapse_variants else k, depth, allowed)
         if cfg.collapse_variants:
             ids, scores = self._collapse(ids, scores)
         searched = time.perf_counter()
@@ -255,21 +302,22 @@ class Searcher:
         mode = cfg.mode or self.default_mode
         if mode not in MODES:
             raise BadInput(f"unknown mode {mode!r}", hint="use dense, bm25, hybrid or rerank")
-        if cfg.k > len(self.items):
-            return Mode(mode), len(self.items), [f"k={cfg.k} is larger than the catalog; showing all "
-                                                 f"{len(self.items)} items"]
+        if cfg.k > self.size:
+            return Mode(mode), self.size, [f"k={cfg.k} is larger than the catalog; showing all {self.size} items"]
         return Mode(mode), cfg.k, []
 
     def _search(self, mode: Mode, text: str, vector: np.ndarray | None, cfg: QueryConfig, k: int,
-                depth: int) -> RankedList:
-        """One query's ranked list in ``mode``: ``k`` items for a single list, ``depth`` fused candidates."""
+                depth: int, allowed: Allowed | None) -> RankedList:
+        """One query's ranked list in ``mode`` among the ``allowed`` rows: ``k`` items for a single list, ``depth``
+        fused candidates."""
         if mode == Mode.DENSE:
-            return self.dense.search(vector, k, cfg.ef_search)[0]
+            return self.dense.search(vector, k, cfg.ef_search, allowed)[0]
         if mode == Mode.BM25:
-            return ranked_lists(self.words, [text], k)[0]
+            return ranked_lists(self.words, [text], k, allowed)[0]
         if mode == Mode.HYBRID:
-            return self.stages([text], vector, depth, cfg)[0].ordered
-        ordered = self.stages([text], vector, max(depth, self._interpolation(cfg).depth), cfg)[0].ordered
+            return self.stages([text], vector, depth, cfg, allowed=allowed)[0].ordered
+        depth = max(depth, self._interpolation(cfg).depth)
+        ordered = self.stages([text], vector, depth, cfg, allowed=allowed)[0].ordered
         return self.rerank(text, ordered.ids, ordered.scores, cfg)
 
     def _interpolation(self, cfg: QueryConfig):

@@ -23,6 +23,7 @@ import numpy as np
 from densesearch.core.errors import BadInput
 
 K1, B = 1.2, 0.75
+ROWS_FILE = "rows.npy"  # an index over the live rows only (after deletes): each document's row in the index
 NGRAM, NGRAM_K1, NGRAM_B = 3, 0.9, 0.4  # chosen on Home Depot dev among (3, 4, 3+4, 2+3) x three (k1, b)
 _TOKEN_RE = re.compile(r"(?u)\b\w\w+\b")
 _WORD_RE = re.compile(r"(?u)\w+")
@@ -120,6 +121,7 @@ class Bm25Index:
     k1: float = K1
     b: float = B
     method: str = "robertson"
+    rows: np.ndarray | None = None  # each document's row in the index (None: document i is row i)
 
     @classmethod
     def build(cls, texts: Sequence[str], backend: str = "bm25s") -> Bm25Index:
@@ -157,20 +159,31 @@ class Bm25Index:
         return cls(backend=backend, engine=engine, size=len(tokens), tokenizer=tokenizer or Tokenizer(), k1=k1, b=b,
                    method=method)
 
-    def search(self, queries: Sequence[str], k: int) -> list[tuple[np.ndarray, np.ndarray]]:
-        """For each query, item indices and scores, best first (ties by lower index).
+    def search(self, queries: Sequence[str], k: int,
+               allowed: np.ndarray | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+        """For each query, item rows and scores, best first (ties by lower row), among the ``allowed`` rows only
+        when that mask is given (every other document scores 0 before the top k is taken).
 
         Only items sharing a term with the query are returned: a query of unknown words gets no hits.
         """
         k = min(k, self.size)
-        return [_best_matching(np.asarray(self.engine.get_scores(self.tokenizer(q)), dtype=np.float32), k)
-                for q in queries]
+        keep = None if allowed is None else (allowed if self.rows is None else allowed[self.rows])
+        found = []
+        for query in queries:
+            scores = np.asarray(self.engine.get_scores(self.tokenizer(query)), dtype=np.float32)
+            if keep is not None:
+                scores[~keep] = 0.0
+            documents, values = _best_matching(scores, k)
+            found.append((documents if self.rows is None else self.rows[documents], values))
+        return found
 
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         (directory / "bm25.json").write_text(json.dumps({
             "backend": self.backend, "size": self.size, "k1": self.k1, "b": self.b, "method": self.method,
-            **self.tokenizer.describe()}))
+            "mapped_rows": self.rows is not None, **self.tokenizer.describe()}))
+        if self.rows is not None:
+            np.save(directory / ROWS_FILE, self.rows)
         if self.backend == "bm25s":
             self.engine.save(directory)
         else:
@@ -200,7 +213,11 @@ class Bm25Index:
                     engine = pickle.load(handle)  # our own artifact, written by save()
             except (OSError, pickle.UnpicklingError, EOFError) as exc:
                 raise artifact.corrupt(f"{subdir}/rank_bm25.pkl", "cannot be read") from exc
-        return cls(backend=backend, engine=engine, size=size, tokenizer=tokenizer, k1=k1, b=b, method=method)
+        rows = artifact.load_npy(f"{subdir}/{ROWS_FILE}") if meta.get("mapped_rows") else None
+        if rows is not None and len(rows) != size:
+            raise artifact.corrupt(f"{subdir}/{ROWS_FILE}", f"maps {len(rows):,} documents of {size:,}")
+        return cls(backend=backend, engine=engine, size=size, tokenizer=tokenizer, k1=k1, b=b, method=method,
+                   rows=rows)
 
 
 SAMPLE_STRIDE = 16  # _best_matching reads every 16th score to guess a floor for the top k

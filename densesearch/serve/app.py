@@ -22,6 +22,7 @@ import tempfile
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ from densesearch.core.config import DEFAULT_QUERY, Mode, QueryConfig
 from densesearch.core.cpu import usable_cores
 from densesearch.core.errors import BadInput, DensesearchError, MissingArtifact
 from densesearch.core.paths import Workspace
+from densesearch.retrieval.filters import MAX_FILTER_CHARS
 from densesearch.retrieval.searcher import MAX_QUERY_CHARS, MODES, Searcher, UnknownItem, check_utf8, not_utf8
 from densesearch.serve.limits import ServerLimits, raise_open_file_limit
 from densesearch.serve.loadshare import ConnectionBalancer, LoadShare
@@ -41,6 +43,7 @@ from densesearch.serve.loadshare import ConnectionBalancer, LoadShare
 MAX_K = 1000
 MAX_BATCH = 64
 MAX_HISTORY_ENTRIES = 1000  # texts or item ids in one POST /recommend
+MAX_FILTERS = 8  # filter expressions in one request (each: retrieval/filters.py syntax, all must hold)
 RELOAD_CHECK_SECONDS = 1.0
 LATENCY_BUCKETS_MS = (1, 2, 3, 5, 7.5, 10, 15, 25, 50, 100, 250, 1000)
 PAGE_RESOURCE = "serve/web/index.html"
@@ -180,11 +183,12 @@ class SearchService:
         finally:
             self._swap.release()
 
-    def search(self, text: str, k: int, mode: str | None) -> dict[str, Any]:
+    def search(self, text: str, k: int, mode: str | None, where: Sequence[str] = ()) -> dict[str, Any]:
         loaded = self.index()
         started = time.perf_counter()
         try:
-            answer = loaded.searcher.ask(text, QueryConfig(k=k, mode=mode, threads=self.threads))
+            answer = loaded.searcher.ask(text, QueryConfig(k=k, mode=mode, threads=self.threads,
+                                                           where=checked_filters(where)))
         except DensesearchError as exc:
             self.metrics.observe(mode or "default", "error", (time.perf_counter() - started) * 1000)
             if http_status(exc) >= 500:
@@ -195,17 +199,18 @@ class SearchService:
         self.metrics.observe(answer.mode, "ok", (time.perf_counter() - started) * 1000)
         return answer.as_json()
 
-    def similar(self, item_id: str, k: int) -> dict[str, Any]:
+    def similar(self, item_id: str, k: int, where: Sequence[str] = ()) -> dict[str, Any]:
         """`similar_items` on the version serving, as the `similar --json` schema."""
         from densesearch.retrieval.recommend import similar_items
 
-        return similar_items(self.index().searcher, item_id, k).as_json()
+        return similar_items(self.index().searcher, item_id, k, checked_filters(where)).as_json()
 
-    def recommend(self, texts: list[str], item_ids: list[str], k: int) -> dict[str, Any]:
+    def recommend(self, texts: list[str], item_ids: list[str], k: int, where: Sequence[str] = ()) -> dict[str, Any]:
         """`recommend` on the version serving: ``texts`` oldest first (all taken as positive)."""
         from densesearch.retrieval.recommend import History, recommend
 
-        return recommend(self.index().searcher, History(texts=texts, item_ids=item_ids), k).as_json()
+        history = History(texts=texts, item_ids=item_ids)
+        return recommend(self.index().searcher, history, k, checked_filters(where)).as_json()
 
     def modes(self) -> dict[str, str]:
         """Each offered mode: "ok", or why it cannot answer (its probe at load, or its last failed request)."""
@@ -254,10 +259,10 @@ class SearchFastPath:
             return
         await respond(send, *await run_on(self.executor, self.answer, *params))
 
-    def answer(self, text: str, k: int, mode: str | None) -> tuple[int, bytes]:
+    def answer(self, text: str, k: int, mode: str | None, where: tuple[str, ...]) -> tuple[int, bytes]:
         """Status and JSON body, serialised off the event loop when a worker thread runs this."""
         try:
-            return 200, json.dumps(self.service.search(text, k, mode), ensure_ascii=False).encode()
+            return 200, json.dumps(self.service.search(text, k, mode, where), ensure_ascii=False).encode()
         except DensesearchError as exc:
             return http_status(exc), json.dumps({"error": str(exc)}, ensure_ascii=False).encode()
 
@@ -292,8 +297,18 @@ async def run_on(executor: ThreadPoolExecutor | None, function, *args):
     return await asyncio.get_running_loop().run_in_executor(executor, function, *args)
 
 
-def search_params(scope) -> tuple[str, int, str | None] | None:
-    """``(q, k, mode)`` of a valid ``GET /search``, or None for anything the FastAPI route should handle."""
+def checked_filters(where: Sequence[str]) -> tuple[str, ...]:
+    """A request's filter expressions (blank ones dropped), at most ``MAX_FILTERS``."""
+    kept = tuple(text for text in where if text.strip())
+    if len(kept) > MAX_FILTERS:
+        raise BadInput(f"{len(kept)} filters given (max {MAX_FILTERS})",
+                       hint="join conditions with 'and' in one filter")
+    return kept
+
+
+def search_params(scope) -> tuple[str, int, str | None, tuple[str, ...]] | None:
+    """``(q, k, mode, filters)`` of a valid ``GET /search``, or None for anything the FastAPI route should
+    handle."""
     if scope["method"] != "GET" or scope["path"] != "/search":
         return None
     try:
@@ -307,7 +322,10 @@ def search_params(scope) -> tuple[str, int, str | None] | None:
     k, mode = ks[0], modes[0]
     if not (k.isascii() and k.isdigit() and 1 <= int(k) <= MAX_K) or mode not in (None, *MODES):
         return None
-    return texts[0], int(k), mode
+    filters = tuple(query.get("filter", ()))
+    if any(len(text) > MAX_FILTER_CHARS for text in filters):
+        return None
+    return texts[0], int(k), mode, filters
 
 
 def search_page() -> str:
@@ -325,6 +343,9 @@ def create_app(service: SearchService, inline: bool = False, share: LoadShare | 
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 
+    filter_query = Annotated[list[Annotated[str, Query(max_length=MAX_FILTER_CHARS)]], Query(
+        max_length=MAX_FILTERS, description="A filter, e.g. price < 30 and rating >= 4 (repeated: all must hold)")]
+    filter_body = Annotated[list[Annotated[str, Body(max_length=MAX_FILTER_CHARS)]], Body(max_length=MAX_FILTERS)]
     # Searches run in worker threads, one per core: ONNX Runtime, FAISS and numpy release the GIL, so two
     # requests encode in parallel while the event loop keeps parsing and answering.
     executor = None if inline else ThreadPoolExecutor(service.workers, thread_name_prefix="densesearch-search")
@@ -338,8 +359,8 @@ def create_app(service: SearchService, inline: bool = False, share: LoadShare | 
     app = FastAPI(title="densesearch", version=_version(), lifespan=lifespan,
                   description="Dense, BM25 and hybrid search over one densesearch workspace.")
 
-    async def answer(q: str, k: int, mode: str | None) -> dict[str, Any]:
-        return await run_on(executor, service.search, q, k, mode)
+    async def answer(q: str, k: int, mode: str | None, where: Sequence[str] = ()) -> dict[str, Any]:
+        return await run_on(executor, service.search, q, k, mode, where)
 
     @app.exception_handler(DensesearchError)
     async def refused(request: Request, exc: DensesearchError) -> JSONResponse:
@@ -359,16 +380,19 @@ def create_app(service: SearchService, inline: bool = False, share: LoadShare | 
 
     @app.get("/search", summary="Top-k items for one query (the `query --json` schema, with timings)")
     async def search(q: Annotated[str, Query(max_length=MAX_QUERY_CHARS)],
-                     k: Annotated[int, Query(ge=1, le=MAX_K)] = 10, mode: Mode | None = None) -> Response:
+                     k: Annotated[int, Query(ge=1, le=MAX_K)] = 10, mode: Mode | None = None,
+                     filter: filter_query = ()) -> Response:  # noqa: A002 (the API's parameter name)
         # already plain JSON types: serialised directly, without FastAPI's per-field encoder
-        return Response(json.dumps(await answer(q, k, mode), ensure_ascii=False), media_type="application/json")
+        return Response(json.dumps(await answer(q, k, mode, filter), ensure_ascii=False),
+                        media_type="application/json")
 
     @app.post("/search", summary="Top-k items for a batch of queries")
     async def search_batch(queries: Annotated[list[Annotated[str, Body(max_length=MAX_QUERY_CHARS)]],
                                               Body(embed=True, min_length=1, max_length=MAX_BATCH)],
                            k: Annotated[int, Body(ge=1, le=MAX_K)] = 10,
-                           mode: Annotated[Mode | None, Body()] = None) -> dict[str, Any]:
-        return {"answers": [await answer(q, k, mode) for q in queries]}
+                           mode: Annotated[Mode | None, Body()] = None,
+                           filter: filter_body = ()) -> dict[str, Any]:  # noqa: A002
+        return {"answers": [await answer(q, k, mode, filter) for q in queries]}
 
     @app.get("/items/{item_id}", summary="One catalog item as indexed")
     async def item(item_id: str) -> dict[str, Any]:
@@ -376,8 +400,9 @@ def create_app(service: SearchService, inline: bool = False, share: LoadShare | 
         return searcher.items[searcher.row(item_id)]
 
     @app.get("/items/{item_id}/similar", summary="Items like one item (its stored vector; not its variant group)")
-    async def similar(item_id: str, k: Annotated[int, Query(ge=1, le=MAX_K)] = 10) -> Response:
-        answer = await run_on(executor, service.similar, item_id, k)
+    async def similar(item_id: str, k: Annotated[int, Query(ge=1, le=MAX_K)] = 10,
+                      filter: filter_query = ()) -> Response:  # noqa: A002
+        answer = await run_on(executor, service.similar, item_id, k, filter)
         return Response(json.dumps(answer, ensure_ascii=False), media_type="application/json")
 
     @app.post("/recommend", summary="Items for a shopper's history (recent texts and/or item ids), unseen ones only")
@@ -385,8 +410,9 @@ def create_app(service: SearchService, inline: bool = False, share: LoadShare | 
                                          Body(max_length=MAX_HISTORY_ENTRIES)] = (),
                         item_ids: Annotated[list[Annotated[str, Body(max_length=256)]],
                                             Body(max_length=MAX_HISTORY_ENTRIES)] = (),
-                        k: Annotated[int, Body(ge=1, le=MAX_K)] = 10) -> Response:
-        answer = await run_on(executor, service.recommend, list(texts), list(item_ids), k)
+                        k: Annotated[int, Body(ge=1, le=MAX_K)] = 10,
+                        filter: filter_body = ()) -> Response:  # noqa: A002
+        answer = await run_on(executor, service.recommend, list(texts), list(item_ids), k, filter)
         return Response(json.dumps(answer, ensure_ascii=False), media_type="application/json")
 
     @app.get("/health", summary="Served artifacts and their fingerprints")

@@ -17,6 +17,7 @@ the served code (`Searcher.ask` with ``--where``):
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import shutil
 import sys
@@ -29,7 +30,7 @@ import numpy as np
 from densesearch.bench.scale import VectorSynthesizer
 from densesearch.build.indexer import _write_items, add_in_chunks, new_faiss_index, new_vectors_file
 from densesearch.build.updates import Published, run_compact, run_delete, run_upsert, write_lexical
-from densesearch.core.artifacts import DENSE_FILE, ITEMS_FILE, VECTORS_FILE
+from densesearch.core.artifacts import DENSE_FILE, ITEMS_FILE, VECTORS_FILE, open_artifact
 from densesearch.core.config import IndexConfig, QueryConfig
 from densesearch.core.manifest import write_manifest
 from densesearch.core.paths import Workspace, publish
@@ -80,7 +81,25 @@ def grow(ws: Workspace, items: int, seed: int = 7) -> None:
         _write_items(tmp / ITEMS_FILE, rows)
         manifest = published.manifest
         manifest.counts = {**manifest.counts, "vectors": n}
+        if n > len(old):  # efSearch tuned on the grown graph, as `index` tunes it (dev queries, target recall)
+            manifest.extra["search_param"] = {"efSearch": retuned(ws, index, vectors, manifest)}
         write_manifest(tmp, manifest)
+
+
+def retuned(ws: Workspace, index, vectors: np.ndarray, manifest) -> int:
+    """The efSearch `index` would choose for the grown graph: the smallest reaching its target recall vs exact."""
+    from densesearch.build.tuning import sweep_search_param
+    from densesearch.eval.evaluation import exact_topk
+    from densesearch.retrieval.dense import DenseIndex
+    from densesearch.retrieval.encoders import EncoderSpec
+
+    spec = EncoderSpec.from_record(open_artifact(ws, "index").info.encoder)
+    queries = spec.load(ws, 1).encode_queries([pair.query for pair in load_pairs(ws, "dev")[:500]])
+    exact, _ = exact_topk(queries, vectors, 10)
+    dense = DenseIndex(index, manifest.extra["kind"], vectors, 0, 1)
+    _, param = sweep_search_param(dense, queries, exact, float(manifest.settings.get("target_recall", 0.99)))
+    print(json.dumps({"efSearch": param}), flush=True)
+    return param
 
 
 def exact_lists(searcher: Searcher, run):
@@ -148,7 +167,7 @@ def main() -> None:
     parser.add_argument("--workspace", default="default")
     parser.add_argument("--items", type=int, default=0, help="grow the catalog to this many items (0: as built)")
     parser.add_argument("--queries", type=int, default=200)
-    parser.add_argument("--changes", type=int, default=1000)
+    parser.add_argument("--changes", type=int, default=1000, help="items deleted, then upserted (0: skip)")
     parser.add_argument("--scratch", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
@@ -161,10 +180,13 @@ def main() -> None:
         grow(ws, args.items)
         print(json.dumps({"grown_seconds": time.perf_counter() - started}), flush=True)
         searcher = Searcher(ws, threads=1)
+        _ = searcher.items, searcher.first_stage
+        gc.collect()
+        gc.freeze()  # as `serve` does: a full collection over a large catalog's rows is a latency spike
         pairs = load_pairs(ws, "dev")[: args.queries]
         report = {"workspace": str(source.root), "items": len(searcher.items),
                   "filters": measure_filters(searcher, [pair.query for pair in pairs]),
-                  "changes": measure_changes(ws, args.changes, scratch)}
+                  "changes": measure_changes(ws, args.changes, scratch) if args.changes else None}
         text = json.dumps(report, indent=2)
         (args.out.write_text(text + "\n") if args.out else sys.stdout.write(text + "\n"))
     finally:

@@ -79,6 +79,7 @@ def test_synthetic_documents_reuse_real_tokens():
     assert {t for d in docs for t in d} <= {"red", "cotton", "summer", "dress", "pocket", "leather", "belt", "brown"}
 
 
+@pytest.mark.slow
 def test_scale_run_measures_every_kind_and_bm25(built):
     cfg = ScaleConfig(vectors=IVFPQ_MIN_VECTORS + 500, documents=3000, kinds=("flat", "hnsw", "ivfpq", "ivf-hnsw"),
                       queries=60,

@@ -292,6 +292,16 @@ def served_trec_name(searcher: Searcher) -> str:
     return "finetuned-int8" if searcher.spec.backend == "onnx-int8" else "served"
 
 
+def live_exact_topk(searcher: Searcher, queries: np.ndarray, item_vectors: np.ndarray, depth: int
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top ``depth`` rows per query among the index's live rows (deleted or replaced ones never count)."""
+    if searcher.live is None:
+        return exact_topk(queries, np.asarray(item_vectors), depth)
+    rows = np.flatnonzero(searcher.live)
+    found, scores = exact_topk(queries, np.asarray(item_vectors)[rows], depth)
+    return np.where(found >= 0, rows[np.maximum(found, 0)], -1), scores
+
+
 def system_runs(ctx: BenchContext, encoders: dict[str, Encoder]) -> list[SystemRun]:
     """Every system's run, BM25 first (the baseline of the significance tests): lexical, then each dense model
     searched exactly, and the served index with the hybrid and reranker built on it."""
@@ -305,7 +315,7 @@ def system_runs(ctx: BenchContext, encoders: dict[str, Encoder]) -> list[SystemR
         item_vectors = (searcher.dense.vectors if is_served
                         else cached_catalog_vectors(ctx.workspace, spec, encoder, searcher.items))
         query_vectors = encoder.encode_queries(queries)  # one at a time, as served
-        exact, exact_scores = exact_topk(query_vectors, np.asarray(item_vectors), ctx.depth)
+        exact, exact_scores = live_exact_topk(searcher, query_vectors, item_vectors, ctx.depth)
         trec_name = ("base" if name == "base" else "finetuned-fp32" if spec.backend == "torch"
                      else f"{served_trec_name(searcher)}-exact")
         exact_runs.append(ctx.run(name, "exact", trec_name, [RankedList(row.tolist(), values.tolist())

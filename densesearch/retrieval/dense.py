@@ -6,6 +6,7 @@ a number measured anywhere is the number of what is served.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +25,7 @@ EXACT_ROWS = 4096         # at most this many kept rows: exact scoring costs les
 GRAPH_MIN_SHARE = 0.02    # below this share kept, even a widened walk misses kept items: exact
 WIDEN_SHARE = 0.1         # below this share kept, efSearch / nprobe grow as 0.1 / share (up to MAX_WIDEN times)
 MAX_WIDEN = 8
+MAX_FILTERED_EF = 2048
 
 
 def widened(value: int, share: float) -> int:
@@ -99,12 +101,18 @@ class DenseIndex:
         return [_valid(row, values) for row, values in zip(found, scores, strict=True)]
 
     def _search_value(self, param: int | None, k: int, allowed: Allowed | None) -> int:
-        """efSearch (at least k) or nprobe for this search, widened for a filter (0: the index's own)."""
+        """efSearch (at least k) or nprobe for this search, widened for a filter (0: the index's own). A filtered
+        HNSW walk meets about ``share`` kept items per item it visits, so its beam holds at least ``k / share``
+        (up to ``MAX_FILTERED_EF``): a hybrid's 100-deep lists need that, a top 10 rarely does."""
         value = param or self.param
         if not value:
             return 0
-        value = value if self.kind in IVF_KINDS else max(value, k)
-        return widened(value, allowed.share) if allowed is not None else value
+        if self.kind in IVF_KINDS:
+            return widened(value, allowed.share) if allowed is not None else value
+        value = max(value, k)
+        if allowed is None:
+            return value
+        return max(widened(value, allowed.share), min(MAX_FILTERED_EF, math.ceil(k / max(allowed.share, 1e-9))))
 
     def ids(self, queries: np.ndarray, k: int, param: int | None = None) -> np.ndarray:
         """Top-k row indices per query, -1 where fewer were found (the form ANN recall is measured on)."""

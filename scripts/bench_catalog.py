@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from densesearch.bench.scale import VectorSynthesizer
-from densesearch.build.indexer import _write_items, add_in_chunks, new_faiss_index, new_vectors_file
+from densesearch.build.indexer import _write_items, add_in_chunks, copy_ranker, new_faiss_index, new_vectors_file
 from densesearch.build.updates import Published, run_compact, run_delete, run_upsert, write_lexical
 from densesearch.core.artifacts import DENSE_FILE, ITEMS_FILE, VECTORS_FILE, open_artifact
 from densesearch.core.config import IndexConfig, QueryConfig
@@ -72,12 +72,7 @@ def grow(ws: Workspace, items: int, seed: int = 7) -> None:
             shutil.copy2(published.artifact.path / DENSE_FILE, tmp / DENSE_FILE)
         vectors.flush()
         write_lexical(rows, np.ones(n, dtype=bool), published.manifest.extra["bm25"], tmp)
-        ranker = published.artifact.path / "ranker"
-        if ranker.is_dir():
-            from densesearch.retrieval.ranker import TERMS_DIR, TitleTerms, title_texts
-
-            shutil.copytree(ranker, tmp / "ranker", ignore=shutil.ignore_patterns(TERMS_DIR))
-            TitleTerms.of(title_texts(rows)).save(tmp / "ranker" / TERMS_DIR)
+        copy_ranker(published.artifact.path, tmp, rows)
         _write_items(tmp / ITEMS_FILE, rows)
         manifest = published.manifest
         manifest.counts = {**manifest.counts, "vectors": n}

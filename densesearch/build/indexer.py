@@ -320,12 +320,43 @@ def build_dense(plan: IndexPlan, vectors: np.ndarray) -> tuple[DenseIndex, float
     return DenseIndex(index, plan.cfg.kind, vectors, 0, plan.cfg.threads or 1), time.perf_counter() - started
 
 
-def build_lexical(texts: list[str], backend: str, out: Path) -> tuple[Bm25Index, Bm25Index]:
-    """Word BM25 and character 3-gram BM25 over the catalog texts, saved under ``out``."""
+def build_lexical(texts: list[str], backend: str, out: Path, rows: np.ndarray | None = None
+                  ) -> tuple[Bm25Index, Bm25Index]:
+    """Word BM25 and character 3-gram BM25 over the catalog texts, saved under ``out`` (``rows``: each text's row
+    in the index, when the texts are its live rows only)."""
     words, grams = Bm25Index.build(texts, backend), Bm25Index.build_ngrams(texts)
-    words.save(out / BM25_DIR)
-    grams.save(out / NGRAM_DIR)
+    for index, name in ((words, BM25_DIR), (grams, NGRAM_DIR)):
+        index.rows = rows
+        index.save(out / name)
     return words, grams
+
+
+def copy_ranker(published: Path, out: Path, rows: list[dict]) -> None:
+    """The published learned ranker (its features are per query and item, so it serves changed catalogs) with the
+    title terms of ``rows``, every row of the new version."""
+    if (published / RANKER_DIR).is_dir():
+        shutil.copytree(published / RANKER_DIR, out / RANKER_DIR, ignore=shutil.ignore_patterns(TERMS_DIR))
+        TitleTerms.of(title_texts(rows)).save(out / RANKER_DIR / TERMS_DIR)
+
+
+def append_vectors(artifact, encoder: Encoder, texts: list[str], out: Path, batch_size: int,
+                   progress=None) -> float:
+    """The published vectors with ``texts`` encoded after them, and its FAISS structure with them added, written
+    under ``out``; the encode's seconds."""
+    import faiss
+
+    old = artifact.load_npy(VECTORS_FILE)
+    vectors = new_vectors_file(out / VECTORS_FILE, len(old) + len(texts), old.shape[1])
+    for start in range(0, len(old), 65536):
+        chunk = old[start:start + 65536]
+        vectors[start:start + len(chunk)] = chunk
+    started = time.perf_counter()
+    encode_to_memmap(encoder, texts, out / VECTORS_FILE, batch_size, progress, start_row=len(old), out=vectors)
+    seconds = time.perf_counter() - started
+    index = artifact.load_faiss()
+    add_in_chunks(index, vectors, start=len(old))
+    faiss.write_index(index, str(out / DENSE_FILE))
+    return seconds
 
 
 def sweep_queries(plan: IndexPlan) -> list[str]:
@@ -431,8 +462,6 @@ def unseen_items(rows: list[dict], known: set[str]) -> list[dict]:
 @writes_workspace
 def run_add(cfg: IndexConfig, workspace: Workspace, progress=None) -> IndexResult:
     """Append items to the dense index without rebuilding it; BM25 is rebuilt (its statistics are global)."""
-    import faiss
-
     artifact = open_artifact(workspace, "index")
     manifest = artifact.manifest
     spec = EncoderSpec.from_record(artifact.info.encoder)
@@ -444,22 +473,10 @@ def run_add(cfg: IndexConfig, workspace: Workspace, progress=None) -> IndexResul
     encoder = spec.load(workspace, cfg.threads)
     batch_size = cfg.batch_size or manifest.extra.get("encode_batch") or encode_batch_size("cpu")
     with publish(workspace, "index") as tmp:
-        old = artifact.load_npy(VECTORS_FILE)
-        vectors = new_vectors_file(tmp / VECTORS_FILE, len(old) + len(new_rows), old.shape[1])
-        vectors[: len(old)] = old
-        started = time.perf_counter()
-        encode_to_memmap(encoder, [r["text"] for r in new_rows], tmp / VECTORS_FILE, batch_size,
-                         progress, start_row=len(old), out=vectors)
-        encode_seconds = time.perf_counter() - started
-        index = artifact.load_faiss()
-        add_in_chunks(index, vectors, start=len(old))
-        faiss.write_index(index, str(tmp / DENSE_FILE))
+        encode_seconds = append_vectors(artifact, encoder, [r["text"] for r in new_rows], tmp, batch_size, progress)
         rows = existing + new_rows
-        Bm25Index.build([r["text"] for r in rows], manifest.extra["bm25"]).save(tmp / BM25_DIR)
-        Bm25Index.build_ngrams([r["text"] for r in rows]).save(tmp / NGRAM_DIR)
-        if (artifact.path / RANKER_DIR).is_dir():  # its features are per query and item: it serves the new items
-            shutil.copytree(artifact.path / RANKER_DIR, tmp / RANKER_DIR, ignore=shutil.ignore_patterns(TERMS_DIR))
-            TitleTerms.of(title_texts(rows)).save(tmp / RANKER_DIR / TERMS_DIR)  # every item's terms, the new ones too
+        build_lexical([r["text"] for r in rows], manifest.extra["bm25"], tmp)
+        copy_ranker(artifact.path, tmp, rows)
         _write_items(tmp / ITEMS_FILE, rows)
         manifest.counts = {**manifest.counts, "vectors": len(rows), "added": manifest.counts.get("added", 0)
                            + len(new_rows)}

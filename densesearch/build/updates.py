@@ -30,8 +30,10 @@ from densesearch.build.indexer import (
     _disk_bytes,
     _write_items,
     add_in_chunks,
+    append_vectors,
+    build_lexical,
+    copy_ranker,
     encode_batch_size,
-    encode_to_memmap,
     factory_string,
     new_faiss_index,
     new_vectors_file,
@@ -39,11 +41,9 @@ from densesearch.build.indexer import (
     train_if_needed,
 )
 from densesearch.core.artifacts import (
-    BM25_DIR,
     DENSE_FILE,
     ITEMS_FILE,
     LIVE_FILE,
-    NGRAM_DIR,
     VECTORS_FILE,
     Artifact,
     open_artifact,
@@ -55,9 +55,7 @@ from densesearch.core.paths import Workspace, publish, writes_workspace
 from densesearch.data.readers import load_data_manifest
 from densesearch.data.sources import ReadStats, iter_records
 from densesearch.retrieval.encoders import EncoderSpec
-from densesearch.retrieval.ranker import RANKER_DIR, TERMS_DIR, TitleTerms, title_texts
 from densesearch.retrieval.searcher import read_items
-from densesearch.retrieval.sparse import Bm25Index
 
 MAX_TEXT_CHARS = 2000
 
@@ -159,11 +157,14 @@ def link_or_copy(source: Path, target: Path) -> None:
 def write_lexical(rows: list[dict], live: np.ndarray, backend: str, out: Path) -> None:
     """Word and 3-gram BM25 over the live rows, each document mapped to its row."""
     kept = np.flatnonzero(live)
-    texts = [rows[row]["text"] for row in kept]
-    mapped = None if len(kept) == len(rows) else kept.astype(np.int64)
-    for index, name in ((Bm25Index.build(texts, backend), BM25_DIR), (Bm25Index.build_ngrams(texts), NGRAM_DIR)):
-        index.rows = mapped
-        index.save(out / name)
+    build_lexical([rows[row]["text"] for row in kept], backend, out,
+                  None if len(kept) == len(rows) else kept.astype(np.int64))
+
+
+def link_dense(published: Published, out: Path) -> None:
+    """The vectors and the FAISS file of a change that adds no vector: linked from the published version."""
+    for name in (VECTORS_FILE, DENSE_FILE):
+        link_or_copy(published.artifact.path / name, out / name)
 
 
 def finish_version(tmp: Path, published: Published, rows: list[dict], live: np.ndarray, counts: dict[str, int],
@@ -174,10 +175,7 @@ def finish_version(tmp: Path, published: Published, rows: list[dict], live: np.n
     write_lexical(rows, live, manifest.extra["bm25"], tmp)
     if not live.all():
         np.save(tmp / LIVE_FILE, live)
-    source = published.artifact.path / RANKER_DIR
-    if source.is_dir():
-        shutil.copytree(source, tmp / RANKER_DIR, ignore=shutil.ignore_patterns(TERMS_DIR))
-        TitleTerms.of(title_texts(rows)).save(tmp / RANKER_DIR / TERMS_DIR)
+    copy_ranker(published.artifact.path, tmp, rows)
     _write_items(tmp / ITEMS_FILE, rows)
     live_count = int(np.count_nonzero(live))
     manifest.counts = {**{k: v for k, v in manifest.counts.items() if k not in ("live", "dead")},
@@ -215,8 +213,7 @@ def run_delete(cfg: IndexConfig, workspace: Workspace, progress=None) -> ChangeR
     live = published.live.copy()
     live[found] = False
     with publish(workspace, "index") as tmp:
-        for name in (VECTORS_FILE, DENSE_FILE):
-            link_or_copy(published.artifact.path / name, tmp / name)
+        link_dense(published, tmp)
         counts = {"deleted": published.manifest.counts.get("deleted", 0) + len(found)}
         manifest = finish_version(tmp, published, published.rows, live, counts, "delete", str(cfg.delete_path))
     return _result("delete", workspace, manifest, started, deleted=len(found), notes=notes)
@@ -274,34 +271,16 @@ def run_upsert(cfg: IndexConfig, workspace: Workspace, progress=None) -> ChangeR
     live[plan.retire] = False
     with publish(workspace, "index") as tmp:
         if plan.encode:
-            _append_vectors(cfg, workspace, published, plan.encode, tmp, progress)
+            encoder = EncoderSpec.from_record(published.artifact.info.encoder).load(workspace, cfg.threads)
+            batch_size = cfg.batch_size or published.manifest.extra.get("encode_batch") or encode_batch_size("cpu")
+            append_vectors(published.artifact, encoder, [row["text"] for row in plan.encode], tmp, batch_size,
+                           progress)
         else:
-            for name in (VECTORS_FILE, DENSE_FILE):
-                link_or_copy(published.artifact.path / name, tmp / name)
+            link_dense(published, tmp)
         counts = {"upserted": published.manifest.counts.get("upserted", 0) + len(plan.encode) + len(plan.in_place)}
         manifest = finish_version(tmp, published, rows, live, counts, "upsert", str(cfg.upsert_path))
     return _result("upsert", workspace, manifest, started, encoded=len(plan.encode), updated=len(plan.in_place),
                    unchanged=plan.unchanged, deleted=len(plan.retire))
-
-
-def _append_vectors(cfg: IndexConfig, workspace: Workspace, published: Published, new_rows: list[dict], tmp: Path,
-                    progress=None) -> None:
-    """The published vectors plus the new rows' (encoded here), and the FAISS structure with them added."""
-    import faiss
-
-    spec = EncoderSpec.from_record(published.artifact.info.encoder)
-    encoder = spec.load(workspace, cfg.threads)
-    batch_size = cfg.batch_size or published.manifest.extra.get("encode_batch") or encode_batch_size("cpu")
-    old = published.artifact.load_npy(VECTORS_FILE)
-    vectors = new_vectors_file(tmp / VECTORS_FILE, len(old) + len(new_rows), old.shape[1])
-    for start in range(0, len(old), 65536):
-        chunk = old[start:start + 65536]
-        vectors[start:start + len(chunk)] = chunk
-    encode_to_memmap(encoder, [row["text"] for row in new_rows], tmp / VECTORS_FILE, batch_size, progress,
-                     start_row=len(old), out=vectors)
-    index = published.artifact.load_faiss()
-    add_in_chunks(index, vectors, start=len(old))
-    faiss.write_index(index, str(tmp / DENSE_FILE))
 
 
 @writes_workspace

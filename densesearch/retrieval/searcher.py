@@ -187,10 +187,16 @@ class Searcher:
             raise ArtifactCorrupt("index", LIVE_FILE, f"has {live.size:,} flags for {len(self.items):,} rows")
         return live
 
+    @cached_property
+    def live_rows(self) -> Allowed | None:
+        """The live rows as a query's selection, built once per loaded version (its count, rows and FAISS bitmap
+        are then computed once, not per query); None when every row is live."""
+        return None if self.live is None else Allowed(self.live)
+
     @property
     def size(self) -> int:
         """Live items (what a query can return)."""
-        return len(self.items) if self.live is None else int(np.count_nonzero(self.live))
+        return len(self.items) if self.live_rows is None else self.live_rows.count
 
     @cached_property
     def attributes(self) -> Attributes:
@@ -200,9 +206,9 @@ class Searcher:
     def allowed(self, where: Sequence[str] = ()) -> Allowed | None:
         """The rows a query may return: live, and kept by every ``--where`` expression (None: every row)."""
         mask = where_mask(where, self.attributes)
-        if self.live is not None:
-            mask = self.live if mask is None else mask & self.live
-        return None if mask is None else Allowed(mask)
+        if mask is None:
+            return self.live_rows
+        return Allowed(mask if self.live is None else mask & self.live)
 
     @cached_property
     def row_of(self) -> dict[str, int]:

@@ -35,12 +35,15 @@ from densesearch.data.readers import Catalog, Pair, load_catalog, load_data_mani
 from densesearch.eval.evaluation import exact_topk
 from densesearch.eval.metrics import bootstrap_ci
 from densesearch.retrieval.encoders import (
+    DENSE_FILE,
     ENCODER_CONFIG,
     FP32_FILE,
+    HEAD_ACTIVATIONS,
     Encoder,
     OnnxEncoder,
     load_onnx_encoder,
     load_torch_encoder,
+    model_prompts,
     padded_feeds,
     resolve_base_model,
 )
@@ -239,9 +242,42 @@ def write_encoder_files(model_dir: str, out_dir: Path, int8_file: str | None, to
     pooling_config = Path(model_dir) / "1_Pooling" / "config.json"
     if pooling_config.is_file() and json.loads(pooling_config.read_text()).get("pooling_mode_cls_token"):
         pooling = "cls"
+    heads = write_dense_heads(torch_encoder.model, out_dir)
     (out_dir / ENCODER_CONFIG).write_text(json.dumps({
         "dim": torch_encoder.dim, "pooling": pooling, "normalize": True, "int8_file": int8_file,
-        "max_seq_length": int(torch_encoder.model.max_seq_length), "source_model": label}, indent=2))
+        "max_seq_length": int(torch_encoder.model.max_seq_length), "source_model": label,
+        "prompts": model_prompts(torch_encoder.model).as_dict(), "dense_heads": heads}, indent=2))
+
+
+def write_dense_heads(model, out_dir: Path) -> int:
+    """The model's Dense modules after pooling (weights, bias, activation) as one .npz the ONNX encoder applies in
+    numpy; returns how many. A module this version cannot run is refused before anything is published."""
+    from sentence_transformers.models import Dense, Normalize, Pooling, Transformer
+
+    arrays: dict[str, np.ndarray] = {}
+    heads, normalized = 0, False
+    for module in model:
+        if isinstance(module, Pooling) and not getattr(module, "include_prompt", True):
+            raise BadInput("the model's pooling leaves its prompt out, which the ONNX encoder cannot do",
+                           hint="serve it with --model finetuned (torch)")
+        previous_normalized, normalized = normalized, isinstance(module, Normalize)
+        if isinstance(module, Dense):
+            activation = type(module.activation_function).__name__
+            if activation not in HEAD_ACTIVATIONS:
+                raise BadInput(f"the model's Dense layer uses {activation}, which the ONNX encoder cannot run",
+                               hint="serve it with --model finetuned (torch)")
+            arrays[f"weight_{heads}"] = module.linear.weight.detach().float().cpu().numpy()
+            if module.linear.bias is not None:
+                arrays[f"bias_{heads}"] = module.linear.bias.detach().float().cpu().numpy()
+            arrays[f"activation_{heads}"] = np.array(activation)
+            arrays[f"normalize_{heads}"] = np.array(previous_normalized)
+            heads += 1
+        elif not isinstance(module, (Transformer, Pooling, Normalize)):
+            raise BadInput(f"the model has a {type(module).__name__} module the ONNX encoder cannot run",
+                           hint="serve it with --model finetuned (torch)")
+    if heads:
+        np.savez(out_dir / DENSE_FILE, **arrays)
+    return heads
 
 
 def set_int8_file(out_dir: Path, int8_file: str | None, runtime: str | None, query_file: str | None = None,
@@ -490,7 +526,10 @@ def export_checked(job: QuantizeJob, tmp: Path) -> Gated:
     write_encoder_files(job.model_dir, tmp, None, job.torch_encoder, job.label)
     fp32 = load_onnx_encoder(tmp, int8=False, fingerprint="", threads=job.cfg.threads)
     probe = job.sample.corpus[:32] + job.sample.queries[:32]
-    export_cosine = float(np.min(np.sum(fp32.encode(probe) * job.torch_encoder.encode(probe), axis=1)))
+    queries = job.sample.queries[:32]
+    export_cosine = min(float(np.min(np.sum(fp32.encode(probe) * job.torch_encoder.encode(probe), axis=1))),
+                        float(np.min(np.sum(fp32.encode_queries(queries, 8)
+                                            * job.torch_encoder.encode_queries(queries, 8), axis=1))))
     if export_cosine < EXPORT_MIN_COSINE:
         raise DensesearchError(f"the ONNX export does not reproduce the model (min cosine {export_cosine:.4f})",
                                hint="check the model directory loads with sentence-transformers")

@@ -8,7 +8,10 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from densesearch.build.batching import LengthGroupedBatchSampler
+from densesearch.build.distill import Teacher, TeacherVectors, distillation_loss, teacher_vectors
 from densesearch.build.negatives import Example, NegativePlan, judged_examples, mine_bm25
 from densesearch.core.config import TrainConfig
 from densesearch.core.errors import BadInput
@@ -24,7 +27,7 @@ from densesearch.data.readers import (
     load_pairs,
 )
 from densesearch.eval.evaluation import eval_catalog, evaluate_judged
-from densesearch.retrieval.encoders import TorchEncoder, pick_device, resolve_base_model
+from densesearch.retrieval.encoders import TorchEncoder, model_prompts, pick_device, resolve_base_model
 
 MODEL_POSITION_LIMIT_FALLBACK = 512
 MAX_SEQ_LENGTH = 500
@@ -145,20 +148,43 @@ def data_seq_length(tokenizer, texts: list[str], cap: int, seed: int, sample: in
     return max(32, min(cap, -(-p99 // 16) * 16))
 
 
-def build_dataset(examples: list[Example], catalog: Catalog):
+def text_columns(examples: list[Example], catalog: Catalog) -> dict[str, list[str]]:
     """anchor / positive (/ negative) texts; the negative column only when every row has one."""
-    from datasets import Dataset
-
     text_of = dict(zip(catalog.ids, catalog.texts, strict=True))
     columns = {"anchor": [e.query for e in examples], "positive": [text_of[e.positive] for e in examples]}
     if all(e.negative is not None for e in examples):
         columns["negative"] = [text_of[e.negative] for e in examples]
+    return columns
+
+
+def build_dataset(columns: dict[str, list]):
+    from datasets import Dataset
+
     return Dataset.from_dict(columns)
 
 
-def build_loss(model, cfg: TrainConfig):
+def with_teacher(cfg: TrainConfig, workspace: Workspace, columns: dict[str, list[str]], device: str,
+                 progress) -> tuple[dict[str, list], TeacherVectors | None, dict[str, object]]:
+    """The training columns plus, with ``--teacher``, each row's indices into the teacher's vectors (``label``)."""
+    if not cfg.teacher:
+        return columns, None, {}
+    started = time.perf_counter()
+    teacher = Teacher.resolve(cfg.teacher, device, cfg.teacher_precision)
+    item_texts = [list(row) for row in zip(*(columns[c] for c in columns if c != "anchor"), strict=True)]
+    vectors = teacher_vectors(teacher, workspace.teacher_cache, columns["anchor"], item_texts, device,
+                              cfg.teacher_max_seq_length, progress)
+    info = {"teacher": teacher.label, "teacher_seconds": round(time.perf_counter() - started, 1),
+            "teacher_dim": int(vectors.queries.shape[1])}
+    return {**columns, "label": vectors.rows.astype(np.float32).tolist()}, vectors, info
+
+
+def build_loss(model, cfg: TrainConfig, teacher: TeacherVectors | None = None):
     from sentence_transformers import losses
 
+    if teacher is not None:
+        if cfg.loss != "mnrl":
+            raise BadInput("--teacher trains with MNRL plus the distillation term", hint="drop --loss")
+        return distillation_loss(model, cfg.distill_loss, cfg.distill_weight, cfg.distill_temperature, teacher)
     if cfg.loss == "mnrl":
         return losses.MultipleNegativesRankingLoss(model)
     if cfg.loss == "cached-mnrl":
@@ -276,8 +302,17 @@ def resume_point(cfg: TrainConfig, checkpoints: Path, notes: list[str]) -> str |
     return resume_from
 
 
+def column_prompts(model) -> dict[str, str] | None:
+    """The model's query prompt for the anchor column and its document prompt for the item columns, so a model
+    with task prompts (EmbeddingGemma) trains on the texts it will encode; None for a model without prompts."""
+    prompts = model_prompts(model)
+    if not prompts.query and not prompts.document:
+        return None
+    return {"anchor": prompts.query, "positive": prompts.document, "negative": prompts.document}
+
+
 def training_arguments(cfg: TrainConfig, checkpoints: Path, batch_size: int, lr: float, device: str,
-                       examples: int):
+                       examples: int, prompts: dict[str, str] | None = None):
     from sentence_transformers import SentenceTransformerTrainingArguments
     from sentence_transformers.training_args import BatchSamplers
 
@@ -287,7 +322,7 @@ def training_arguments(cfg: TrainConfig, checkpoints: Path, batch_size: int, lr:
         batch_sampler=LengthGroupedBatchSampler if cfg.group_by_length else BatchSamplers.NO_DUPLICATES,
         save_strategy="steps", save_steps=cfg.save_steps,
         save_total_limit=1, logging_steps=5, disable_tqdm=True, report_to=[], use_cpu=device == "cpu",
-        bf16=device == "cuda", dataloader_drop_last=examples > batch_size)
+        bf16=device == "cuda", dataloader_drop_last=examples > batch_size, prompts=prompts)
 
 
 def model_manifest(cfg: TrainConfig, run: dict, data_manifest: Manifest) -> Manifest:
@@ -322,14 +357,18 @@ def run_finetune(cfg: TrainConfig, workspace: Workspace, progress=None) -> Train
     judged = recipe["source"] == "judgments"
     batch_size = min(cfg.batch_size or (JUDGED_BATCH if judged else PAIRS_BATCH), len(examples))
     lr = cfg.lr or (JUDGED_LR if judged else PAIRS_LR)
-    dataset = build_dataset(examples, catalog)
+    columns, teacher, teacher_info = with_teacher(cfg, workspace, text_columns(examples, catalog), device, progress)
+    recipe = {**recipe, **teacher_info}
+    dataset = build_dataset(columns)
     evaluate = DevCheck.of(cfg, catalog, dev, notes)
     dev_base = evaluate(model)
     resume_from = resume_point(cfg, workspace.checkpoints, notes)
-    args = training_arguments(cfg, workspace.checkpoints, batch_size, lr, device, len(examples))
+    args = training_arguments(cfg, workspace.checkpoints, batch_size, lr, device, len(examples),
+                              column_prompts(model))
     model.model_card_data.widget = model_card_widget(dataset)  # else the trainer samples widgets with a tqdm bar
     epochs = _epoch_evaluation(model, evaluate, progress)
-    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset, loss=build_loss(model, cfg),
+    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset,
+                                         loss=build_loss(model, cfg, teacher),
                                          callbacks=[_progress_callback(progress), epochs])
     trainer.remove_callback(PrinterCallback)  # it prints raw log dicts to stdout, which would break --json
     train_started = time.perf_counter()

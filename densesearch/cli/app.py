@@ -15,6 +15,7 @@ from densesearch.cli.render import Output
 from densesearch.core.config import (
     Bm25Backend,
     Device,
+    DistillLoss,
     Engine,
     HardNegatives,
     IndexKind,
@@ -24,6 +25,7 @@ from densesearch.core.config import (
     RankerMode,
     RerankLoss,
     Runtime,
+    TeacherPrecision,
 )
 from densesearch.core.errors import BadInput, DensesearchError
 from densesearch.core.paths import DEFAULT_WORKSPACE, Workspace, resolve_home
@@ -252,11 +254,25 @@ def finetune(
     reranker_loss: Annotated[RerankLoss | None, typer.Option(
         help="With --reranker: pointwise (BCE per pair; the default) or grouped (per query, a softmax over its "
              "items plus the BCE; equal on Home Depot dev, 1.25x the training time).")] = None,
+    teacher: Annotated[str | None, typer.Option(
+        help="Distill a larger sentence-transformers model (id or directory, e.g. EmbeddingGemma) into this one: "
+             "MNRL plus a term that matches the teacher's in-batch similarities. Its vectors are cached per "
+             "text, so another recipe costs no teacher time.")] = None,
+    distill_loss: Annotated[DistillLoss, typer.Option(
+        help="With --teacher: kl (softmax over the batch's items) or margin-mse (positive-minus-negative "
+             "margins).")] = DistillLoss.KL,
+    distill_weight: Annotated[float, typer.Option(
+        min=0.0, max=1000.0, callback=finite, help="With --teacher: MNRL + this x the distillation term.")] = 1.0,
+    teacher_precision: Annotated[TeacherPrecision, typer.Option(
+        help="With --teacher: its number format (auto: bf16 on a GPU or a CPU with AVX-512 BF16 or AMX).")]
+        = TeacherPrecision.AUTO,
     home: HomeOpt = None, workspace: WorkspaceOpt = DEFAULT_WORKSPACE, json: JsonOpt = False,
 ) -> None:
     """Fine-tune a shared-weight bi-encoder with Multiple Negatives Ranking Loss (or, with --reranker, a
     cross-encoder that re-scores the first stage's top hits)."""
     _quiet_libraries()
+    if reranker and teacher:
+        raise BadInput("--teacher distills into the bi-encoder", hint="drop --reranker, or drop --teacher")
     if reranker:
         _finetune_reranker(base_model, reranker_loss, epochs, lr, batch_size, seed, device, samples, home,
                            workspace, json)
@@ -271,7 +287,8 @@ def finetune(
                       batch_size=batch_size, epochs=epochs, lr=lr, warmup_ratio=warmup_ratio, seed=seed,
                       device=device, loss=loss, mini_batch_size=mini_batch_size, hard_negatives=hard_negatives,
                       positive_grade=positive_grade, low_grade=low_grade, resume=resume,
-                      group_by_length=group_by_length)
+                      group_by_length=group_by_length, teacher=teacher, distill_loss=distill_loss,
+                      distill_weight=distill_weight, teacher_precision=teacher_precision)
     out = Output(json)
     with out.progress() as progress:
         result = run_finetune(cfg, workspace_of(home, workspace), progress)

@@ -69,6 +69,21 @@ class RerankLoss(StrEnum):
     GROUPED = "grouped"
 
 
+class DistillLoss(StrEnum):
+    """`finetune --teacher`: the distillation term added to MNRL."""
+
+    KL = "kl"                  # KL between the teacher's and the student's softmax over the in-batch items
+    MARGIN_MSE = "margin-mse"  # MSE between their positive-minus-negative score margins
+
+
+class TeacherPrecision(StrEnum):
+    """The teacher's number format: auto is bf16 where the hardware computes it (GPU, AVX-512 BF16, AMX)."""
+
+    AUTO = "auto"
+    BF16 = "bf16"
+    FP32 = "fp32"
+
+
 class HardNegatives(StrEnum):
     AUTO = "auto"
     NONE = "none"
@@ -188,6 +203,12 @@ class TrainConfig:
     resume: bool = False
     eval_queries: int = 1000
     eval_items: int = 5000                # dev metrics over every judged item plus a sample, up to this many
+    teacher: str | None = None            # a sentence-transformers model whose similarities the student learns
+    distill_loss: DistillLoss = DistillLoss.KL
+    distill_weight: float = 1.0           # MNRL + weight x the distillation term
+    distill_temperature: float = 0.05     # both softmaxes' temperature (kl); MNRL's own is 0.05
+    teacher_max_seq_length: int = 128
+    teacher_precision: TeacherPrecision = TeacherPrecision.AUTO
 
 
 @dataclass(frozen=True)

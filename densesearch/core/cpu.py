@@ -80,6 +80,20 @@ def read_cpu(cpuinfo: Path = CPUINFO, machine: str | None = None) -> CpuInfo:
                    flags=tuple(sorted(f for f in flags if f in INT8_FLAGS)), mhz=mhz)
 
 
+BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+
+
+def native_bf16(cpuinfo: Path = CPUINFO) -> bool:
+    """Whether this CPU computes bf16 natively (AVX-512 BF16 or AMX)."""
+    try:
+        text = cpuinfo.read_text(errors="replace")
+    except OSError:
+        return False
+    flags = {flag for line in text.splitlines() if line.partition(":")[0].strip().lower() in ("flags", "features")
+             for flag in line.partition(":")[2].split()}
+    return bool(flags & BF16_FLAGS)
+
+
 def _number(text: str) -> float:
     try:
         return float(text.strip())

@@ -118,6 +118,11 @@ class Workspace:
         return self.root / "cache" / "vectors"
 
     @property
+    def teacher_cache(self) -> Path:
+        """`finetune --teacher` vectors per (teacher, precision, text), so another recipe costs no teacher time."""
+        return self.root / "cache" / "teacher"
+
+    @property
     def scale_runs(self) -> Path:
         """`bench --scale` reports, apart from bench runs so that `--compare latest` never picks one."""
         return self.root / "bench-scale"

@@ -80,6 +80,27 @@ def _report(progress: ProgressFn | None, done: int, total: int) -> None:
         progress("encoding", done, total)
 
 
+@dataclass(frozen=True)
+class Prompts:
+    """The text a model prepends to queries and to catalog texts (EmbeddingGemma's task prompts); "" for none."""
+
+    query: str = ""
+    document: str = ""
+
+    @classmethod
+    def of(cls, config: dict | None) -> Prompts:
+        config = config or {}
+        return cls(query=str(config.get("query", "")), document=str(config.get("document", "")))
+
+    def as_dict(self) -> dict[str, str]:
+        return {"query": self.query, "document": self.document}
+
+
+def model_prompts(model) -> Prompts:
+    """A sentence-transformers model's query and document prompts (its ``prompts`` named query / document)."""
+    return Prompts.of(getattr(model, "prompts", None))
+
+
 @dataclass
 class TorchEncoder:
     """sentence-transformers on torch (FP32)."""
@@ -95,19 +116,23 @@ class TorchEncoder:
 
     def encode(self, texts: Sequence[str], batch_size: int = 32,
                progress: ProgressFn | None = None) -> np.ndarray:
-        texts = list(texts)
+        """Catalog texts, with the model's ``document`` prompt where it has one."""
+        return self._encode(list(texts), batch_size, progress, model_prompts(self.model).document)
+
+    def encode_queries(self, texts: Sequence[str], batch_size: int = 1) -> np.ndarray:
+        """Queries, with the model's ``query`` prompt where it has one. FP32 vectors do not depend on their
+        batch-mates: batched, whatever the serving batch."""
+        return self._encode(list(texts), max(batch_size, 64), None, model_prompts(self.model).query)
+
+    def _encode(self, texts: list[str], batch_size: int, progress: ProgressFn | None, prompt: str) -> np.ndarray:
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         chunk = max(batch_size * 16, 256)
         for start in range(0, len(texts), chunk):
-            part = self.model.encode(texts[start:start + chunk], batch_size=batch_size,
+            part = self.model.encode(texts[start:start + chunk], batch_size=batch_size, prompt=prompt or None,
                                      normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
             out[start:start + len(part)] = part
             _report(progress, min(start + chunk, len(texts)), len(texts))
         return out
-
-    def encode_queries(self, texts: Sequence[str], batch_size: int = 1) -> np.ndarray:
-        """FP32 vectors do not depend on their batch-mates: batched, whatever the serving batch."""
-        return self.encode(texts, batch_size=max(batch_size, 64))
 
 
 def padded_feeds(ids: list[list[int]], input_names: set[str],
@@ -129,6 +154,44 @@ def padded_feeds(ids: list[list[int]], input_names: set[str],
     return feeds
 
 
+DENSE_FILE = "dense_heads.npz"
+HEAD_ACTIVATIONS = {"Identity": lambda x: x, "Tanh": np.tanh}
+
+
+@dataclass(frozen=True)
+class DenseHead:
+    """A sentence-transformers Dense module after pooling (EmbeddingGemma has two): x W^T + b, then activation."""
+
+    weight: np.ndarray
+    bias: np.ndarray | None
+    activation: str
+    normalize_input: bool = False  # a Normalize module comes before it (a head appended to MiniLM)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        out = (_normalise_rows(x) if self.normalize_input else x) @ self.weight.T
+        if self.bias is not None:
+            out = out + self.bias
+        return HEAD_ACTIVATIONS[self.activation](out).astype(np.float32)
+
+
+def read_dense_heads(directory: Path, count: int) -> list[DenseHead]:
+    """The Dense modules `quantize` saved beside the ONNX transformer (none for MiniLM)."""
+    if not count:
+        return []
+    try:
+        with np.load(directory / DENSE_FILE) as data:
+            heads = []
+            for n in range(int(count)):
+                bias = data[f"bias_{n}"] if f"bias_{n}" in data else None
+                heads.append(DenseHead(data[f"weight_{n}"].astype(np.float32), bias, str(data[f"activation_{n}"]),
+                                       bool(data[f"normalize_{n}"]) if f"normalize_{n}" in data else False))
+    except (OSError, ValueError, KeyError) as exc:
+        raise ArtifactCorrupt("onnx", DENSE_FILE, "is missing or unreadable") from exc
+    if any(head.activation not in HEAD_ACTIVATIONS for head in heads):
+        raise ArtifactCorrupt("onnx", DENSE_FILE, "names an activation this version cannot run")
+    return heads
+
+
 class OnnxEncoder:
     """onnxruntime + tokenizers: tokenise, infer, pool and normalise in numpy.
 
@@ -147,6 +210,8 @@ class OnnxEncoder:
         self.pooling = config.get("pooling", "mean")
         self.max_seq_length = int(config["max_seq_length"])
         self.tokens_encoded = 0
+        self.prompts = Prompts.of(config.get("prompts"))
+        self.heads = read_dense_heads(directory, config.get("dense_heads", 0))
         name = model_file or (config.get("int8_file") if int8 else FP32_FILE)
         if not name:
             raise ArtifactMismatch("this ONNX artifact has no INT8 model (quantize fell back to FP32)",
@@ -175,11 +240,16 @@ class OnnxEncoder:
         else:
             weights = mask[..., None].astype(np.float32)
             pooled = (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
+        for head in self.heads:
+            pooled = head(pooled)
         return _normalise_rows(pooled)
 
     def encode(self, texts: Sequence[str], batch_size: int = 32,
                progress: ProgressFn | None = None) -> np.ndarray:
-        texts = list(texts)
+        """Catalog texts, with the model's document prompt where it has one."""
+        return self._encode([self.prompts.document + text for text in texts], batch_size, progress)
+
+    def _encode(self, texts: list[str], batch_size: int, progress: ProgressFn | None) -> np.ndarray:
         if len(texts) == 1:
             return self._infer([self.tokenizer.encode(texts[0]).ids])
         ids = [encoding.ids for encoding in self.tokenizer.encode_batch(texts)]
@@ -192,8 +262,10 @@ class OnnxEncoder:
         return out
 
     def encode_queries(self, texts: Sequence[str], batch_size: int = 1) -> np.ndarray:
+        """Queries, with the model's query prompt where it has one; ``batch_size`` 1 is one request per query."""
+        texts = [self.prompts.query + text for text in texts]
         if batch_size > 1:
-            return self.encode(texts, batch_size=batch_size)
+            return self._encode(texts, batch_size, None)
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         return np.concatenate([self._infer([self.tokenizer.encode(text).ids]) for text in texts])

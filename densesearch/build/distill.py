@@ -20,12 +20,11 @@ import numpy as np
 
 from densesearch.core.config import DistillLoss, TeacherPrecision
 from densesearch.core.cpu import native_bf16
-from densesearch.core.manifest import fingerprint_path
+from densesearch.core.manifest import model_fingerprint
 from densesearch.retrieval.encoders import load_torch_encoder, resolve_base_model
 
 TEACHER_SHARD = 2048          # texts per cache file: an interrupted encoding loses at most this many
 MNRL_SCALE = 20.0             # sentence-transformers' MNRL: cosine x 20, i.e. temperature 0.05
-ROLES = ("query", "document")
 
 
 def teacher_precision(requested: TeacherPrecision, device: str, bf16_native: bool) -> str:
@@ -52,8 +51,7 @@ class Teacher:
     @classmethod
     def resolve(cls, name: str, device: str, precision: TeacherPrecision = TeacherPrecision.AUTO) -> Teacher:
         path = resolve_base_model(name)
-        fingerprint = fingerprint_path(Path(path)) if Path(path).exists() else path
-        return cls(source=name, path=path, fingerprint=fingerprint,
+        return cls(source=name, path=path, fingerprint=model_fingerprint(path),
                    precision=teacher_precision(precision, device, native_bf16()))
 
     @property

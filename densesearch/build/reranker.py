@@ -35,7 +35,7 @@ from densesearch.build.export import export_onnx, quantize_int8, recipe_ladder, 
 from densesearch.core.config import QueryConfig, RerankConfig
 from densesearch.core.cpu import read_cpu
 from densesearch.core.errors import BadInput, DensesearchError
-from densesearch.core.manifest import Manifest, fingerprint_path, write_manifest
+from densesearch.core.manifest import Manifest, model_fingerprint, write_manifest
 from densesearch.core.paths import Workspace, publish, writes_workspace
 from densesearch.data.readers import Judgments, load_catalog, load_data_manifest, load_judgments
 from densesearch.eval.metrics import graded_query_metrics
@@ -401,7 +401,7 @@ def run_train_reranker(cfg: RerankConfig, workspace: Workspace, progress: Progre
         if chosen and not choice.interpolation.weight:
             notes.append("no form, depth and weight beat the first stage on dev: rerank mode keeps the hybrid order "
                          "(weight 0); train on more judged queries")
-        base_fingerprint = fingerprint_path(Path(base_path)) if Path(base_path).exists() else base_path
+        base_fingerprint = model_fingerprint(base_path)
         write_manifest(tmp, Manifest(
             kind="reranker", settings=asdict(cfg) | {"depths": list(cfg.depths), "weights": list(cfg.weights),
                                                      "scales": list(cfg.scales)},

@@ -15,7 +15,7 @@ from densesearch.build.distill import Teacher, TeacherVectors, distillation_loss
 from densesearch.build.negatives import Example, NegativePlan, judged_examples, mine_bm25
 from densesearch.core.config import TrainConfig
 from densesearch.core.errors import BadInput
-from densesearch.core.manifest import Manifest, fingerprint_path, write_manifest
+from densesearch.core.manifest import Manifest, model_fingerprint, write_manifest
 from densesearch.core.paths import Workspace, publish, writes_workspace
 from densesearch.data.readers import (
     Catalog,
@@ -328,7 +328,7 @@ def training_arguments(cfg: TrainConfig, checkpoints: Path, batch_size: int, lr:
 def model_manifest(cfg: TrainConfig, run: dict, data_manifest: Manifest) -> Manifest:
     """The model artifact's manifest: the recipe, the base model, and dev nDCG before, during and after."""
     base_path = resolve_base_model(cfg.base_model)
-    base_fingerprint = fingerprint_path(Path(base_path)) if Path(base_path).exists() else base_path
+    base_fingerprint = model_fingerprint(base_path)
     return Manifest(
         kind="model", settings={**asdict(cfg), "max_seq_length": run["max_seq_length"],
                                 "batch_size": run["batch_size"], "lr": run["lr"], "recipe": run["recipe"]},

@@ -62,6 +62,15 @@ def read_cpu(cpuinfo: Path = CPUINFO, machine: str | None = None) -> CpuInfo:
         text = cpuinfo.read_text(errors="replace")
     except OSError:
         text = ""
+    flags, models, mhz = cpuinfo_fields(text)
+    model = models[0] if models else platform.processor()
+    machine = machine or platform.machine()
+    return CpuInfo(isa=isa_from_flags(flags, machine), model=model,
+                   flags=tuple(sorted(f for f in flags if f in INT8_FLAGS)), mhz=mhz)
+
+
+def cpuinfo_fields(text: str) -> tuple[set[str], list[str], float]:
+    """Every feature flag, the model names and the first clock (MHz) of a /proc/cpuinfo text."""
     flags: set[str] = set()
     models = []
     mhz = 0.0
@@ -74,10 +83,7 @@ def read_cpu(cpuinfo: Path = CPUINFO, machine: str | None = None) -> CpuInfo:
             models.append(value.strip())
         elif key == "cpu mhz" and not mhz:
             mhz = _number(value)
-    model = models[0] if models else platform.processor()
-    machine = machine or platform.machine()
-    return CpuInfo(isa=isa_from_flags(flags, machine), model=model,
-                   flags=tuple(sorted(f for f in flags if f in INT8_FLAGS)), mhz=mhz)
+    return flags, models, mhz
 
 
 BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
@@ -89,9 +95,7 @@ def native_bf16(cpuinfo: Path = CPUINFO) -> bool:
         text = cpuinfo.read_text(errors="replace")
     except OSError:
         return False
-    flags = {flag for line in text.splitlines() if line.partition(":")[0].strip().lower() in ("flags", "features")
-             for flag in line.partition(":")[2].split()}
-    return bool(flags & BF16_FLAGS)
+    return bool(cpuinfo_fields(text)[0] & BF16_FLAGS)
 
 
 def _number(text: str) -> float:

@@ -67,6 +67,11 @@ def fingerprint_path(path: Path) -> str:
     return digest.hexdigest()
 
 
+def model_fingerprint(path_or_id: str) -> str:
+    """A model's identity: the sha256 of its local directory, else its Hub id (resolved by the Hub's revision)."""
+    return fingerprint_path(Path(path_or_id)) if Path(path_or_id).exists() else path_or_id
+
+
 @dataclass
 class Manifest:
     """The record written beside every artifact as ``manifest.json``.

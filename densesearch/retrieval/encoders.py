@@ -523,11 +523,10 @@ def artifact_spec(workspace, kind: str, backend: str) -> EncoderSpec:
 
 def base_spec(name: str = BASE_MODEL_ID) -> EncoderSpec:
     """An outside sentence-transformers model (the default base, a local directory or a Hub id)."""
-    from densesearch.core.manifest import fingerprint_path
+    from densesearch.core.manifest import model_fingerprint
 
     path = resolve_base_model(name)
-    fingerprint = fingerprint_path(Path(path)) if Path(path).exists() else name
-    return EncoderSpec(backend="torch", artifact="", path=path, fingerprint=fingerprint, dim=0,
+    return EncoderSpec(backend="torch", artifact="", path=path, fingerprint=model_fingerprint(path), dim=0,
                        label=f"base {Path(name).name}")
 
 

@@ -1,6 +1,6 @@
 """Cold `densesearch query` wall time against the script a user would write by hand, one fresh process per run.
 
-Usage: python scripts/bench_cold_query.py [--runs 7] [--home PATH] [-w NAME] [--json]
+Usage: python scripts/bench_cold_query.py [--runs 7] [--home PATH] [-w NAME] [--terminal] [--json]
 
 Cases, each run ``--runs`` times (round-robin) after one untimed run that warms the page cache, with densesearch's
 bytecode compiled first as a wheel install has it:
@@ -8,8 +8,10 @@ bytecode compiled first as a wheel install has it:
 - ``hand-written script``: the same dense search written directly on onnxruntime, tokenizers and faiss over the
   workspace's own files (the query INT8 model, its tokenizer, the FAISS index at its tuned efSearch, the item
   titles) -- the reference a cold `query` is measured against;
-- ``query --mode bm25|dense|hybrid``: the product, process start to printed table.
+- ``query --mode bm25|dense|hybrid``: the product, process start to printed answer.
 
+Output goes to a pipe (a query then prints tab-separated lines); ``--terminal`` runs every case, the script
+included, on a pseudo-terminal through util-linux `script` (a query then draws its table).
 The table gives each case's median and its ratio to the hand-written script's median, measured in one run.
 Needs a built workspace (`densesearch quickstart`).
 """
@@ -19,6 +21,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -87,13 +91,24 @@ def hand_written_arguments(home: Path, workspace: str) -> list[str]:
 
     ws = Workspace(home, workspace)
     index, onnx = open_artifact(ws, "index"), open_artifact(ws, "onnx")
-    model = onnx.info.query_int8_file or onnx.info.int8_file
-    if index.info.encoder.get("backend") != "onnx-int8" or not model or index.info.kind not in ("hnsw", "hnsw-sq8"):
-        raise SystemExit("the reference script searches an INT8 encoder's HNSW index: build one with "
+    info = onnx.info
+    served = [(info.query_int8_file, info.query_int8_runtime or info.int8_runtime), (info.int8_file, info.int8_runtime),
+              *((t.get("file"), t.get("runtime")) for t in onnx.manifest.extra.get("runtimes") or [])]
+    model = next((file for file, runtime in served  # the ONNX Runtime INT8 file, served or raced (OpenVINO won)
+                  if file and (runtime or "onnxruntime") == "onnxruntime" and (onnx.path / file).is_file()), None)
+    if index.info.encoder.backend != "onnx-int8" or not model or index.info.kind not in ("hnsw", "hnsw-sq8"):
+        raise SystemExit("the reference script searches an ONNX Runtime INT8 encoder's HNSW index: build one with "
                          "`densesearch quantize` and `densesearch index`")
     config = json.loads((onnx.path / "encoder.json").read_text(encoding="utf-8"))
     return [str(onnx.path / model), str(onnx.path / "tokenizer.json"), str(config["max_seq_length"]),
             str(index.path / DENSE_FILE), str(index.info.param), str(index.path / ITEMS_FILE), QUERY]
+
+
+def on_terminal(command: list[str]) -> list[str]:
+    """``command`` run on a pseudo-terminal (its stdout is a tty), through util-linux `script`."""
+    if shutil.which("script") is None:
+        raise SystemExit("--terminal needs util-linux `script` (apt-get install bsdutils)")
+    return ["script", "-qec", shlex.join(command), "/dev/null"]
 
 
 def main() -> None:
@@ -101,6 +116,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--home", default=None, help="artifact root (default: $DENSESEARCH_HOME or the cache dir)")
     parser.add_argument("-w", "--workspace", default="default")
+    parser.add_argument("--terminal", action="store_true", help="run every case on a pseudo-terminal")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     from densesearch.core.paths import resolve_home
@@ -118,6 +134,8 @@ def main() -> None:
             **{f"query --mode {mode}": [sys.executable, "-m", "densesearch", "query", QUERY, "-k", "10", "--mode",
                                         mode, "-w", args.workspace] for mode in ("bm25", "dense", "hybrid")},
         }
+        if args.terminal:
+            cases = {name: on_terminal(command) for name, command in cases.items()}
         compile_package()
         results = measure(cases, env, args.runs)
     reference = results["hand-written script"]["median"]

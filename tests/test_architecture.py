@@ -108,11 +108,15 @@ except SystemExit as done:
 # start-up alone used to pay for (typer 0.29's pydantic adapters, progress bars, package metadata).
 QUERY_FORBIDDEN = ("torch", "transformers", "sentence_transformers", "openvino", "optimum", "nncf", "datasets",
                    "bm25s", "scipy", "sklearn", "densesearch.build", "densesearch.bench", "densesearch.data.prepare",
-                   "pydantic", "rich.progress", "importlib.metadata")
+                   "pydantic", "importlib.metadata",
+                   # its answer goes to a pipe: tab-separated lines, no table drawn; no --where, no deletions
+                   "rich", "densesearch.cli.render", "densesearch.retrieval.filters")
 # What each mode must not load beyond those: a dense query reads no BM25 index and runs no ranker; a BM25 query
 # encodes nothing and searches no vectors.
-MODE_FORBIDDEN = {"dense": ("Stemmer", "lightgbm", "densesearch.retrieval.crossencoder"),
-                  "bm25": ("onnxruntime", "faiss", "lightgbm", "tokenizers", "densesearch.retrieval.crossencoder"),
+MODE_FORBIDDEN = {"dense": ("Stemmer", "lightgbm", "densesearch.retrieval.crossencoder", "densesearch.retrieval.sparse",
+                            "densesearch.retrieval.ranker"),
+                  "bm25": ("onnxruntime", "faiss", "lightgbm", "tokenizers", "densesearch.retrieval.crossencoder",
+                           "densesearch.retrieval.ranker"),
                   "hybrid": ("densesearch.retrieval.crossencoder",)}
 
 

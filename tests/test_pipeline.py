@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -156,13 +157,48 @@ def test_bm25s_and_rank_bm25_return_the_same_top10(built):
     assert [list(ids) for ids, _ in fast] == [list(ids) for ids, _ in reference]
 
 
-def test_query_table_and_json(built):
-    result = cli(built, "query", "comfy summer dress for beach", "-k", "5", "--mode", "dense")
+def test_query_answers_a_pipe_in_tab_separated_lines_a_terminal_in_a_table_and_json(built, monkeypatch):
+    from densesearch.cli.output import Output, answer_lines
+
+    query = "comfy summer dress for beach"
+    result = cli(built, "query", query, "-k", "5", "--mode", "dense")
     assert result.exit_code == 0, result.output
-    assert "encode" in result.stdout and "total" in result.stdout
+    rows = [line.split("\t") for line in result.stdout.splitlines()]
+    assert [len(row) for row in rows] == [7] * 5 and {row[0] for row in rows} == {query}
+    assert [row[1] for row in rows] == ["1", "2", "3", "4", "5"]
+    assert [float(row[2]) for row in rows] == sorted((float(row[2]) for row in rows), reverse=True)
+    served = Searcher(built["ws"]).ask(query, QueryConfig(k=5, mode="dense"))
+    assert [row[3] for row in rows] == [hit.item_id for hit in served.hits]
+    served.hits[0].title = "a\ttab and a\nline break"
+    assert answer_lines(served)[0].split("\t")[4] == "a tab and a line break"
+    assert len(answer_lines(served, wide=True)[0].split("\t")) == 9
+    monkeypatch.setattr(Output, "terminal", property(lambda self: True))
+    table = cli(built, "query", query, "-k", "5", "--mode", "dense").stdout
+    assert "encode" in table and "total" in table and "\t" not in table
     payload = json.loads(cli(built, "query", "leather wallet", "-k", "3", "--json").stdout)
     assert len(payload["hits"]) == 3 and payload["mode"] in ("dense", "bm25", "hybrid")
     assert [h["rank"] for h in payload["hits"]] == [1, 2, 3]
+
+
+def test_the_cold_query_benchmark_script_finds_what_query_serves(built, tmp_path):
+    """scripts/bench_cold_query.py's hand-written reference reads the workspace's own files and returns the
+    served dense top 10 (the same items, the same order: the ratio compares equal work)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import bench_cold_query
+
+    ws = built["ws"]
+    script = tmp_path / "hand_written.py"
+    script.write_text(bench_cold_query.HAND_WRITTEN)
+    done = subprocess.run([sys.executable, str(script), *bench_cold_query.hand_written_arguments(ws.home, ws.name)],
+                          capture_output=True, text=True, check=True)
+    titles = [line.split(" ", 2)[2] for line in done.stdout.splitlines()]
+    served = [hit.title for hit in Searcher(ws).ask(bench_cold_query.QUERY, QueryConfig(k=10, mode="dense")).hits]
+    config = json.loads((ws.artifact("onnx") / "encoder.json").read_text())
+    query_runtime = (config["query_int8_runtime"] if config.get("query_int8_file") else config["int8_runtime"])
+    if (query_runtime or "onnxruntime") == "onnxruntime":  # the same model file: the same vectors
+        assert titles == served
+    else:  # the race gave queries to OpenVINO here: another runtime's INT8, nearly the same list
+        assert len(set(titles) & set(served)) >= 8
 
 
 def test_k_larger_than_catalog_is_clamped(built):
@@ -222,7 +258,8 @@ def test_interactive_session_through_stdin(built):
 
 def test_bench_report_compare_and_trec(built, tmp_path):
     from densesearch.bench.bench import REFERENCE_PATH, compare_reports, load_report, run_bench, save_report
-    from densesearch.cli.render import bench_markdown, to_jsonable
+    from densesearch.cli.output import to_jsonable
+    from densesearch.cli.render import bench_markdown
 
     ws = built["ws"]
     cfg = BenchConfig(split="test", batch_sizes=(1, 4), latency_runs=5, warmup_runs=1, bootstrap=100,

@@ -282,7 +282,8 @@ def test_unknown_words_give_no_bm25_hits_and_hybrid_equals_dense(searcher):
 
 
 def test_markup_in_queries_and_titles_is_shown_not_parsed(built, searcher, capsys):
-    from densesearch.cli.render import Output, answer_table
+    from densesearch.cli.output import Output
+    from densesearch.cli.render import answer_table
 
     code = run_cli(["query", "[/bold] dress [red]", "-k", "2", "--home", str(built["ws"].home)])
     out = capsys.readouterr().out

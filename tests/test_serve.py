@@ -29,7 +29,7 @@ def client(built):
 
 
 def test_search_answers_with_the_query_json_schema(client, built):
-    from densesearch.cli.render import to_jsonable
+    from densesearch.cli.output import to_jsonable
     from densesearch.retrieval.searcher import Searcher
 
     response = client.get("/search", params={"q": "comfy summer dress for beach", "k": 10, "mode": "dense"})

@@ -11,7 +11,7 @@ import typer
 from typer.core import TyperCommand, TyperGroup
 
 from densesearch import __version__
-from densesearch.cli.render import Output
+from densesearch.cli.output import Output
 from densesearch.core.config import (
     Bm25Backend,
     Device,
@@ -448,7 +448,7 @@ def query(
     home: HomeOpt = None, workspace: WorkspaceOpt = DEFAULT_WORKSPACE, json: JsonOpt = False,
 ) -> None:
     """Search the catalog."""
-    from densesearch.cli.render import show_answer
+    from densesearch.cli.output import show_answer
     from densesearch.core.config import QueryConfig
     from densesearch.retrieval.searcher import Searcher
 
@@ -456,6 +456,7 @@ def query(
                       ef_search=ef_search, threads=threads, rerank=rerank, ranker=not no_ranker,
                       where=tuple(where or ()))
     searcher = Searcher(workspace_of(home, workspace), threads=threads, model=model, mapped=text is not None)
+    searcher.start_loading(cfg.mode)
     out = Output(json)
     for note in searcher.notes:
         out.note(note)
@@ -465,7 +466,7 @@ def query(
         if json and text is None:
             import json as jsonlib
 
-            from densesearch.cli.render import to_jsonable
+            from densesearch.cli.output import to_jsonable
 
             for note in result.notes:
                 out.note(note)
@@ -526,7 +527,7 @@ def similar(
     home: HomeOpt = None, workspace: WorkspaceOpt = DEFAULT_WORKSPACE, json: JsonOpt = False,
 ) -> None:
     """Items like one item: nearest to its stored vector, without the item and its variant group."""
-    from densesearch.cli.render import show_answer
+    from densesearch.cli.output import show_answer
     from densesearch.retrieval.recommend import similar_items
     from densesearch.retrieval.searcher import Searcher
 
@@ -544,7 +545,7 @@ def recommend(
     home: HomeOpt = None, workspace: WorkspaceOpt = DEFAULT_WORKSPACE, json: JsonOpt = False,
 ) -> None:
     """Items for a shopper: their last 5 positive texts joined and their items, without what they have seen."""
-    from densesearch.cli.render import show_answer
+    from densesearch.cli.output import show_answer
     from densesearch.retrieval.recommend import History
     from densesearch.retrieval.recommend import recommend as recommend_items
     from densesearch.retrieval.searcher import Searcher
@@ -599,13 +600,13 @@ def bench(
         _bench_scale(cfg, workspace_of(home, workspace), Output(json))
         return
     from densesearch.bench.bench import TrecNotWritten, compare_reports, load_report, run_bench, save_report
+    from densesearch.cli.output import to_jsonable
     from densesearch.cli.render import (
         bench_histograms,
         bench_latency_table,
         bench_markdown,
         bench_quality_table,
         compare_table,
-        to_jsonable,
     )
     from densesearch.core.config import BenchConfig
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from densesearch.cli.render import Output
+from densesearch.cli.output import Output
 from densesearch.core.artifacts import open_artifact
 from densesearch.core.config import DEFAULT_QUERY
 

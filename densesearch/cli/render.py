@@ -1,17 +1,10 @@
-"""Terminal output: rich tables, progress bars, JSON serialisation of result dataclasses."""
+"""Terminal tables: each command's result drawn with rich (`cli.output` decides whether anything is drawn)."""
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import json
-import math
-import sys
-from collections.abc import Iterator, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
@@ -29,77 +22,6 @@ if TYPE_CHECKING:  # the result types of each stage, for annotations only (rende
     from densesearch.retrieval.searcher import Answer
 
 BEST = "bold green"
-
-
-def to_jsonable(value: Any) -> Any:
-    """Dataclasses, paths, numpy scalars and arrays as plain JSON values."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: to_jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, dict):
-        return {str(k): to_jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [to_jsonable(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-class Output:
-    """One sink for everything a command shows: data on stdout, diagnostics on stderr."""
-
-    def __init__(self, json_mode: bool = False) -> None:
-        self.json_mode = json_mode
-        # markup off: a query, a title or a path holding "[/bold]" is shown as typed, never parsed
-        self.out = Console(soft_wrap=False, markup=False, highlight=False)
-        self.err = Console(stderr=True, markup=False, highlight=False)
-
-    def table(self, table: Table) -> None:
-        if not self.json_mode:
-            self.out.print(table)
-
-    def line(self, text: str) -> None:
-        if not self.json_mode:
-            self.out.print(text)
-
-    def note(self, text: str) -> None:
-        self.err.print(text, style="dim")
-
-    def warn(self, text: str) -> None:
-        self.err.print(Text.assemble(("warning: ", "yellow"), text))
-
-    def data(self, payload: Any) -> None:
-        if self.json_mode:
-            sys.stdout.write(json.dumps(to_jsonable(payload), indent=2, ensure_ascii=False) + "\n")
-
-    @contextlib.contextmanager
-    def progress(self) -> Iterator[Any]:
-        """A progress callback ``(description, completed, total)`` drawn on stderr."""
-        from rich.progress import (  # 9 ms of imports that a one-shot query never draws
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            SpinnerColumn,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        columns = [SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TextColumn("{task.fields[extra]}"), TimeElapsedColumn(), TimeRemainingColumn()]
-        bar = Progress(*columns, console=self.err, transient=True, disable=not self.err.is_terminal)
-        tasks: dict[str, Any] = {}
-
-        def report(description: str, completed: int, total: int | None, extra: str = "") -> None:
-            if description not in tasks:
-                tasks[description] = bar.add_task(description, total=total, extra=extra)
-            bar.update(tasks[description], completed=completed, total=total, extra=extra)
-
-        with bar:
-            yield report
 
 
 def kv_table(title: str, rows: Sequence[tuple[str, Any]]) -> Table:
@@ -359,14 +281,6 @@ def index_tables(result: IndexResult) -> list[Table]:
             sweep.add_row(str(row["value"]), f"{row['recall_vs_exact']:.4f}", f"{row['ms_per_query']:.3f}")
         tables.append(sweep)
     return tables
-
-
-def show_answer(out: Output, answer: Answer, wide: bool = False) -> None:
-    """An answer of `query`, `similar` or `recommend`: its notes, its table (or its JSON)."""
-    for note in answer.notes:
-        out.note(note)
-    out.table(answer_table(answer, wide=wide))
-    out.data(answer)
 
 
 def answer_table(answer: Answer, wide: bool = False) -> Table:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from densesearch.cli.render import Output
+from densesearch.cli.output import Output
 from densesearch.core.errors import BadInput, DensesearchError
 
 

@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from densesearch.core.config import IndexKind
 from densesearch.core.cpu import openmp_threads
-from densesearch.retrieval.filters import Allowed
 from densesearch.retrieval.fusion import RankedList
+
+if TYPE_CHECKING:  # a query without --where or deletions never loads the filter language
+    from densesearch.retrieval.filters import Allowed
 
 RERANK_DEPTH = 100  # IVF-PQ candidates re-scored exactly from vectors.npy
 # Filtered search (docs/results.md, "Filtered search"): FAISS walks its structure with the filter's bitmap as an ID

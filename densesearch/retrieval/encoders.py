@@ -201,7 +201,7 @@ class OnnxEncoder:
     runtime = "onnxruntime"
 
     def __init__(self, directory: Path, int8: bool, fingerprint: str, threads: int = 0,
-                 model_file: str | None = None) -> None:
+                 model_file: str | None = None, pre_optimized: bool = False) -> None:
         config = _read_encoder_config(directory)
         self.source = str(directory)
         self.fingerprint = fingerprint
@@ -219,11 +219,15 @@ class OnnxEncoder:
         model_file = directory / name
         if not model_file.is_file():
             raise ArtifactCorrupt("onnx", name, "is missing")
-        self._load(model_file, threads if threads > 0 else usable_cores())
+        self.pre_optimized = pre_optimized
+        self._load(model_file, threads if threads > 0 else usable_cores(), config.get("optimized") or {})
         self.tokenizer = load_tokenizer(directory / "tokenizer.json", self.max_seq_length, "onnx")
 
-    def _load(self, model_file: Path, threads: int) -> None:
-        self.session = ort_session(model_file, threads, "onnx")
+    def _load(self, model_file: Path, threads: int, optimized: dict) -> None:
+        saved = optimized.get(model_file.name) or {}
+        if saved and saved.get("onnxruntime") == onnxruntime_version():  # `quantize` saved its optimized graph
+            model_file, self.pre_optimized = model_file.with_name(saved["file"]), True
+        self.session = ort_session(model_file, threads, "onnx", self.pre_optimized)
         self.input_names = {i.name for i in self.session.get_inputs()}
 
     def _forward(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
@@ -286,7 +290,7 @@ class OpenVinoEncoder(OnnxEncoder):
 
     runtime = "openvino"
 
-    def _load(self, model_file: Path, threads: int) -> None:
+    def _load(self, model_file: Path, threads: int, optimized: dict) -> None:  # OpenVINO compiles its own graph
         try:
             import openvino as ov
         except ImportError as exc:
@@ -394,12 +398,20 @@ def load_tokenizer(tokenizer_file: Path, max_length: int, kind: str):
     return tokenizer
 
 
-def ort_session(model_file: Path, threads: int, kind: str):
-    """An ONNX Runtime CPU session on ``threads`` intra-op threads; an unreadable file is a corrupt ``kind``."""
+def onnxruntime_version() -> str:
+    import onnxruntime
+
+    return onnxruntime.__version__
+
+
+def ort_session(model_file: Path, threads: int, kind: str, pre_optimized: bool = False):
+    """An ONNX Runtime CPU session on ``threads`` intra-op threads (``pre_optimized``: a graph `quantize` already
+    optimized, loaded with the optimizer off); an unreadable file is a corrupt ``kind``."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_DISABLE_ALL if pre_optimized
+                                        else ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3  # errors only: no optimizer chatter on the user's terminal

@@ -8,14 +8,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from densesearch.retrieval.dense import DenseIndex
-from densesearch.retrieval.filters import Allowed
 from densesearch.retrieval.fusion import EMPTY, Fusion, RankedList, Stage, fuse
-from densesearch.retrieval.ranker import LearnedOrder
-from densesearch.retrieval.sparse import Bm25Index
+
+if TYPE_CHECKING:  # a dense query imports neither filters, the ranker nor BM25
+    from densesearch.retrieval.dense import DenseIndex
+    from densesearch.retrieval.filters import Allowed
+    from densesearch.retrieval.ranker import LearnedOrder
+    from densesearch.retrieval.sparse import Bm25Index
 
 FUSION_DEPTH = 100  # each list's length before fusion, as served
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -27,11 +27,13 @@ from densesearch.core.manifest import IndexInfo, OnnxInfo
 from densesearch.core.paths import Workspace
 from densesearch.retrieval.dense import DenseIndex
 from densesearch.retrieval.encoders import EncoderSpec, choose_encoder
-from densesearch.retrieval.filters import Allowed, Attributes, where_mask
 from densesearch.retrieval.firststage import FirstStage, ranked_lists
 from densesearch.retrieval.fusion import Fusion, RankedList, Stage
-from densesearch.retrieval.ranker import RANKER_DIR, TERMS_DIR, LearnedOrder, LearnedRanker, TitleTerms, title_texts
-from densesearch.retrieval.sparse import Bm25Index
+
+if TYPE_CHECKING:  # imported where used: a query loads the filter language, BM25 and the ranker only if it needs them
+    from densesearch.retrieval.filters import Allowed, Attributes
+    from densesearch.retrieval.ranker import LearnedOrder
+    from densesearch.retrieval.sparse import Bm25Index
 
 MODES = tuple(Mode)
 MAX_QUERY_CHARS = 10_000
@@ -152,7 +154,6 @@ class Searcher:
         self.workspace = workspace
         self.directory = self.artifact.path
         self.threads = threads
-        self.items = read_items(self.artifact)
         self.fusion = Fusion.from_record(self.info.fusion)  # read once: every hybrid query uses it
         self.notes: list[str] = []
         if self.spec.artifact == "onnx":
@@ -160,13 +161,30 @@ class Searcher:
             if note:
                 self.notes.append(note)
         self._encoder = None
+        self._encoder_loading: Future | None = None
         self._reranker = None
+
+    @cached_property
+    def items(self) -> list[dict]:
+        """The item table, read on first use (after `start_loading` has set the encoder loading)."""
+        return read_items(self.artifact)
 
     @property
     def encoder(self):
         if self._encoder is None:
-            self._encoder = self.spec.load(self.workspace, self.threads)
+            loading = self._encoder_loading
+            self._encoder = loading.result() if loading else self.spec.load(self.workspace, self.threads)
         return self._encoder
+
+    def start_loading(self, mode: str | None = None) -> None:
+        """Start building the query encoder's runtime on a second thread when ``mode`` (default: the index's)
+        encodes queries, and return. ONNX Runtime releases the GIL while it builds a session, so the indexes and
+        the item table load meanwhile: a cold query waits for the longer of the two, not for their sum."""
+        if (mode or self.default_mode) == Mode.BM25 or self._encoder is not None or self._encoder_loading:
+            return
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="densesearch-encoder")
+        self._encoder_loading = pool.submit(self.spec.load, self.workspace, self.threads)
+        pool.shutdown(wait=False)  # the thread ends with its one task
 
     @cached_property
     def dense(self) -> DenseIndex:
@@ -191,7 +209,11 @@ class Searcher:
     def live_rows(self) -> Allowed | None:
         """The live rows as a query's selection, built once per loaded version (its count, rows and FAISS bitmap
         are then computed once, not per query); None when every row is live."""
-        return None if self.live is None else Allowed(self.live)
+        if self.live is None:
+            return None
+        from densesearch.retrieval.filters import Allowed
+
+        return Allowed(self.live)
 
     @property
     def size(self) -> int:
@@ -201,10 +223,16 @@ class Searcher:
     @cached_property
     def attributes(self) -> Attributes:
         """The items' filterable attributes, columns built on first use."""
+        from densesearch.retrieval.filters import Attributes
+
         return Attributes(self.items)
 
     def allowed(self, where: Sequence[str] = ()) -> Allowed | None:
         """The rows a query may return: live, and kept by every ``--where`` expression (None: every row)."""
+        if not where:
+            return self.live_rows
+        from densesearch.retrieval.filters import Allowed, where_mask
+
         mask = where_mask(where, self.attributes)
         if mask is None:
             return self.live_rows
@@ -225,17 +253,30 @@ class Searcher:
 
     @cached_property
     def words(self) -> Bm25Index:
+        from densesearch.retrieval.sparse import Bm25Index
+
         return Bm25Index.load(self.artifact, BM25_DIR)
 
     @cached_property
     def first_stage(self) -> FirstStage:
         """The dense index, both BM25 indexes and the learned ranker, as hybrid, rerank and `bench` search them
         (dense and BM25 queries load only their own index)."""
+        from densesearch.retrieval.sparse import Bm25Index
+
         grams = Bm25Index.load(self.artifact, NGRAM_DIR) if self.has_ngrams else None
         ranker = self._load_ranker(self.dense.vectors) if self.has_ranker else None
         return FirstStage(self.dense, self.words, grams, ranker)
 
     def _load_ranker(self, vectors: np.ndarray) -> LearnedOrder:
+        from densesearch.retrieval.ranker import (
+            RANKER_DIR,
+            TERMS_DIR,
+            LearnedOrder,
+            LearnedRanker,
+            TitleTerms,
+            title_texts,
+        )
+
         settings, defaults = self.info.ranker.get("settings") or {}, RankerConfig()
         files = self.info.ranker.get("model_files") or [  # indexes built before issue 30: the fold models
             f"fold-{k}.txt" for k in range(int(settings.get("folds", defaults.folds)))]
@@ -358,20 +399,17 @@ class Searcher:
         return self.fusion if cfg.rrf_k is None else Fusion("rrf", rrf_k=cfg.rrf_k)
 
     def load_for(self, mode: str) -> None:
-        """Load what ``mode`` needs before the clock starts, so timings show query work, not start-up. The query
-        encoder's runtime is built on a second thread (ONNX Runtime releases the GIL while it builds a session)
-        while this one reads the indexes: a cold query waits for the longer of the two, not for their sum."""
-        cold = mode != Mode.BM25 and self._encoder is None
-        with ThreadPoolExecutor(max_workers=1) if cold else nullcontext() as pool:
-            encoder = pool.submit(lambda: self.encoder) if cold else None
-            if mode == Mode.DENSE:
-                _ = self.dense
-            elif mode == Mode.BM25:
-                _ = self.words
-            else:
-                _ = self.first_stage
-            if encoder is not None:
-                encoder.result()
+        """Load what ``mode`` needs before the clock starts, so timings show query work, not start-up: the query
+        encoder on a second thread (`start_loading`) while this one reads the indexes."""
+        self.start_loading(mode)
+        if mode == Mode.DENSE:
+            _ = self.dense
+        elif mode == Mode.BM25:
+            _ = self.words
+        else:
+            _ = self.first_stage
+        if mode != Mode.BM25:
+            _ = self.encoder
         if mode == Mode.RERANK:
             _ = self.reranker
 

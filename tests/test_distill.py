@@ -7,9 +7,18 @@ import numpy as np
 import pytest
 from conftest import PIPELINE_TRAIN, prepared_workspace
 
-from densesearch.build.distill import Teacher, TeacherCache, TeacherVectors, distillation_loss, teacher_precision
+from densesearch.build.distill import (
+    Teacher,
+    TeacherCache,
+    TeacherScores,
+    TeacherVectors,
+    distill_kind,
+    distillation_loss,
+    teacher_precision,
+)
 from densesearch.build.train import run_finetune
 from densesearch.core.config import DistillLoss, TeacherPrecision
+from densesearch.core.errors import BadInput
 from densesearch.core.manifest import read_manifest
 from densesearch.retrieval.encoders import Prompts, load_torch_encoder, resolve_base_model
 
@@ -98,6 +107,31 @@ def test_a_teacher_equal_to_the_student_adds_nothing_and_a_different_one_does(st
     assert differs > base + 1e-3
 
 
+def test_a_cross_encoder_teacher_is_matched_on_margins_and_kl_from_it_is_refused(student):
+    """The student's cosine margin against the cross-encoder's logit margin: a teacher whose margins are the
+    student's own adds nothing, reversed margins add a positive term."""
+    import torch
+
+    assert distill_kind(DistillLoss.AUTO, cross_encoder=True) == DistillLoss.MARGIN_MSE
+    assert distill_kind(DistillLoss.AUTO, cross_encoder=False) == DistillLoss.KL
+    with pytest.raises(BadInput, match="margin-mse"):
+        distill_kind(DistillLoss.KL, cross_encoder=True)
+    model = student.model
+    queries, positives, negatives = ["red dress", "steel bolt"], ["red summer dress", "hex bolt"], \
+        ["blue jeans", "wood screw"]
+    q, p, n = student.encode_queries(queries), student.encode(positives), student.encode(negatives)
+    own = np.stack([np.sum(q * p, axis=1), np.sum(q * n, axis=1)], axis=1)
+    features = [batch_features(model, texts) for texts in (queries, positives, negatives)]
+    labels = torch.tensor([[0.0], [1.0]])
+    with torch.no_grad():
+        base = distillation_loss(model, DistillLoss.MARGIN_MSE, 0.0, 0.05, TeacherScores(own))(features, labels)
+        equal = distillation_loss(model, DistillLoss.MARGIN_MSE, 1.0, 0.05, TeacherScores(own))(features, labels)
+        reversed_ = distillation_loss(model, DistillLoss.MARGIN_MSE, 1.0, 0.05,
+                                      TeacherScores(own[:, ::-1].copy()))(features, labels)
+    assert equal.item() == pytest.approx(base.item(), abs=1e-3)
+    assert reversed_.item() > base.item() + 1e-3
+
+
 def test_prompts_are_read_from_the_model_and_empty_for_minilm(student):
     assert Prompts.of({"query": "q: ", "document": "d: ", "STS": "x"}) == Prompts("q: ", "d: ")
     assert Prompts.of(student.model.prompts) == Prompts("", "")
@@ -109,7 +143,8 @@ def test_distilled_finetune_records_its_teacher_and_a_second_run_reuses_the_cach
     cfg = replace(PIPELINE_TRAIN, samples=32, hard_negatives="bm25", teacher=MINILM)
     result = run_finetune(cfg, ws)
     manifest = read_manifest(ws.artifact("model"), "model")
-    assert manifest.settings["teacher"] == MINILM and manifest.settings["distill_loss"] == "kl"
+    assert manifest.settings["teacher"] == MINILM and manifest.settings["distill_loss"] == "auto"
+    assert result.recipe["distill_loss"] == "kl"  # auto, for a bi-encoder teacher
     assert "all-MiniLM-L6-v2" in result.recipe["teacher"] and result.recipe["teacher_dim"] == 384
     shards = sorted(p.name for p in ws.teacher_cache.rglob("*.npz"))
     assert shards and any(s.startswith("query-") for s in shards) and any(s.startswith("document-") for s in shards)

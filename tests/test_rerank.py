@@ -1,5 +1,7 @@
 """`finetune --reranker` and `query --mode rerank`: interpolation, training rows, the dev choice, end to end."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -19,7 +21,7 @@ from densesearch.build.reranker import (
 )
 from densesearch.cli.app import run_cli
 from densesearch.core.artifacts import open_artifact
-from densesearch.core.config import BenchConfig, IndexConfig, PrepareConfig, QueryConfig, RerankConfig
+from densesearch.core.config import BenchConfig, IndexConfig, PrepareConfig, QueryConfig, RerankConfig, TrainConfig
 from densesearch.core.errors import MissingArtifact
 from densesearch.data.prepare import run_prepare
 from densesearch.data.readers import Judgments
@@ -228,6 +230,25 @@ def test_reranker_trains_is_served_and_benched_with_a_trec_file_ranx_agrees_with
     assert ranx.evaluate(qrels, run, "ndcg@10", make_comparable=True) == pytest.approx(rerank.strict["ndcg@10"])
     run_cli(["status"])  # non-zero here: this workspace has no fine-tuned model, only the reranker matters
     assert "reranker" in capsys.readouterr().out
+    distilled_from_the_reranker(workspace, served_searcher.reranker)
+
+
+def distilled_from_the_reranker(workspace, scorer) -> None:
+    """`finetune --teacher reranker`: the cross-encoder scores each row's pairs once (cached, equal to what it
+    serves), the model records its teacher, and a second recipe scores nothing again."""
+    from densesearch.build.distill import reranker_scores
+    from densesearch.build.train import run_finetune
+
+    cfg = TrainConfig(samples=24, batch_size=2, max_seq_length=32, hard_negatives="bm25", teacher="reranker",
+                      eval_queries=20, eval_items=200)
+    result = run_finetune(cfg, workspace)
+    assert result.recipe["teacher"].startswith("reranker (") and result.recipe["distill_loss"] == "margin-mse"
+    shards = sorted(p.name for p in workspace.teacher_cache.rglob("pair-*.npz"))
+    assert shards
+    scores, _ = reranker_scores(workspace, ["cordless drill"], [["drill", "hammer"]])
+    assert scores.pairs[0] == pytest.approx(scorer.score("cordless drill", ["drill", "hammer"]), abs=1e-5)
+    run_finetune(replace(cfg, distill_weight=2.0), workspace)
+    assert len(sorted(workspace.teacher_cache.rglob("pair-*.npz"))) == len(shards) + 1  # only the probe's pairs
 
 
 def test_a_reranker_loss_without_reranker_is_one_line_naming_the_fix(tmp_path, capsys):

@@ -6,11 +6,16 @@ loss, another mix) costs no teacher time, and an interrupted encoding resumes wh
 trains on MNRL plus a distillation term over the same batch: the KL divergence between the teacher's and the
 student's softmax over the in-batch items (``kl``), or the MSE between their positive-minus-negative score
 margins (``margin-mse``, Hofstätter et al. 2020).
+
+``--teacher reranker`` takes the workspace's published cross-encoder instead: it scores each training row's
+(query, positive) and (query, negative) pairs, cached per pair the same way, and the student learns its margins
+(margin-MSE only: a cross-encoder has no vectors to compare across the batch).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -20,11 +25,24 @@ import numpy as np
 
 from densesearch.core.config import DistillLoss, TeacherPrecision
 from densesearch.core.cpu import native_bf16
+from densesearch.core.errors import BadInput
 from densesearch.core.manifest import model_fingerprint
 from densesearch.retrieval.encoders import load_torch_encoder, resolve_base_model
 
 TEACHER_SHARD = 2048          # texts per cache file: an interrupted encoding loses at most this many
 MNRL_SCALE = 20.0             # sentence-transformers' MNRL: cosine x 20, i.e. temperature 0.05
+RERANKER_TEACHER = "reranker"  # `--teacher reranker`: the workspace's published cross-encoder
+
+
+def distill_kind(requested: DistillLoss, cross_encoder: bool) -> DistillLoss:
+    """auto: KL over the batch for a bi-encoder teacher, margin-MSE for a cross-encoder (it scores a row's own
+    pairs only); KL from a cross-encoder is refused in one line."""
+    if requested == DistillLoss.AUTO:
+        return DistillLoss.MARGIN_MSE if cross_encoder else DistillLoss.KL
+    if cross_encoder and requested == DistillLoss.KL:
+        raise BadInput("a cross-encoder teacher scores each row's own pairs, not the whole batch",
+                       hint="use --distill-loss margin-mse (or auto)")
+    return requested
 
 
 def teacher_precision(requested: TeacherPrecision, device: str, bf16_native: bool) -> str:
@@ -144,9 +162,49 @@ def teacher_vectors(teacher: Teacher, cache_root: Path, queries: list[str], item
     return TeacherVectors(query_vectors, item_vectors, rows)
 
 
-def distillation_loss(model, kind: DistillLoss, weight: float, temperature: float, teacher: TeacherVectors):
+@dataclass
+class TeacherScores:
+    """A cross-encoder teacher's raw score (logit) of each training row's items: (rows, 1 + negatives),
+    the positive first."""
+
+    pairs: np.ndarray
+
+
+def pair_text(query: str, text: str) -> str:
+    """One (query, item) pair as the cache's text key."""
+    return json.dumps([query, text], ensure_ascii=False)
+
+
+def reranker_scores(workspace, queries: list[str], item_texts: list[list[str]],
+                    progress=None) -> tuple[TeacherScores, str]:
+    """The published cross-encoder's score of every (query, item) pair of the training rows (cached per pair),
+    and the teacher's label for the model's manifest."""
+    from densesearch.retrieval.crossencoder import CrossScorer
+
+    scorer = CrossScorer(workspace)
+    teacher = Teacher(source=RERANKER_TEACHER, path=str(scorer.artifact.path),
+                      fingerprint=scorer.artifact.manifest.fingerprint, precision=scorer.label)
+    cache = TeacherCache(workspace.teacher_cache, teacher, scorer.artifact.info.max_length)
+
+    def score(pairs: list[str]) -> np.ndarray:
+        by_query: dict[str, list[int]] = {}
+        decoded = [json.loads(pair) for pair in pairs]
+        for n, (query, _) in enumerate(decoded):
+            by_query.setdefault(query, []).append(n)
+        scores = np.zeros((len(pairs), 1), dtype=np.float32)
+        for query, rows in by_query.items():
+            scores[rows, 0] = scorer.score(query, [decoded[n][1] for n in rows])
+        return scores
+
+    texts = [pair_text(query, text) for query, row in zip(queries, item_texts, strict=True) for text in row]
+    values = cache.vectors(texts, "pair", score, progress)
+    return TeacherScores(values.reshape(len(queries), -1)), teacher.label
+
+
+def distillation_loss(model, kind: DistillLoss, weight: float, temperature: float,
+                      teacher: TeacherVectors | TeacherScores):
     """MNRL plus ``weight`` x a distillation term; the dataset's ``label`` column holds each row's indices into
-    the teacher's vectors."""
+    the teacher's vectors, or (a cross-encoder teacher) the row's number in its scores."""
     import torch
     from torch import nn
     from torch.nn import functional
@@ -155,8 +213,11 @@ def distillation_loss(model, kind: DistillLoss, weight: float, temperature: floa
         def __init__(self) -> None:
             super().__init__()
             self.model = model
-            self.register_buffer("teacher_queries", torch.from_numpy(teacher.queries), persistent=False)
-            self.register_buffer("teacher_items", torch.from_numpy(teacher.items), persistent=False)
+            if isinstance(teacher, TeacherScores):
+                self.register_buffer("teacher_pairs", torch.from_numpy(teacher.pairs), persistent=False)
+            else:
+                self.register_buffer("teacher_queries", torch.from_numpy(teacher.queries), persistent=False)
+                self.register_buffer("teacher_items", torch.from_numpy(teacher.items), persistent=False)
 
         def forward(self, sentence_features, labels):
             embeddings = [functional.normalize(self.model(f)["sentence_embedding"], dim=-1)
@@ -166,10 +227,21 @@ def distillation_loss(model, kind: DistillLoss, weight: float, temperature: floa
             batch = len(queries)
             loss = functional.cross_entropy(scores * MNRL_SCALE, torch.arange(batch, device=scores.device))
             rows = labels.long()
+            if isinstance(teacher, TeacherScores):
+                return loss + weight * self._margins(scores, self.teacher_pairs[rows.reshape(-1)], batch)
             t_queries = self.teacher_queries[rows[:, 0]]
             t_items = self.teacher_items[rows[:, 1:].T.reshape(-1)]  # column-major: positives, then negatives
             t_scores = t_queries @ t_items.T
             return loss + weight * self._term(scores, t_scores.to(scores.dtype), batch)
+
+        def _margins(self, scores, t_pairs, batch):
+            """The student's cosine margin against the cross-encoder's logit margin (the reranker's logits, trained
+            on grade / 6, span about -1 to 1 on Home Depot: the cosine's own range, so neither is rescaled)."""
+            if scores.shape[1] < 2 * batch or t_pairs.shape[1] < 2:
+                raise ValueError("margin-mse needs a negative per row")
+            idx = torch.arange(batch, device=scores.device)
+            student = scores[idx, idx] - scores[idx, idx + batch]
+            return functional.mse_loss(student, (t_pairs[:, 0] - t_pairs[:, 1]).to(scores.dtype))
 
         def _term(self, scores, t_scores, batch):
             if kind == DistillLoss.MARGIN_MSE:

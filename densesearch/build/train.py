@@ -11,9 +11,18 @@ from pathlib import Path
 import numpy as np
 
 from densesearch.build.batching import LengthGroupedBatchSampler
-from densesearch.build.distill import Teacher, TeacherVectors, distillation_loss, teacher_vectors
+from densesearch.build.distill import (
+    RERANKER_TEACHER,
+    Teacher,
+    TeacherScores,
+    TeacherVectors,
+    distill_kind,
+    distillation_loss,
+    reranker_scores,
+    teacher_vectors,
+)
 from densesearch.build.negatives import Example, NegativePlan, judged_examples, mine_bm25
-from densesearch.core.config import TrainConfig
+from densesearch.core.config import DistillLoss, TrainConfig
 from densesearch.core.errors import BadInput
 from densesearch.core.manifest import Manifest, model_fingerprint, write_manifest
 from densesearch.core.paths import Workspace, publish, writes_workspace
@@ -164,27 +173,40 @@ def build_dataset(columns: dict[str, list]):
 
 
 def with_teacher(cfg: TrainConfig, workspace: Workspace, columns: dict[str, list[str]], device: str,
-                 progress) -> tuple[dict[str, list], TeacherVectors | None, dict[str, object]]:
-    """The training columns plus, with ``--teacher``, each row's indices into the teacher's vectors (``label``)."""
+                 progress) -> tuple[dict[str, list], TeacherVectors | TeacherScores | None, dict[str, object]]:
+    """The training columns plus, with ``--teacher``, each row's indices into the teacher's vectors, or its row
+    number in the cross-encoder's scores (``label``)."""
     if not cfg.teacher:
         return columns, None, {}
     started = time.perf_counter()
-    teacher = Teacher.resolve(cfg.teacher, device, cfg.teacher_precision)
+    cross = cfg.teacher == RERANKER_TEACHER
+    kind = distill_kind(cfg.distill_loss, cross)
     item_texts = [list(row) for row in zip(*(columns[c] for c in columns if c != "anchor"), strict=True)]
-    vectors = teacher_vectors(teacher, workspace.teacher_cache, columns["anchor"], item_texts, device,
-                              cfg.teacher_max_seq_length, progress)
-    info = {"teacher": teacher.label, "teacher_seconds": round(time.perf_counter() - started, 1),
-            "teacher_dim": int(vectors.queries.shape[1])}
-    return {**columns, "label": vectors.rows.astype(np.float32).tolist()}, vectors, info
+    if kind == DistillLoss.MARGIN_MSE and item_texts and len(item_texts[0]) < 2:
+        raise BadInput("margin-mse distillation needs a hard negative per training row",
+                       hint="drop --hard-negatives none")
+    if cross:
+        scores, label = reranker_scores(workspace, columns["anchor"], item_texts, progress)
+        labels, teacher, shape = [[float(n)] for n in range(len(item_texts))], scores, {}
+    else:
+        resolved = Teacher.resolve(cfg.teacher, device, cfg.teacher_precision)
+        teacher = teacher_vectors(resolved, workspace.teacher_cache, columns["anchor"], item_texts, device,
+                                  cfg.teacher_max_seq_length, progress)
+        labels, label = teacher.rows.astype(np.float32).tolist(), resolved.label
+        shape = {"teacher_dim": int(teacher.queries.shape[1])}  # a cross-encoder has no vectors
+    info = {"teacher": label, "distill_loss": str(kind), "teacher_seconds": round(time.perf_counter() - started, 1),
+            **shape}
+    return {**columns, "label": labels}, teacher, info
 
 
-def build_loss(model, cfg: TrainConfig, teacher: TeacherVectors | None = None):
+def build_loss(model, cfg: TrainConfig, teacher: TeacherVectors | TeacherScores | None = None):
     from sentence_transformers import losses
 
     if teacher is not None:
         if cfg.loss != "mnrl":
             raise BadInput("--teacher trains with MNRL plus the distillation term", hint="drop --loss")
-        return distillation_loss(model, cfg.distill_loss, cfg.distill_weight, cfg.distill_temperature, teacher)
+        kind = distill_kind(cfg.distill_loss, isinstance(teacher, TeacherScores))
+        return distillation_loss(model, kind, cfg.distill_weight, cfg.distill_temperature, teacher)
     if cfg.loss == "mnrl":
         return losses.MultipleNegativesRankingLoss(model)
     if cfg.loss == "cached-mnrl":

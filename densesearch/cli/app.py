@@ -256,11 +256,12 @@ def finetune(
              "items plus the BCE; equal on Home Depot dev, 1.25x the training time).")] = None,
     teacher: Annotated[str | None, typer.Option(
         help="Distill a larger sentence-transformers model (id or directory, e.g. EmbeddingGemma) into this one: "
-             "MNRL plus a term that matches the teacher's in-batch similarities. Its vectors are cached per "
-             "text, so another recipe costs no teacher time.")] = None,
+             "MNRL plus a term that matches the teacher's in-batch similarities; `reranker`: the workspace's "
+             "cross-encoder (`finetune --reranker`), whose pair scores the student learns. Teacher outputs are "
+             "cached, so another recipe costs no teacher time.")] = None,
     distill_loss: Annotated[DistillLoss, typer.Option(
-        help="With --teacher: kl (softmax over the batch's items) or margin-mse (positive-minus-negative "
-             "margins).")] = DistillLoss.KL,
+        help="With --teacher: kl (softmax over the batch's items), margin-mse (positive-minus-negative "
+             "margins) or auto (kl; margin-mse from the cross-encoder).")] = DistillLoss.AUTO,
     distill_weight: Annotated[float, typer.Option(
         min=0.0, max=1000.0, callback=finite, help="With --teacher: MNRL + this x the distillation term.")] = 1.0,
     teacher_precision: Annotated[TeacherPrecision, typer.Option(

@@ -72,6 +72,7 @@ class RerankLoss(StrEnum):
 class DistillLoss(StrEnum):
     """`finetune --teacher`: the distillation term added to MNRL."""
 
+    AUTO = "auto"              # kl for a bi-encoder teacher, margin-mse for the cross-encoder (it scores pairs)
     KL = "kl"                  # KL between the teacher's and the student's softmax over the in-batch items
     MARGIN_MSE = "margin-mse"  # MSE between their positive-minus-negative score margins
 
@@ -204,7 +205,7 @@ class TrainConfig:
     eval_queries: int = 1000
     eval_items: int = 5000                # dev metrics over every judged item plus a sample, up to this many
     teacher: str | None = None            # a sentence-transformers model whose similarities the student learns
-    distill_loss: DistillLoss = DistillLoss.KL
+    distill_loss: DistillLoss = DistillLoss.AUTO
     distill_weight: float = 1.0           # MNRL + weight x the distillation term
     distill_temperature: float = 0.05     # both softmaxes' temperature (kl); MNRL's own is 0.05
     teacher_max_seq_length: int = 128
